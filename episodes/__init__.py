@@ -1,0 +1,1 @@
+"""episodes: few-shot data sources, episodic sampling and transforms (never imports metasparse)."""

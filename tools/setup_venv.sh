@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Create (or refresh) the development environment in .venv.
+#
+# Idempotent: when .venv is up to date (its stamp is newer than the files that
+# define the environment) this returns at once.  Steps:
+#   1. python3 -m venv .venv
+#   2. pinned torch==2.14.1 / torchvision==0.29.1 (the releases the dev machines hold)
+#   3. learn2learn 0.2.0 built from its sdist with freshly generated Cython output
+#      (the C files shipped on PyPI do not compile on Python 3.11), then the
+#      packages it imports at run time (gym, requests, scipy, qpth)
+#   4. this package in editable mode with the [dev] extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+STAMP="$VENV/.metasparse-stamp"
+
+if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt pyproject.toml ] \
+   && [ "$STAMP" -nt tools/setup_venv.sh ]; then
+  exit 0
+fi
+
+if [ ! -x "$PY" ]; then
+  echo "[setup] creating $VENV"
+  python3 -m venv "$VENV"
+fi
+PIP=("$PY" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=68" wheel
+
+echo "[setup] torch 2.14.1 / torchvision 0.29.1"
+"${PIP[@]}" install -q "torch==2.14.1" "torchvision==0.29.1"
+
+if ! "$PY" -c "import learn2learn" >/dev/null 2>&1; then
+  echo "[setup] building learn2learn 0.2.0 from source (regenerating its Cython files)"
+  "${PIP[@]}" install -q "cython>=3" numpy "gym" "requests" "scipy" "qpth" "tqdm" "pillow"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  "${PIP[@]}" download -q --no-deps --no-binary :all: "learn2learn==0.2.0" -d "$work"
+  tar -xzf "$work"/learn2learn-0.2.0.tar.gz -C "$work"
+  src="$work/learn2learn-0.2.0"
+  for pyx in "$src"/learn2learn/data/*.pyx; do
+    "$VENV/bin/cython" -3 -q "$pyx"
+  done
+  "${PIP[@]}" install -q --no-deps --no-build-isolation "$src"
+  "$PY" -c "import learn2learn" 
+fi
+
+echo "[setup] metasparse (editable, with dev extras)"
+"${PIP[@]}" install -q -e ".[dev]"
+touch "$STAMP"
+echo "[setup] done"
