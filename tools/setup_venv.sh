@@ -32,14 +32,14 @@ echo "[setup] torch 2.14.1 / torchvision 0.29.1"
 
 if ! "$PY" -c "import learn2learn" >/dev/null 2>&1; then
   echo "[setup] building learn2learn 0.2.0 from source (regenerating its Cython files)"
-  "${PIP[@]}" install -q "cython>=3" numpy "gym" "requests" "scipy" "qpth" "tqdm" "pillow"
+  "${PIP[@]}" install -q "cython>=3" "numpy>=1.23,<2" "gym" "requests" "scipy" "qpth" "tqdm" "pillow"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   "${PIP[@]}" download -q --no-deps --no-binary :all: "learn2learn==0.2.0" -d "$work"
   tar -xzf "$work"/learn2learn-0.2.0.tar.gz -C "$work"
   src="$work/learn2learn-0.2.0"
   for pyx in "$src"/learn2learn/data/*.pyx; do
-    "$VENV/bin/cython" -3 -q "$pyx"
+    "$VENV/bin/cython" -3 "$pyx" >/dev/null
   done
   "${PIP[@]}" install -q --no-deps --no-build-isolation "$src"
   "$PY" -c "import learn2learn" 
