@@ -1,0 +1,122 @@
+r"""The group-sparse multiclass SVM: primal, (smoothed) dual and their pieces.
+
+Notation of paper.md section 3, batched over episodes (leading dimension B):
+``X`` (B, n, d) support features, ``Y`` (B, n, k) one-hot labels, ``Delta = 1 - Y``,
+``W`` (B, d, k), ``Lam`` (B, n, k) with rows in the probability simplex,
+``lambda1``, ``lambda2``, ``dual_reg = rho`` per episode (B,).
+
+    P(W)   = sum_i l_i(x_i^T W) + lambda1 ||W||_{2,1} + lambda2/2 ||W||_F^2
+    D(Lam) = <Lam, Delta> - 1/(2 lambda2) sum_j max(0, ||V_j|| - lambda1)^2
+             - rho/(2 lambda2) ||Lam - Y||^2,          V = X^T (Y - Lam)
+    W(Lam) = BST_rows(V, lambda1) / lambda2            (primal-dual link)
+
+with the (smoothed) Crammer-Singer hinge, ``c = rho / lambda2``,
+
+    l_i(s) = max_{q in simplex} <q, Delta_i + s> - s_{y_i} - c/2 ||q - y_i||^2,
+
+whose maximiser is ``q = proj_simplex(y_i + (Delta_i + s)/c)`` for c > 0 and the
+plain ``max_l (Delta_il + s_l) - s_{y_i}`` for c = 0.  ``P(W(Lam)) - D(Lam) >= 0`` is
+the duality gap, zero exactly at the optimum.
+"""
+from __future__ import annotations
+
+import torch
+
+from .simplex import project_simplex
+
+__all__ = [
+    "as_episode_vector", "one_hot", "row_norms", "group_soft_threshold",
+    "crammer_singer_loss", "primal_objective", "dual_objective", "dual_features",
+    "weights_from_dual", "dual_gradient",
+]
+
+
+def as_episode_vector(value, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """Broadcast a float / 0-d / (B,) value to a (B,) tensor of ``like``'s dtype and device."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    elif t.shape != (batch,):
+        raise ValueError(f"{name}: expected a scalar or a tensor of shape ({batch},), got {tuple(t.shape)}")
+    return t
+
+
+def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, n) int labels in 0..n_way-1 -> (B, n, n_way) one-hot of ``dtype``."""
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ValueError(f"support_labels: expected an integer tensor, got {labels.dtype}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_way):
+        raise ValueError(f"support_labels: expected values in 0..{n_way - 1}, "
+                         f"got range {int(labels.min())}..{int(labels.max())}")
+    return torch.nn.functional.one_hot(labels.long(), n_way).to(dtype)
+
+
+def row_norms(V: torch.Tensor) -> torch.Tensor:
+    r"""||V_j||_2 over the last dim, with a gradient that is 0 (not NaN) at V_j = 0."""
+    sq = (V * V).sum(-1)
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
+def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor) -> torch.Tensor:
+    r"""Row-wise block soft-thresholding ``BST(v, t) = max(0, 1 - t/||v||) v`` (0 at v = 0).
+
+    ``V`` (B, d, k), ``lambda1`` (B,).  Rows with ``||v|| <= t`` are exactly zero.
+    """
+    nrm = row_norms(V)
+    safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
+    factor = torch.clamp(1.0 - lambda1[:, None] / safe, min=0.0)
+    factor = torch.where(nrm > 0, factor, torch.zeros_like(factor))
+    return V * factor.unsqueeze(-1)
+
+
+def dual_features(X: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor) -> torch.Tensor:
+    """``V = X^T (Y - Lam)``, (B, d, k)."""
+    return X.transpose(1, 2) @ (Y - Lam)
+
+
+def weights_from_dual(X, Y, Lam, lambda1, lambda2) -> torch.Tensor:
+    """Primal-dual link ``W = BST_rows(X^T (Y - Lam), lambda1) / lambda2``."""
+    return group_soft_threshold(dual_features(X, Y, Lam), lambda1) / lambda2[:, None, None]
+
+
+def crammer_singer_loss(S: torch.Tensor, Y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    r"""Sum over samples of the (smoothed, c = rho/lambda2) Crammer-Singer hinge; (B,).
+
+    ``S`` (B, n, k) scores ``x_i^T W``.  See the module docstring.
+    """
+    Delta = 1.0 - Y
+    s_y = (S * Y).sum(-1)
+    plain = (Delta + S).amax(-1) - s_y
+    if not bool((c > 0).any()):
+        return plain.sum(-1)
+    cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
+    q = project_simplex(Y + (Delta + S) / cs)
+    smooth = (q * (Delta + S)).sum(-1) - s_y - 0.5 * cs[..., 0] * ((q - Y) ** 2).sum(-1)
+    return torch.where(c[:, None] > 0, smooth, plain).sum(-1)
+
+
+def primal_objective(W, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
+    """P(W) per episode, (B,)."""
+    c = dual_reg / lambda2
+    S = X @ W
+    return (crammer_singer_loss(S, Y, c) + lambda1 * row_norms(W).sum(-1)
+            + 0.5 * lambda2 * (W * W).sum((-1, -2)))
+
+
+def dual_objective(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
+    """D(Lam) per episode, (B,)."""
+    V = dual_features(X, Y, Lam)
+    excess = torch.clamp(row_norms(V) - lambda1[:, None], min=0.0)
+    return ((Lam * (1.0 - Y)).sum((-1, -2)) - 0.5 / lambda2 * (excess ** 2).sum(-1)
+            - 0.5 * dual_reg / lambda2 * ((Lam - Y) ** 2).sum((-1, -2)))
+
+
+def dual_gradient(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
+    r"""``grad D(Lam) = Delta + X W(Lam) + (rho/lambda2) (Y - Lam)``, (B, n, k).
+
+    This is the map whose projected fixed point ``Lam = proj(Lam + eta grad D)``
+    the implicit backward differentiates.
+    """
+    W = weights_from_dual(X, Y, Lam, lambda1, lambda2)
+    return (1.0 - Y) + X @ W + (dual_reg / lambda2)[:, None, None] * (Y - Lam)

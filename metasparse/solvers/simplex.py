@@ -1,0 +1,66 @@
+"""Batched Euclidean projections used by the dual solvers.
+
+All functions act on the last dimension and are vectorised over every leading
+dimension (episodes, samples), so one call projects every row of a batch.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["project_simplex", "project_l1_ball", "simplex_face_projector"]
+
+
+def project_simplex(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
+    r"""Project each row of ``v`` onto the simplex ``{x >= 0, sum(x) = radius}``.
+
+    Sort-based algorithm (Held et al. 1974; Duchi et al. 2008): with ``u`` the
+    row sorted in decreasing order and ``c_j = sum_{i<=j} u_i``,
+
+        rho = max { j : u_j - (c_j - radius) / j > 0 },
+        tau = (c_rho - radius) / rho,
+        proj(v) = max(v - tau, 0).
+
+    Entries outside the support come out exactly 0 (the solvers and the implicit
+    backward read the active set from these zeros).  Differentiable a.e. through
+    autograd (used by the unrolled backward).
+    """
+    k = v.shape[-1]
+    u, _ = torch.sort(v, dim=-1, descending=True)
+    css = torch.cumsum(u, dim=-1) - radius
+    j = torch.arange(1, k + 1, device=v.device, dtype=v.dtype)
+    cond = (u - css / j) > 0
+    # number of entries in the support: the last index where cond holds (cond is
+    # a prefix of True values); at least 1 (u_1 - (u_1 - r) = r > 0).
+    rho = cond.to(torch.int64).cumsum(-1).argmax(-1, keepdim=True)
+    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    return torch.clamp(v - tau, min=0.0)
+
+
+def project_l1_ball(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
+    r"""Project each row of a non-negative ``v`` onto ``{x >= 0, sum(x) <= radius}``.
+
+    Rows already inside are returned unchanged; the others go to the simplex of
+    the given radius (the projection onto the l1 ball of non-negative vectors).
+    """
+    inside = v.sum(-1, keepdim=True) <= radius
+    return torch.where(inside, v, project_simplex(v, radius))
+
+
+def simplex_face_projector(support: torch.Tensor) -> "callable":
+    r"""Orthogonal projector onto the tangent space of the minimal simplex face.
+
+    ``support`` (..., k) bool marks the non-zero entries of a point on the
+    simplex.  The face's tangent space is ``T = {d : d_l = 0 off the support,
+    sum_l d_l = 0}``; its orthogonal projector maps ``d`` to
+    ``s * (d - mean_{support}(d))`` with ``s`` the support indicator.
+    Returns a function applying it to tensors of the shape of ``support``.
+    """
+    s = support.to(torch.get_default_dtype()) if not support.is_floating_point() else support
+
+    def apply(d: torch.Tensor) -> torch.Tensor:
+        m = s.to(d.dtype)
+        cnt = m.sum(-1, keepdim=True).clamp(min=1.0)
+        mean = (d * m).sum(-1, keepdim=True) / cnt
+        return m * (d - mean)
+
+    return apply
