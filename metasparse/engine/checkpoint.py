@@ -1,0 +1,122 @@
+"""Checkpoints: atomic writes, safe loads (``torch.load(weights_only=True)``), clear errors.
+
+A checkpoint is a plain dict of tensors / numbers / strings / lists / dicts, so it loads
+with ``weights_only=True`` (no code runs from the file):
+
+    {"format": "metasparse-checkpoint", "version": 1,
+     "config": {...},                      # the run's full configuration (JSON-able)
+     "backbone": {"name", "options"}, "head": {"name", "options"},
+     "model": state_dict,                  # FewShotModel: backbone.* and head.*
+     "optimizer": state_dict | None,
+     "progress": {"epoch", "step", "global_step"},   # next batch to run
+     "best": {"epoch", "val_acc"} | None,
+     "rng": {"torch", "cuda", "numpy", "python"} | None}
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
+           "atomic_write_text", "capture_rng", "restore_rng"]
+
+FORMAT = "metasparse-checkpoint"
+VERSION = 1
+_REQUIRED = ("config", "backbone", "head", "model")
+
+
+def _atomic_replace(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic_replace(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path, payload: Dict[str, Any]) -> None:
+    """Write ``payload`` (plus format tags) to ``path`` atomically (temp file + os.replace)."""
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise ValueError(f"checkpoint payload lacks {missing}")
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    _atomic_replace(Path(path), lambda f: torch.save(data, f))
+
+
+def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a metasparse checkpoint safely; raise one clear error if it is not one.
+
+    A run directory is accepted too (its ``best.pt``, else ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: run directory without best.pt or last.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, forbidden globals
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a loadable metasparse checkpoint ({first})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a metasparse checkpoint (expected a dict with format={FORMAT!r}; "
+                         f"MetaOptNet .pth files must be converted)")
+    if int(data.get("version", -1)) > VERSION:
+        raise ValueError(f"{path}: checkpoint version {data.get('version')} is newer than this metasparse "
+                         f"({VERSION}); upgrade metasparse")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}")
+    data["path"] = str(path)
+    return data
+
+
+# ----------------------------------------------------------------------------- RNG
+def capture_rng() -> Dict[str, Any]:
+    """All RNG states as weights_only-loadable objects (tensors, ints, strings)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng(state: Optional[Dict[str, Any]]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))

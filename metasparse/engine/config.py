@@ -1,0 +1,88 @@
+"""MetaOptNet's meta-training / meta-testing defaults per dataset (Lee et al. 2019,
+brief paper.md section 6, and the flags of MetaOptNet's ``train.py`` / README).
+
+Common: 5-way, 6 query images per class, 8 episodes per batch, 1000 batches per epoch,
+60 epochs, SGD (momentum 0.9, Nesterov, weight decay 5e-4), lr 0.1 multiplied by
+0.06 / 0.012 / 0.0024 from epochs 20 / 40 / 50 (milestones scale with ``--epochs``),
+validation after every epoch on 2000 5-shot 15-query episodes, best checkpoint by
+validation accuracy. Per dataset:
+
+=============  ==========  ==============  =================  ==========
+dataset        train shot  label smoothing  DropBlock size     image size
+=============  ==========  ==============  =================  ==========
+mini-imagenet  15          0.1             5                  84
+cifar-fs       5           0.0             2                  32
+fc100          15          0.0             2                  32
+=============  ==========  ==============  =================  ==========
+
+``synthetic`` (vectors, MLP backbone) is a small CPU-sized setting of our own: Adam,
+short epochs, no augmentation.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List
+
+__all__ = ["TrainSettings", "DATASET_DEFAULTS", "dataset_defaults", "lr_factor", "DATASETS", "HEADS"]
+
+DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic")
+HEADS = ("group-sparse-svm", "svm", "ridge", "protonet")
+
+
+@dataclass
+class TrainSettings:
+    """Everything the training loop needs besides the model and the data."""
+    epochs: int = 60
+    batches_per_epoch: int = 1000
+    optimizer: str = "sgd"                       # sgd | adam
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_milestones: List[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 5 / 6])   # fractions of epochs
+    lr_factors: List[float] = field(default_factory=lambda: [0.06, 0.012, 0.0024])
+    label_smoothing: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 200                  # also save last.pt every this many batches (0: epoch end only)
+    log_every: int = 10                          # metrics.jsonl step records every this many batches
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def lr_factor(epoch: int, settings: TrainSettings) -> float:
+    """Multiplier of the base lr in (0-based) ``epoch``: the last factor whose milestone
+    ``round(fraction * epochs)`` is <= epoch (MetaOptNet: 20/40/50 of 60)."""
+    f = 1.0
+    for frac, fac in zip(settings.lr_milestones, settings.lr_factors):
+        if epoch >= round(frac * settings.epochs):
+            f = fac
+    return f
+
+
+_COMMON = {
+    "way": 5, "query": 6, "episodes_per_batch": 8, "epochs": 60, "batches_per_epoch": 1000,
+    "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+    "val_episodes": 2000, "val_shot": 5, "val_query": 15, "test_query": 15, "test_episodes": 1000,
+    "backbone": "resnet12",
+}
+
+DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "mini-imagenet": {**_COMMON, "train_shot": 15, "label_smoothing": 0.1,
+                      "backbone_options": {"dropblock_size": 5, "drop_rate": 0.1, "avg_pool": False}},
+    "cifar-fs": {**_COMMON, "train_shot": 5, "label_smoothing": 0.0,
+                 "backbone_options": {"dropblock_size": 2, "drop_rate": 0.1, "avg_pool": False}},
+    "fc100": {**_COMMON, "train_shot": 15, "label_smoothing": 0.0,
+              "backbone_options": {"dropblock_size": 2, "drop_rate": 0.1, "avg_pool": False}},
+    "synthetic": {**_COMMON, "train_shot": 5, "query": 10, "label_smoothing": 0.0, "epochs": 10,
+                  "batches_per_epoch": 50, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+                  "val_episodes": 200, "test_episodes": 500, "backbone": "mlp",
+                  "backbone_options": {"hidden": [64, 64]}},
+}
+
+
+def dataset_defaults(dataset: str) -> Dict[str, Any]:
+    if dataset not in DATASET_DEFAULTS:
+        raise ValueError(f"--dataset {dataset!r}: expected one of {list(DATASET_DEFAULTS)}")
+    return copy.deepcopy(DATASET_DEFAULTS[dataset])

@@ -1,0 +1,241 @@
+"""Meta-training loop (MetaOptNet protocol) with exact resume and optional DDP.
+
+One step on a batch of ``B`` episodes (support S_b, query Q_b, ``N`` ways):
+
+    logits_b = head(f(Q_b), f(S_b), y_S_b)             (the head solves its inner problem)
+    loss = mean_{b, q} -sum_c ybar_{b,q,c} log softmax(logits_b[q])_c
+    ybar = (1 - eps) onehot + eps / (N - 1) (1 - onehot)     (MetaOptNet's label smoothing)
+
+followed by an SGD step on the backbone and the head's parameters (logit scale).
+
+Reproducibility: the randomness of step ``(epoch, i)`` (augmentation, dropout,
+DropBlock) is seeded from ``(seed, epoch, i)`` and the episodes are a pure function of
+the same triple, so a run killed at any point and resumed from ``last.pt`` (weights,
+optimizer, progress, RNG states) ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import TrainSettings, lr_factor
+from .distributed import DistContext, all_reduce_mean, barrier, shard_bounds
+from .evaluate import apply_transform, evaluate_episodes
+
+__all__ = ["EpisodeStream", "train", "smoothed_cross_entropy", "step_seed", "read_jsonl"]
+
+
+class EpisodeStream(Protocol):
+    """Training batches: ``iter_epoch(epoch, start)`` yields batches ``start, start+1, ...``
+    of ``epoch`` (full, un-sharded EpisodeBatch objects, raw images)."""
+
+    def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[Any]: ...
+
+
+def step_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that is a pure function of ``(seed, epoch, index)``."""
+    return int(np.random.SeedSequence([int(seed), 1 + int(epoch), int(index)]).generate_state(2, np.uint64)[0]
+               & np.uint64(2 ** 63 - 1))
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean over queries of the cross-entropy against MetaOptNet's smoothed one-hot targets
+    ``(1 - eps)`` on the label and ``eps / (N - 1)`` on each other class."""
+    n_way = logits.shape[-1]
+    logp = F.log_softmax(logits.reshape(-1, n_way).float(), dim=-1)
+    y = F.one_hot(labels.reshape(-1), n_way).to(logp.dtype)
+    if eps > 0:
+        y = y * (1 - eps) + (1 - y) * (eps / (n_way - 1))
+    return -(y * logp).sum(-1).mean()
+
+
+def read_jsonl(path) -> list:
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line of a killed run
+                break
+    return out
+
+
+class _MetricsLog:
+    """Append-only JSONL log; on resume, records after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until: Optional[int]):
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            records = read_jsonl(path) if keep_until is not None else []
+            records = [r for r in records if keep_until is not None and r.get("global_step", 0) <= keep_until]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0,
+                               weight_decay=s.weight_decay)
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {s.optimizer!r}")
+
+
+def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[Iterable], settings: TrainSettings,
+          run_dir, *, spec: Dict[str, Any], device: torch.device, train_transform: Optional[Callable] = None,
+          eval_transform: Optional[Callable] = None, resume: bool = False, ctx: Optional[DistContext] = None,
+          progress: bool = True, stop_after_steps: Optional[int] = None, tensorboard: bool = False,
+          val_total: Optional[int] = None) -> Dict[str, Any]:
+    """Meta-train ``model`` (a FewShotModel) and write ``run_dir/{last,best}.pt`` and
+    ``run_dir/metrics.jsonl``. ``spec`` (``config``, ``backbone``, ``head`` dicts) goes into
+    every checkpoint so that ``evaluate`` can rebuild the model.
+
+    ``stop_after_steps`` stops (as if killed) after that many optimisation steps in this
+    call, right after the checkpoint due at that point (tests use it)."""
+    ctx = ctx or DistContext(device=device)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    s = settings
+    model.to(device)
+    opt = _make_optimizer(model.parameters(), s)
+    start_epoch, start_step, global_step = 0, 0, 0
+    best: Optional[Dict[str, Any]] = None
+    if resume:
+        ck = load_checkpoint(run_dir / "last.pt", map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        p = ck["progress"]
+        start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
+        best = ck.get("best")
+        restore_rng(ck.get("rng"))
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main, global_step if resume else None)
+    writer = None
+    if tensorboard and ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - optional dependency
+            raise ValueError("--tensorboard needs the tensorboard package (pip install metasparse[tensorboard])") from e
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def checkpoint(name: str, epoch: int, step: int) -> None:
+        if not ctx.is_main:
+            return
+        save_checkpoint(run_dir / name, {
+            **spec, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "progress": {"epoch": epoch, "step": step, "global_step": global_step},
+            "best": best, "rng": capture_rng(), "settings": s.to_dict()})
+
+    steps_this_call = 0
+    t0 = time.time()
+    last_val = None
+    for epoch in range(start_epoch, s.epochs):
+        lr = s.lr * lr_factor(epoch, s)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        first = start_step if epoch == start_epoch else 0
+        sums = torch.zeros(4, dtype=torch.float64)   # loss, acc, unused, count
+        bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
+                   disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+        stream = train_stream.iter_epoch(epoch, first)
+        for i in range(first, s.batches_per_epoch):
+            batch = next(stream)
+            seed_i = step_seed(s.seed, epoch, i)
+            torch.manual_seed(seed_i)
+            gen = torch.Generator().manual_seed(seed_i)
+            batch = apply_transform(batch.to(device, non_blocking=True), train_transform, gen)
+            lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
+            local = batch[lo:hi]
+            logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
+            loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, batch {i}; lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            global_step += 1
+            steps_this_call += 1
+            with torch.no_grad():
+                acc = (logits.argmax(-1) == local.query_labels).double().mean()
+                unused = fit.unused_fraction.double().mean() if getattr(fit, "unused_fraction", None) is not None \
+                    else torch.zeros((), dtype=torch.float64)
+                stats = all_reduce_mean(torch.stack([loss.detach().double().cpu(), acc.cpu(), unused.cpu()]), ctx)
+            sums += torch.cat([stats, torch.ones(1, dtype=torch.float64)])
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats[0]:.3f}", acc=f"{100 * stats[1]:.1f}%", used=f"{100 * (1 - stats[2]):.1f}%")
+            if s.log_every and (i + 1) % s.log_every == 0:
+                log.write({"kind": "step", "epoch": epoch + 1, "batch": i + 1, "global_step": global_step, "lr": lr,
+                           "loss": float(stats[0]), "accuracy": float(stats[1]), "unused_fraction": float(stats[2])})
+                if writer:
+                    writer.add_scalar("train/loss", float(stats[0]), global_step)
+                    writer.add_scalar("train/accuracy", float(stats[1]), global_step)
+                    writer.add_scalar("train/unused_fraction", float(stats[2]), global_step)
+            if s.checkpoint_every and (i + 1) % s.checkpoint_every == 0 and i + 1 < s.batches_per_epoch:
+                checkpoint("last.pt", epoch, i + 1)
+            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                bar.close()
+                checkpoint("last.pt", epoch, i + 1) if i + 1 < s.batches_per_epoch else None
+                barrier(ctx)
+                return {"stopped": True, "global_step": global_step}
+        bar.close()
+        n = max(float(sums[3]), 1.0)
+        record = {"kind": "epoch", "epoch": epoch + 1, "global_step": global_step, "lr": lr,
+                  "train_loss": float(sums[0] / n), "train_accuracy": float(sums[1] / n),
+                  "train_unused_fraction": float(sums[2] / n), "elapsed_s": round(time.time() - t0, 2)}
+        if val_episodes is not None:
+            res = evaluate_episodes(model, val_episodes, device, eval_transform, ctx=ctx, progress=progress,
+                                    desc=f"val {epoch + 1}", total=val_total)
+            summ = res.summary()
+            last_val = summ
+            record.update({"val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"], "val_loss": summ["loss"],
+                           "val_features_used_fraction": summ["features_used_fraction"]})
+            improved = best is None or summ["accuracy"] > best["val_accuracy"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"]}
+            record["best"] = improved
+            if writer:
+                writer.add_scalar("val/accuracy", summ["accuracy"], epoch + 1)
+        else:
+            improved = True
+            best = {"epoch": epoch + 1, "val_accuracy": None, "val_ci95": None}
+            record["best"] = True
+        if ctx.is_main:
+            msg = (f"epoch {epoch + 1}/{s.epochs}: loss {record['train_loss']:.4f} "
+                   f"train acc {100 * record['train_accuracy']:.2f}% "
+                   f"features used {100 * (1 - record['train_unused_fraction']):.1f}%")
+            if "val_accuracy" in record:
+                msg += f" | val {100 * record['val_accuracy']:.2f} +- {100 * record['val_ci95']:.2f}%"
+                msg += " (best)" if improved else ""
+            tqdm.write(msg)
+        log.write(record)
+        if improved:
+            checkpoint("best.pt", epoch + 1, 0)
+        checkpoint("last.pt", epoch + 1, 0)
+        barrier(ctx)
+    if writer:
+        writer.close()
+    return {"stopped": False, "global_step": global_step, "best": best, "last_val": last_val,
+            "elapsed_s": time.time() - t0}
