@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Figure 1 of Lachapelle et al. (ICML 2023): sparsity + disentanglement generalize better.
+
+For each ratio l/m and training-set size n, one sparse linear regression task per seed:
+support ``S`` of ``l = round(ratio * m)`` factors, ``w_j ~ N(0, 1)`` on ``S`` (0 elsewhere),
+``z ~ N(0, I_m)``, ``y = w^T z + eps`` with ``Var(eps) = noise_ratio * l`` (same
+signal-to-noise ratio in every panel, best attainable R^2 = 1 / (1 + noise_ratio)).
+Lasso and Ridge, each with its regularisation chosen by validation on the training
+set (sklearn ``LassoCV`` 5-fold / ``RidgeCV`` leave-one-out), are fitted on the
+disentangled features ``z`` and on the entangled features ``L z`` (``L`` a random
+rotation, so Ridge gives identical predictions on both).  The test R^2 on
+``--n-test`` fresh samples is averaged over seeds (mean and standard error).
+
+Output: ``OUT/figure1.json`` shaped
+``{"0.05": {"disentangled-lasso": {"n": [...], "r2_mean": [...], "r2_se": [...]}, ...}, ...}``,
+``OUT/figure1.png`` (one panel per ratio, test R^2 against n) and
+``OUT/figure1_config.json`` (the arguments).
+
+    python scripts/figure1_generalization.py --out results/figure1 --seeds 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from episodes.sources.synthetic import make_mixing, sample_sparse_tasks  # noqa: E402
+
+METHODS = ("disentangled-lasso", "entangled-lasso", "disentangled-ridge", "entangled-ridge")
+RIDGE_ALPHAS = np.logspace(-3, 4, 36)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fit_and_score(method: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                  y_test: np.ndarray, seed: int) -> float:
+    """Test R^2 of Lasso (5-fold CV over its path) or Ridge (LOO CV over a grid)."""
+    from sklearn.linear_model import LassoCV, RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import KFold
+
+    if method.endswith("lasso"):
+        model = LassoCV(cv=KFold(5, shuffle=True, random_state=seed), alphas=50, max_iter=20000, tol=1e-5)
+    else:
+        model = RidgeCV(alphas=RIDGE_ALPHAS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(x_train, y_train)
+    return float(r2_score(y_test, model.predict(x_test)))
+
+
+def run_one_seed(ratio: float, ns: Sequence[int], seed: int, n_factors: int, n_test: int,
+                 noise_ratio: float) -> Dict[str, List[float]]:
+    """Test R^2 of the four methods for every n (training sets are nested prefixes)."""
+    l = max(1, int(round(ratio * n_factors)))
+    rng = np.random.default_rng([seed, int(round(ratio * 1e4)), n_factors])
+    rotation = make_mixing("rotation", n_factors, seed=rng)
+    tasks = sample_sparse_tasks(1, max(ns) + n_test, n_factors=n_factors, support_size=l, mixing=rotation,
+                                noise_std=float(np.sqrt(noise_ratio * l)), seed=rng, dtype=torch.float64)
+    z = tasks.z[0].numpy().astype(np.float64)
+    x = tasks.x[0].numpy().astype(np.float64)              # L z
+    y = tasks.y[0, :, 0].numpy().astype(np.float64)
+    test = slice(max(ns), None)
+    out: Dict[str, List[float]] = {m: [] for m in METHODS}
+    for n in ns:
+        for method in METHODS:
+            feats = z if method.startswith("disentangled") else x
+            out[method].append(fit_and_score(method, feats[:n], y[:n], feats[test], y[test], seed))
+    return out
+
+
+def run_figure1(ratios: Sequence[float] = (0.05, 0.2, 0.8), ns: Sequence[int] = (25, 50, 75, 100, 125, 150),
+                seeds: int = 10, n_factors: int = 100, n_test: int = 1000, noise_ratio: float = 0.1,
+                progress: bool = True) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+    """All panels: ``{ratio: {method: {"n", "r2_mean", "r2_se"}}}`` (ratio keys as ``f"{r:g}"``)."""
+    from tqdm import tqdm
+
+    ns = [int(n) for n in ns]
+    results = {}
+    bar = tqdm(total=len(ratios) * seeds, desc="figure1", disable=not progress)
+    for ratio in ratios:
+        per_seed = {m: [] for m in METHODS}
+        for seed in range(seeds):
+            scores = run_one_seed(float(ratio), ns, seed, n_factors, n_test, noise_ratio)
+            for m in METHODS:
+                per_seed[m].append(scores[m])
+            bar.update(1)
+        panel = {}
+        for m in METHODS:
+            arr = np.asarray(per_seed[m])                    # (seeds, len(ns))
+            se = arr.std(0, ddof=1) / np.sqrt(seeds) if seeds > 1 else np.zeros(len(ns))
+            panel[m] = {"n": ns, "r2_mean": arr.mean(0).tolist(), "r2_se": se.tolist()}
+        results[f"{float(ratio):g}"] = panel
+    bar.close()
+    return results
+
+
+STYLE = {
+    "disentangled-lasso": dict(color="tab:blue", linestyle="-", marker="o"),
+    "entangled-lasso": dict(color="tab:orange", linestyle="-", marker="s"),
+    "disentangled-ridge": dict(color="tab:green", linestyle="--", marker="^"),
+    "entangled-ridge": dict(color="tab:red", linestyle=":", marker="v"),
+}
+
+
+def plot_figure1(results, path: Path) -> None:
+    """One panel per l/m ratio: test R^2 against n with standard-error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = list(results)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 3.6), sharey=True, squeeze=False)
+    for ax, ratio in zip(axes[0], ratios):
+        for method, curve in results[ratio].items():
+            ax.errorbar(curve["n"], curve["r2_mean"], yerr=curve["r2_se"], label=method, capsize=3,
+                        markersize=4, **STYLE.get(method, {}))
+        ax.set_title(f"l/m = {float(ratio) * 100:g}%")
+        ax.set_xlabel("training samples n")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test $R^2$")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="output folder (figure1.json, figure1.png)")
+    p.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
+    p.add_argument("--n-factors", type=int, default=100, help="latent dimension m (default 100)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.2, 0.8], help="l/m values")
+    p.add_argument("--n-train", type=int, nargs="+", default=[25, 50, 75, 100, 125, 150],
+                   help="training-set sizes n")
+    p.add_argument("--n-test", type=int, default=1000, help="test samples per task (default 1000)")
+    p.add_argument("--noise-ratio", type=float, default=0.1, help="noise variance / signal variance (default 0.1)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    if args.seeds < 2:
+        p.error(f"--seeds must be >= 2 (standard errors), got {args.seeds}")
+    if any(not 0 < r <= 1 for r in args.ratios):
+        p.error(f"--ratios must lie in (0, 1], got {args.ratios}")
+    if any(n < 10 for n in args.n_train):
+        p.error(f"--n-train values must be >= 10 (5-fold CV), got {args.n_train}")
+    if args.n_factors < 2 or args.n_test < 2 or args.noise_ratio < 0:
+        p.error("--n-factors and --n-test must be >= 2 and --noise-ratio >= 0")
+    return args
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    results = run_figure1(args.ratios, args.n_train, args.seeds, args.n_factors, args.n_test,
+                          args.noise_ratio, progress=not args.no_progress)
+    out = args.out
+    atomic_write(out / "figure1.json", json.dumps(results, indent=1).encode())
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    atomic_write(out / "figure1_config.json", json.dumps(config, indent=1).encode())
+    plot_figure1(results, out / "figure1.png")
+    for ratio, panel in results.items():
+        line = ", ".join(f"{m}={panel[m]['r2_mean'][0]:.3f}" for m in METHODS)
+        print(f"l/m={ratio} n={panel[METHODS[0]]['n'][0]}: {line}")
+    print(f"wrote {out / 'figure1.json'} and {out / 'figure1.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
