@@ -1,0 +1,107 @@
+"""Few-shot sources: one split of a dataset held in memory (see :class:`FewShotSource`).
+
+:func:`load_source` is the single entry point: it detects the on-disk format of
+``dataset`` under one data root by file names (docs/data.md lists them).
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from .base import FewShotSource
+
+__all__ = ["FewShotSource", "load_source", "DATASETS", "normalise_dataset", "normalise_split",
+           "build_cifar_fs_fc100"]
+
+DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic")
+_ALIASES = {
+    "mini-imagenet": "mini-imagenet", "miniimagenet": "mini-imagenet", "mini_imagenet": "mini-imagenet",
+    "cifar-fs": "cifar-fs", "cifarfs": "cifar-fs", "cifar_fs": "cifar-fs",
+    "fc100": "fc100", "fc-100": "fc100",
+    "synthetic": "synthetic",
+}
+_SPLITS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+
+def normalise_dataset(dataset: str) -> str:
+    key = str(dataset).strip().lower()
+    if key not in _ALIASES:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    return _ALIASES[key]
+
+
+def normalise_split(split: str) -> str:
+    key = str(split).strip().lower()
+    if key not in _SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
+    return _SPLITS[key]
+
+
+def _search_dirs(root: str) -> List[str]:
+    """The data root itself, then its immediate sub-folders (sorted), e.g. root/miniImageNet/."""
+    subs = sorted(os.path.join(root, e) for e in os.listdir(root) if os.path.isdir(os.path.join(root, e)))
+    return [root] + subs
+
+
+def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
+    """Load split ``split`` of ``dataset`` from files found under ``data_root``.
+
+    Formats, first match wins (the data root and its immediate sub-folders are searched):
+
+    * mini-imagenet: MetaOptNet ``miniImageNet_category_split_*.pickle``, else learn2learn
+      ``mini-imagenet-cache-*.pkl``;
+    * cifar-fs: MetaOptNet ``CIFAR_FS_*.pickle``, else learn2learn
+      ``cifarfs/processed/<split>/<class>/*.png``;
+    * fc100: MetaOptNet ``FC100_*.pickle``;
+    * synthetic: generated (``data_root`` is ignored; ``kwargs`` go to
+      :func:`episodes.sources.synthetic.make_synthetic_source`).
+
+    Raises FileNotFoundError (missing root or split file) or ValueError (bad content).
+    """
+    dataset = normalise_dataset(dataset)
+    if dataset == "synthetic":
+        split = normalise_split(split)
+        from .synthetic import make_synthetic_source  # lazy: owned by the synthetic module
+        return make_synthetic_source(split, **kwargs)
+    if kwargs:
+        raise TypeError(f"load_source({dataset!r}) takes no extra options; got {sorted(kwargs)}")
+    split_in = split
+    split = str(split).strip().lower()
+    if not (dataset == "mini-imagenet" and split in ("train_phase_val", "train_phase_test")):
+        split = normalise_split(split_in)
+    if data_root is None:
+        raise FileNotFoundError(f"{dataset}: no data root given (--data-root)")
+    root = os.path.expanduser(os.fspath(data_root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{dataset}: data root '{root}' does not exist or is not a folder (--data-root)")
+    dirs = _search_dirs(root)
+
+    if dataset == "mini-imagenet":
+        from . import miniimagenet as mi
+        loader, path = mi.find_miniimagenet(dirs, split)
+        if loader is None:
+            raise FileNotFoundError(f"mini-imagenet: no {split} split file under '{root}'; expected "
+                                    f"{' or '.join(mi.expected_files(split))}")
+        return loader(path, split if split in ("train", "val", "test") else "train")
+
+    from . import cifar
+    name = cifar.metaoptnet_file(dataset, split)
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, name)):
+            return cifar.load_metaoptnet_cifar(os.path.join(d, name), dataset, split)
+    if dataset == "cifar-fs":
+        for d in dirs:
+            for folder in cifar.l2l_folder_candidates(d, split):
+                if os.path.isdir(folder):
+                    return cifar.load_l2l_cifarfs_folder(folder, split)
+        expected = f"{name} or cifarfs/processed/{split}/<class>/*.png"
+    else:
+        expected = name
+    raise FileNotFoundError(f"{dataset}: no {split} split under '{root}'; expected {expected} "
+                            f"(build pickles from cifar-100-python.tar.gz with `metasparse prepare`)")
+
+
+def build_cifar_fs_fc100(archive_path, out_dir, dataset):
+    """See :func:`episodes.sources.cifar.build_cifar_fs_fc100`."""
+    from .cifar import build_cifar_fs_fc100 as build
+    return build(os.fspath(archive_path), os.fspath(out_dir), normalise_dataset(dataset))

@@ -1,0 +1,260 @@
+"""Batched image transforms for episodes: MetaOptNet's training augmentation and normalisation.
+
+All transforms take a whole batch of images, uint8 ``(M, C, H, W)`` (any device), and an
+optional CPU ``torch.Generator``; they return float32 ``(M, C, H, W)`` normalised images on
+the input's device:
+
+    x_out = (x / 255 - mean) / std                                    (per channel)
+
+Training (MetaOptNet, Lee et al. 2019): ``RandomCrop(size, padding=p)`` (p = 8 for 84x84,
+4 for 32x32, zero fill), ``ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)``,
+``RandomHorizontalFlip()``, then normalisation.
+
+Why not ``torchvision.transforms.v2`` classes on the batch?  A v2 transform called on a
+batched tensor draws *one* set of random parameters for the whole batch (every image gets
+the same crop, flip and jitter), which is not the augmentation MetaOptNet trains with; a
+per-image Python loop is correct but slow.  :class:`MetaOptNetTrainTransform` therefore
+draws per-image parameters from a ``torch.Generator`` (reproducible) and applies them
+vectorised:
+
+* crop + flip: one ``torch.gather`` on the zero-padded uint8 batch, with per-image row
+  offset ``i``, column offset ``j`` and column order reversed for flipped images
+  (``out[m, c, y, x] = pad[m, c, i_m + y, j_m + (W-1-x if flip_m else x)]``).  Flip commutes
+  with the colour jitter (which is per pixel plus an image-wide mean), so applying it
+  together with the crop is exact;
+* colour jitter with per-image factors ``f ~ U[0.6, 1.4]`` and a per-image random order of
+  the three operations (as ``ColorJitter`` does), each the torchvision blend
+  ``clamp(f * x + (1 - f) * y, 0, 1)`` with y = 0 (brightness), the mean grey level of the
+  image (contrast) or the grey image ``0.2989 R + 0.587 G + 0.114 B`` (saturation).  All
+  three are ``clamp(f x + (1 - f) y, 0, 1)``, so step t of every image's own order is one
+  vectorised blend with per-image ``(f, y)``; it runs in place on cache-sized chunks of the
+  output (on CPU, fresh large allocations and scatters cost more than the arithmetic).
+
+``tests/episodes/test_transforms.py`` checks each image against torchvision's v2 functional
+kernels applied one image at a time with the same parameters.  Evaluation is
+normalisation only (``v2.ToDtype`` + ``v2.Normalize``, parameter-free so batching is exact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from .sources.cifar import CIFAR_MEAN, CIFAR_STD
+from .sources.miniimagenet import MINI_IMAGENET_MEAN, MINI_IMAGENET_STD
+
+__all__ = ["NORMALISATION", "IMAGE_SIZE", "JitterParams", "MetaOptNetTrainTransform", "Normalise",
+           "IdentityTransform", "train_transform", "eval_transform", "torchvision_train_transform",
+           "crop_padding"]
+
+NORMALISATION = {
+    "mini-imagenet": (MINI_IMAGENET_MEAN, MINI_IMAGENET_STD),
+    "cifar-fs": (CIFAR_MEAN, CIFAR_STD),
+    "fc100": (CIFAR_MEAN, CIFAR_STD),
+}
+IMAGE_SIZE = {"mini-imagenet": 84, "cifar-fs": 32, "fc100": 32}
+_GREY = (0.2989, 0.587, 0.114)
+
+
+def crop_padding(size: int) -> int:
+    """MetaOptNet's RandomCrop padding: 8 for 84x84 images, 4 for 32x32 (size // 10 otherwise)."""
+    return {84: 8, 32: 4}.get(int(size), max(1, int(size) // 10))
+
+
+@dataclass
+class JitterParams:
+    """Per-image random parameters of one call (all CPU tensors of length M)."""
+    top: torch.Tensor         # (M,) crop row offset in the padded image, 0..2p
+    left: torch.Tensor        # (M,) crop column offset, 0..2p
+    flip: torch.Tensor        # (M,) bool
+    factors: torch.Tensor     # (3, M) brightness, contrast, saturation factors
+    order: torch.Tensor       # (M, 3) permutation of (0 brightness, 1 contrast, 2 saturation)
+
+
+class Normalise:
+    """Evaluation transform: ``(x / 255 - mean) / std`` on a uint8 batch (v2 kernels)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._t = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
+
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self._t(images)
+
+    def __repr__(self) -> str:
+        return f"Normalise(mean={self.mean}, std={self.std})"
+
+
+class IdentityTransform:
+    """For vector sources: returns the data as float32."""
+
+    def __call__(self, data: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return data.float()
+
+    def __repr__(self) -> str:
+        return "IdentityTransform()"
+
+
+class MetaOptNetTrainTransform:
+    """Per-image random crop (zero padding), colour jitter, horizontal flip, then normalise.
+
+    Parameters follow MetaOptNet: ``padding`` 8 (84x84) / 4 (32x32), jitter strengths 0.4,
+    flip probability 0.5.  Calls with equal generator states give equal outputs.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], size: int, padding: Optional[int] = None,
+                 brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, flip_p: float = 0.5):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.size = int(size)
+        self.padding = crop_padding(size) if padding is None else int(padding)
+        self.strength = (float(brightness), float(contrast), float(saturation))
+        self.flip_p = float(flip_p)
+
+    def __repr__(self) -> str:
+        return (f"MetaOptNetTrainTransform(size={self.size}, padding={self.padding}, "
+                f"jitter={self.strength}, flip_p={self.flip_p})")
+
+    # -- parameters ---------------------------------------------------------------------
+    def sample_params(self, m: int, generator: Optional[torch.Generator] = None) -> JitterParams:
+        """Draw the per-image parameters of ``m`` images (fixed draw order: reproducible)."""
+        p = self.padding
+        top = torch.randint(0, 2 * p + 1, (m,), generator=generator)
+        left = torch.randint(0, 2 * p + 1, (m,), generator=generator)
+        flip = torch.rand(m, generator=generator) < self.flip_p
+        lo = torch.tensor([max(0.0, 1 - s) for s in self.strength]).unsqueeze(1)
+        hi = torch.tensor([1 + s for s in self.strength]).unsqueeze(1)
+        factors = lo + (hi - lo) * torch.rand(3, m, generator=generator)
+        order = torch.rand(m, 3, generator=generator).argsort(dim=1)
+        return JitterParams(top, left, flip, factors, order)
+
+    # -- application ----------------------------------------------------------------------
+    def crop_flip(self, images: torch.Tensor, params: JitterParams) -> torch.Tensor:
+        """uint8 (M,C,H,W) -> uint8 (M,C,size,size): zero-pad by p, crop at (top, left), flip."""
+        m, c, h, w = images.shape
+        p, s, dev = self.padding, self.size, images.device
+        padded = F.pad(images, [p, p, p, p], fill=0) if p > 0 else images
+        hp, wp = h + 2 * p, w + 2 * p
+        ar = torch.arange(s, device=dev)
+        rows = params.top.to(dev)[:, None] + ar                                    # (M, s)
+        cols = torch.where(params.flip.to(dev)[:, None], s - 1 - ar, ar) + params.left.to(dev)[:, None]
+        lin = (rows[:, :, None] * wp + cols[:, None, :]).reshape(m, 1, s * s)      # (M, 1, s*s)
+        out = torch.gather(padded.reshape(m, c, hp * wp), 2, lin.expand(m, c, s * s))
+        return out.reshape(m, c, s, s)
+
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 params: Optional[JitterParams] = None) -> torch.Tensor:
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"MetaOptNetTrainTransform expects uint8 (M, C, H, W) images; got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        m, c = images.shape[:2]
+        s, dev = self.size, images.device
+        if params is None:
+            params = self.sample_params(m, generator)
+        # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
+        # large CPU allocations (page faults) and scatters cost more than the arithmetic.
+        chunk = m if dev.type != "cpu" else max(1, min(m, (1 << 20) // (c * s * s)))
+        out = torch.empty(m, c, s, s, dtype=torch.float32, device=dev)
+        grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32, device=dev)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        inv_std = (1.0 / torch.tensor(self.std, dtype=torch.float32)).to(dev).view(1, -1, 1, 1)
+        ar = torch.arange(m)
+        # step t applies op order[:, t] with its factor: clamp(f x + (1 - f) y, 0, 1) where
+        # y = a * grey(x) + b * mean(grey(x)) with (a, b) = (0, 0) brightness, (0, 1) contrast,
+        # (1, 0) saturation.
+        f_step = torch.stack([params.factors[params.order[:, t], ar] for t in range(3)])       # (3, M)
+        a_step = (params.order.T == 2).float() * (1 - f_step)
+        b_step = (params.order.T == 1).float() * (1 - f_step)
+        f_step, a_step, b_step = (v.to(dev).view(3, m, 1, 1, 1) for v in (f_step, a_step, b_step))
+        for lo in range(0, m, chunk):
+            hi = min(lo + chunk, m)
+            x, g = out[lo:hi], grey[: hi - lo]
+            self._crop_flip_into(x, images, torch.arange(lo, hi), params)
+            x.mul_(1.0 / 255.0)
+            for t in range(3):
+                r_, g_, b_ = x.unbind(dim=-3)
+                torch.mul(r_, _GREY[0], out=g[:, 0])
+                g[:, 0].add_(g_, alpha=_GREY[1]).add_(b_, alpha=_GREY[2])
+                y_mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+                g.mul_(a_step[t, lo:hi]).add_(y_mean * b_step[t, lo:hi])
+                x.mul_(f_step[t, lo:hi]).add_(g).clamp_(0, 1)
+            x.sub_(mean).mul_(inv_std)
+        return out
+
+    def _crop_flip_into(self, dst: torch.Tensor, images: torch.Tensor, idx: torch.Tensor,
+                        params: JitterParams) -> None:
+        """dst[j] = crop_flip(images[idx[j]]) (converted to dst's dtype)."""
+        if images.device.type != "cpu":          # vectorised gather (cheap allocations on accelerators)
+            sub = JitterParams(params.top[idx], params.left[idx], params.flip[idx], params.factors[:, idx],
+                               params.order[idx])
+            dst.copy_(self.crop_flip(images.index_select(0, idx.to(images.device)), sub))
+            return
+        p, s = self.padding, self.size
+        h, w = images.shape[-2:]
+        tops, lefts, flips = params.top[idx].tolist(), params.left[idx].tolist(), params.flip[idx].tolist()
+        for j, mi in enumerate(idx.tolist()):
+            # padded coordinates [t, t+s) x [l, l+s) <-> image rows [t-p, t-p+s) clipped to [0, h)
+            y0, x0 = tops[j] - p, lefts[j] - p
+            r0, r1 = max(0, y0), min(h, y0 + s)
+            c0, c1 = max(0, x0), min(w, x0 + s)
+            d = dst[j]
+            if r0 - y0 > 0 or c0 - x0 > 0 or r1 - y0 < s or c1 - x0 < s:
+                d.zero_()
+            src = images[mi, :, r0:r1, c0:c1]
+            if flips[j]:
+                # flipped output column x shows padded column l + s-1-x
+                d[:, r0 - y0: r1 - y0, s - (c1 - x0): s - (c0 - x0)].copy_(src.flip(-1))
+            else:
+                d[:, r0 - y0: r1 - y0, c0 - x0: c1 - x0].copy_(src)
+
+
+def _constants(dataset) -> Tuple[str, Tuple[float, ...], Tuple[float, ...], Optional[int]]:
+    """(name, mean, std, image size) from a dataset name or a FewShotSource."""
+    if isinstance(dataset, str):
+        from .sources import normalise_dataset
+        name = normalise_dataset(dataset)
+        if name not in NORMALISATION:
+            return name, (), (), None
+        mean, std = NORMALISATION[name]
+        return name, mean, std, IMAGE_SIZE[name]
+    name = getattr(dataset, "name", "?")
+    if not getattr(dataset, "is_image", False):
+        return name, (), (), None
+    mean = dataset.mean or NORMALISATION.get(name, (None, None))[0]
+    std = dataset.std or NORMALISATION.get(name, (None, None))[1]
+    if mean is None or std is None:
+        raise ValueError(f"{name}: image source without normalisation constants (mean/std)")
+    return name, tuple(mean), tuple(std), int(dataset.data.shape[-1])
+
+
+def train_transform(dataset) -> Union[MetaOptNetTrainTransform, IdentityTransform]:
+    """MetaOptNet training augmentation for a dataset name or source (identity for vectors)."""
+    name, mean, std, size = _constants(dataset)
+    if size is None:
+        return IdentityTransform()
+    return MetaOptNetTrainTransform(mean, std, size)
+
+
+def eval_transform(dataset) -> Union[Normalise, IdentityTransform]:
+    """Normalisation only (identity for vector sources)."""
+    name, mean, std, size = _constants(dataset)
+    if size is None:
+        return IdentityTransform()
+    return Normalise(mean, std)
+
+
+def torchvision_train_transform(dataset) -> v2.Compose:
+    """The same augmentation as a per-image ``torchvision.transforms.v2`` pipeline
+    (one image ``(C, H, W)`` uint8 per call).  Used as the reference / baseline only."""
+    name, mean, std, size = _constants(dataset)
+    if size is None:
+        raise ValueError(f"{name}: torchvision_train_transform needs an image dataset")
+    return v2.Compose([
+        v2.RandomCrop(size, padding=crop_padding(size)),
+        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean, std),
+    ])
