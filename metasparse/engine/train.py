@@ -119,6 +119,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
     opt = _make_optimizer(model.parameters(), s)
     start_epoch, start_step, global_step = 0, 0, 0
     best: Optional[Dict[str, Any]] = None
+    resumed_sums = torch.zeros(4, dtype=torch.float64)
+    sums = torch.zeros(4, dtype=torch.float64)
     if resume:
         ck = load_checkpoint(run_dir / "last.pt", map_location=device)
         model.load_state_dict(ck["model"])
@@ -127,6 +129,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
         best = ck.get("best")
         restore_rng(ck.get("rng"))
+        resumed_sums = torch.tensor(p.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
     train_model: nn.Module = model
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -145,7 +148,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             return
         save_checkpoint(run_dir / name, {
             **spec, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "progress": {"epoch": epoch, "step": step, "global_step": global_step},
+            "progress": {"epoch": epoch, "step": step, "global_step": global_step,
+                         "epoch_sums": sums.tolist() if step else [0.0] * 4},
             "best": best, "rng": capture_rng(), "settings": s.to_dict()})
 
     steps_this_call = 0
@@ -157,7 +161,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             g["lr"] = lr
         model.train()
         first = start_step if epoch == start_epoch else 0
-        sums = torch.zeros(4, dtype=torch.float64)   # loss, acc, unused, count
+        # running sums of loss, acc, unused, count over this epoch's batches
+        sums = resumed_sums.clone() if (epoch == start_epoch and first) else torch.zeros(4, dtype=torch.float64)
         bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
                    disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
         stream = train_stream.iter_epoch(epoch, first)

@@ -1,0 +1,61 @@
+"""Small pieces shared by the engine tests: a tiny nearest-prototype head with the heads'
+``predict`` contract (so the engine is tested independently of the solver heads)."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from episodes.sampler import EpisodeSampler
+from episodes.sources.synthetic import make_synthetic_source
+from metasparse.backbones import build_backbone
+from metasparse.engine.model import FewShotModel
+from metasparse.engine.streams import EvalEpisodes, SamplerStream
+
+SOURCE = dict(seed=0, n_factors=6, factors_per_class=2, n_classes=(10, 5, 5), examples_per_class=20,
+              mixing="rotation")
+
+
+@dataclass
+class Fit:
+    active: torch.Tensor
+
+    @property
+    def unused_fraction(self):
+        return 1.0 - self.active.float().mean(1)
+
+
+@dataclass
+class Out:
+    logits: torch.Tensor
+    fit: Fit
+
+
+class PrototypeHead(nn.Module):
+    """logits = -scale * ||q - mean_c||^2 ; features with |mean| < threshold count as unused."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def predict(self, query, support, support_labels, n_way):
+        oh = torch.nn.functional.one_hot(support_labels, n_way).to(support.dtype)
+        protos = oh.transpose(1, 2) @ support / oh.sum(1).unsqueeze(-1)
+        logits = -self.scale * ((query.unsqueeze(2) - protos.unsqueeze(1)) ** 2).sum(-1)
+        return Out(logits, Fit(protos.abs().amax(1) > 0.05))
+
+
+def tiny_model(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    bb = build_backbone("mlp", in_dim=6, out_dim=6, hidden=(16,), dropout=dropout)
+    return FewShotModel(bb, PrototypeHead())
+
+
+def tiny_streams(batches=4, episodes_per_batch=4, val=8):
+    tr = make_synthetic_source("train", **SOURCE)
+    va = make_synthetic_source("val", **SOURCE)
+    stream = SamplerStream(EpisodeSampler(tr, 3, 2, 3, episodes_per_batch, seed=1), batches)
+    val_eps = EvalEpisodes(EpisodeSampler(va, 3, 2, 3, 1, seed=2), val, 4) if val else None
+    return stream, val_eps
+
+
+SPEC = {"config": {"test": True}, "backbone": {"name": "mlp", "options": {}}, "head": {"name": "proto", "options": {}}}
