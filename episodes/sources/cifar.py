@@ -83,7 +83,7 @@ def load_metaoptnet_cifar(path: str, dataset: str, split: str) -> FewShotSource:
 
 def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     """Read learn2learn's ``cifarfs/processed/<split>/<class>/*.png`` folder of one split."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from PIL import Image
     from tqdm import tqdm
 
     classes = sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
@@ -98,7 +98,8 @@ def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
         raise ValueError(f"{folder}: no .png images in the class folders")
     images, labels = [], []
     for p, c in tqdm(files, desc=f"reading {split} images", disable=len(files) < 5000, leave=False):
-        img = decode_image(read_file(p), mode=ImageReadMode.RGB)
+        with Image.open(p) as im:
+            img = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
         if images and img.shape != images[0].shape:
             raise ValueError(f"{p}: image of shape {tuple(img.shape)}, expected {tuple(images[0].shape)} like the others")
         images.append(img)

@@ -82,10 +82,10 @@ def load_l2l_miniimagenet(path: str, split: str) -> FewShotSource:
 
 
 def find_miniimagenet(dirs, split: str):
-    """Return ``(loader, path)`` for the first directory holding a known file of ``split``."""
-    for d in dirs:
-        for files, loader in ((METAOPTNET_FILES, load_metaoptnet_miniimagenet),
-                              (L2L_CACHE_FILES, load_l2l_miniimagenet)):
+    """Return ``(loader, path)`` of ``split``: MetaOptNet pickles first, then learn2learn caches."""
+    for files, loader in ((METAOPTNET_FILES, load_metaoptnet_miniimagenet),
+                          (L2L_CACHE_FILES, load_l2l_miniimagenet)):
+        for d in dirs:
             if split in files and os.path.isfile(os.path.join(d, files[split])):
                 return loader, os.path.join(d, files[split])
     return None, None
