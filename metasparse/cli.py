@@ -327,19 +327,21 @@ def _eval_head(ck_config: Dict[str, Any], head: Optional[str], lambda_ratio, sol
 
 
 def _episode_sets(args, config, source, shots: List[int], seed: int):
-    """{shot: re-iterable episodes} shared by every model being evaluated."""
-    from episodes.sampler import EpisodeSampler
+    """{shot: re-iterable episodes} shared by every model being evaluated.
 
-    from .engine.streams import EvalEpisodes, ListEpisodes
+    Episode ``t`` of shot ``K`` is episode ``t`` of ``episodes.fixed.sample_fixed_episodes`` with
+    seed ``seed + 7919 K``: the same tasks for every checkpoint and head, on every machine."""
+    from episodes import fixed
+
+    from .engine.streams import FixedStream
 
     if args.episodes_file:
         for flag, val in (("--shot", args.shot), ("--episodes", args.episodes), ("--way", args.way),
                           ("--query", args.query)):
             if val is not None:
                 raise CLIError(f"{flag} contradicts --episodes-file (the file defines the episodes); drop one of them")
-        from episodes import fixed
-        batch = fixed.load_episodes(args.episodes_file, source, transform="eval")
-        return {batch.shot: ListEpisodes(batch, args.batch_size)}, batch.n_episodes, batch.n_way
+        fx = fixed.load_episodes(args.episodes_file, source)
+        return {fx.shot: FixedStream(fx, source, args.batch_size)}, len(fx), fx.way
     way = args.way or config["way"]
     query = args.query or config.get("test_query", 15)
     n = args.episodes or config.get("test_episodes", 1000)
@@ -349,17 +351,14 @@ def _episode_sets(args, config, source, shots: List[int], seed: int):
     for k in shots:
         if k < 1:
             raise CLIError(f"--shot must be >= 1, got {k}")
-        sets[k] = EvalEpisodes(EpisodeSampler(source, way, k, query, 1, seed + 7919 * k, transform="eval"), n,
-                               args.batch_size)
-    if args.save_episodes:
-        from episodes import fixed
-        for k, eps in sets.items():
+        fx = fixed.sample_fixed_episodes(source, way, k, query, n, seed=seed + 7919 * k)
+        sets[k] = FixedStream(fx, source, args.batch_size)
+        if args.save_episodes:
             path = Path(args.save_episodes)
-            if len(sets) > 1:
+            if len(shots) > 1:
                 path = path.with_name(f"{path.stem}_{k}shot{path.suffix}")
-            from .engine.streams import cat_batches
-            fixed.save_episodes(path, cat_batches(list(iter(eps))), source)
-            print(f"saved {n} {k}-shot episodes to {path}")
+            fixed.save_episodes(path, fx)
+            print(f"saved {n} {way}-way {k}-shot episodes to {path}")
     return sets, n, way
 
 
@@ -409,7 +408,7 @@ def _entry_name(ck_path: str, multi_ckpt: bool, head: str, opts: Dict[str, Any])
     if head in SPARSE_HEADS and "lambda_ratio" in opts:
         name += f"(r={opts['lambda_ratio']:g})"
     if multi_ckpt:
-        name = f"{Path(ck_path).parent.name}:{name}"
+        name = f"{multi_ckpt[ck_path]}:{name}"
     return name
 
 
@@ -426,7 +425,11 @@ def cmd_compare(args) -> int:
     source = _load_source(ref_cfg["dataset"], args.data_root or ref_cfg["data_root"], args.split,
                           ref_cfg.get("source_options", {}))
     entries: List[Entry] = []
-    multi = len(cks) > 1
+    multi = None
+    if len(cks) > 1:  # label checkpoints by run directory, or run/file when runs repeat
+        parents = [Path(ck["path"]).parent.name for ck in cks]
+        multi = {ck["path"]: (p if parents.count(p) == 1 else f"{p}/{Path(ck['path']).stem}")
+                 for ck, p in zip(cks, parents)}
     ratios = args.lambda_ratios
     for ck in cks:
         _check_data_fits(ck, source)

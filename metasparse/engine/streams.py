@@ -92,3 +92,20 @@ class ListEpisodes:
     def __iter__(self):
         for lo in range(0, self.n_episodes, self.batch_size):
             yield self.batch[lo:lo + self.batch_size]
+
+
+class FixedStream:
+    """Re-iterable batches of an ``episodes.fixed.FixedEpisodes`` set (saved or freshly sampled)."""
+
+    def __init__(self, fixed_episodes, source, batch_size: int = 8, transform="eval"):
+        self.fixed = fixed_episodes
+        self.source = source
+        self.batch_size = max(1, int(batch_size))
+        self.transform = transform
+        self.n_episodes = len(fixed_episodes)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_episodes / self.batch_size)
+
+    def __iter__(self):
+        yield from self.fixed.batches(self.source, self.batch_size, transform=self.transform)
