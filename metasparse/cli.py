@@ -251,6 +251,7 @@ def run_training(config: Dict[str, Any], out: Path, *, device: str = "auto", res
                            f"started on {tuple(config['example_shape'])}")
         config["example_shape"] = shape
         config["backbone_options"] = _backbone_options(config["backbone"], config["backbone_options"], shape)
+        torch.manual_seed(s.seed)   # same seed, same initial weights (on every rank)
         model = build_model(config)
         config["n_features"] = int(model.backbone.output_dim(shape[-1]) if len(shape) == 3
                                    else model.backbone.output_dim())

@@ -1,0 +1,192 @@
+"""End-to-end CLI tests on small fixture data in the real file formats (CIFAR-FS MetaOptNet
+pickles written as Python 2 did): train, kill, resume, evaluate, compare, prepare; errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fixtures_formats import write_cifar100_archive, write_metaoptnet_cifar  # noqa: E402
+from metasparse.cli import main  # noqa: E402
+from metasparse.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--backbone-options", '{"widths": [4, 4, 8, 8]}', "--way", "3", "--train-shot", "2", "--query", "2",
+        "--episodes-per-batch", "2", "--val-episodes", "4", "--val-shot", "2", "--val-query", "2",
+        "--no-progress", "--device", "cpu"]
+EVAL = ["--episodes", "6", "--query", "2", "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifarfs")
+    write_metaoptnet_cifar(str(root), "cifar-fs", per_class=8, n_classes={"train": 5, "val": 4, "test": 4})
+    return root
+
+
+def _train_args(data_root, out, *extra, epochs=2, batches=3):
+    return ["train", "--dataset", "cifar-fs", "--data-root", str(data_root), "--head", "group-sparse-svm",
+            "--lambda-ratio", "0.1", "--epochs", str(epochs), "--batches-per-epoch", str(batches),
+            "--checkpoint-every", "1", "--out", str(out), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """An uninterrupted run and a run stopped after 4 steps then resumed."""
+    base = tmp_path_factory.mktemp("runs")
+    full, cut = base / "full", base / "cut"
+    assert main(_train_args(data_root, full)) == 0
+    assert main(_train_args(data_root, cut, "--stop-after-steps", "4")) == 0
+    assert load_checkpoint(cut / "last.pt")["progress"]["global_step"] == 4
+    assert main(["train", "--out", str(cut), "--resume", "--no-progress", "--device", "cpu"]) == 0
+    return full, cut
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_train_outputs_and_exact_resume(trained):
+    full, cut = trained
+    for run in (full, cut):
+        for f in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+            assert (run / f).is_file(), f
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["dataset"] == "cifar-fs" and cfg["backbone_options"]["dropblock_size"] == 2
+        assert cfg["settings"]["label_smoothing"] == 0.0 and cfg["n_features"] == 8 * 2 * 2
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [1, 2]
+    a, b = _weights(full / "last.pt"), _weights(cut / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:   # includes BN statistics and the DropBlock step counters
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_then_resume_matches_uninterrupted(data_root, tmp_path, trained):
+    full, _ = trained
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "metasparse", *_train_args(data_root, out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "last.pt").exists(), proc.stderr.read().decode()[-2000:]
+    assert main(["train", "--out", str(out), "--resume", "--no-progress", "--device", "cpu"]) == 0
+    a, b = _weights(full / "last.pt"), _weights(out / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_evaluate_json_head_swap_and_episode_files(trained, tmp_path):
+    full, _ = trained
+    ck = str(full / "best.pt")
+    out = tmp_path / "eval.json"
+    eps = tmp_path / "eps.json"
+    assert main(["evaluate", "--checkpoint", ck, "--shot", "1", "2", "--out", str(out), "--save-episodes", str(eps),
+                 *EVAL]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"1", "2"}
+    r2 = res["results"]["2"]
+    assert r2["episodes"] == 6 and 0 <= r2["accuracy"] <= 1 and r2["ci95"] >= 0
+    assert 0 <= r2["features_used_fraction"] <= 1 and r2["n_features"] == 32
+    # the saved 2-shot episodes give the same numbers
+    out2 = tmp_path / "eval2.json"
+    assert main(["evaluate", "--checkpoint", ck, "--episodes-file", str(tmp_path / "eps_2shot.json"),
+                 "--out", str(out2), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads(out2.read_text())["results"]["2"]["accuracy"] == pytest.approx(r2["accuracy"])
+    # head swap at test time, and a stronger group-Lasso penalty uses fewer features
+    out3 = tmp_path / "ridge.json"
+    assert main(["evaluate", "--checkpoint", ck, "--shot", "2", "--head", "ridge", "--out", str(out3), *EVAL]) == 0
+    assert json.loads(out3.read_text())["head"] == "ridge"
+    out4 = tmp_path / "sparse.json"
+    assert main(["evaluate", "--checkpoint", ck, "--shot", "2", "--lambda-ratio", "0.9", "--out", str(out4),
+                 *EVAL]) == 0
+    sparse = json.loads(out4.read_text())["results"]["2"]
+    assert sparse["features_used_fraction"] < r2["features_used_fraction"]
+
+
+def test_compare_outputs(trained, tmp_path):
+    full, cut = trained
+    out = tmp_path / "cmp"
+    assert main(["compare", str(full / "best.pt"), str(cut / "best.pt"), "--heads", "group-sparse-svm", "svm",
+                 "--lambda-ratios", "0.05", "0.5", "--shot", "2", "--out", str(out), *EVAL]) == 0
+    res = json.loads((out / "compare.json").read_text())
+    rows = res["shots"]["2"]
+    assert len(rows) == 2 * 3
+    assert rows[0]["paired_vs_reference"] is None
+    for r in rows[1:]:
+        p = r["paired_vs_reference"]
+        assert {"mean_diff", "ci95", "t_pvalue", "wilcoxon_pvalue"} <= set(p)
+        assert len(r["per_episode_accuracy"]) == 6 and len(r["feature_usage"]) == 32
+    # the resumed run equals the uninterrupted one: zero paired difference for the same head
+    same = [r for r in rows if r["name"] == "cut:group-sparse-svm(r=0.05)"][0]
+    assert same["paired_vs_reference"]["mean_diff"] == 0.0
+    assert "| model |" in (out / "compare.md").read_text()
+    for f in ("feature_usage_2shot.png", "accuracy_vs_sparsity_2shot.png"):
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prepare_builds_loadable_cifar_fs(tmp_path):
+    from episodes.sources import load_source
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(str(archive), train_per_class=2, test_per_class=1)
+    assert main(["prepare", "cifar-fs", "--cifar100", str(archive), "--out", str(tmp_path / "fs")]) == 0
+    src = load_source("cifar-fs", str(tmp_path / "fs"), "test")
+    assert len(src.classes) == 20 and tuple(src.data.shape[1:]) == (3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- errors
+def _err(capsys, argv):
+    rc = main(argv)
+    msg = capsys.readouterr().err.strip()
+    assert rc == 2 and msg.count("\n") == 0 and "error:" in msg, msg
+    return msg
+
+
+def test_clear_errors(trained, tmp_path, capsys, data_root):
+    full, _ = trained
+    # wrong checkpoint: not a checkpoint at all, a plain state dict, a missing file
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert "not a loadable metasparse checkpoint" in _err(capsys, ["evaluate", "--checkpoint", str(junk), *EVAL])
+    plain = tmp_path / "plain.pt"
+    torch.save({"embedding": {}, "head": {}}, plain)
+    assert "not a metasparse checkpoint" in _err(capsys, ["evaluate", "--checkpoint", str(plain), *EVAL])
+    assert "does not exist" in _err(capsys, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), *EVAL])
+    # a checkpoint whose weights do not fit its declared backbone
+    ck = load_checkpoint(full / "best.pt")
+    ck["config"]["backbone_options"]["widths"] = [4, 4, 8, 16]
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, {k: v for k, v in ck.items() if k not in ("format", "version", "path")})
+    assert "do not fit backbone" in _err(capsys, ["evaluate", "--checkpoint", str(bad), *EVAL])
+    # contradictory flags
+    assert "--lambda-ratio applies to the group-sparse-svm head only" in _err(
+        capsys, ["evaluate", "--checkpoint", str(full / "best.pt"), "--head", "ridge", "--lambda-ratio", "0.1", *EVAL])
+    assert "contradicts --episodes-file" in _err(
+        capsys, ["evaluate", "--checkpoint", str(full / "best.pt"), "--episodes-file", "x.json", "--shot", "1"])
+    assert "already holds a run" in _err(capsys, _train_args(data_root, full))
+    assert "contradicts the run being resumed" in _err(
+        capsys, ["train", "--out", str(full), "--resume", "--lr", "0.5"])
+    assert "has no config.json" in _err(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"])
+    assert "--solver qpth solves the vanilla SVM" in _err(
+        capsys, _train_args(data_root, tmp_path / "q", "--solver", "qpth"))
+    assert "needs images" in _err(capsys, ["train", "--dataset", "synthetic", "--backbone", "resnet12",
+                                           "--out", str(tmp_path / "s"), "--no-progress"])
+    assert "--data-root is required" in _err(capsys, ["train", "--dataset", "cifar-fs", "--out", str(tmp_path / "d")])
+
+
+def test_module_entry_point_and_console_script():
+    r = subprocess.run([sys.executable, "-m", "metasparse", "--help"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and "train" in r.stdout and "compare" in r.stdout
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert "metasparse = metasparse.cli:main" in cfg
