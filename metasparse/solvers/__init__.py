@@ -5,10 +5,11 @@ from .objectives import (
 )
 from .svm_dual import DualSolution, GroupSparseSVMDual, lipschitz_constant
 from .implicit import implicit_dual_vjp, ImplicitDual, dual_hessian
+from .lambda_max import lambda_max
 
 __all__ = [
     "project_simplex", "project_l1_ball", "primal_objective", "dual_objective",
     "weights_from_dual", "group_soft_threshold", "one_hot", "DualSolution",
     "GroupSparseSVMDual", "lipschitz_constant", "implicit_dual_vjp", "ImplicitDual",
-    "dual_hessian",
+    "dual_hessian", "lambda_max",
 ]
