@@ -99,7 +99,7 @@ def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     images, labels = [], []
     for p, c in tqdm(files, desc=f"reading {split} images", disable=len(files) < 5000, leave=False):
         with Image.open(p) as im:
-            img = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
         if images and img.shape != images[0].shape:
             raise ValueError(f"{p}: image of shape {tuple(img.shape)}, expected {tuple(images[0].shape)} like the others")
         images.append(img)
