@@ -3,8 +3,9 @@
 
 For each ratio l/m and training-set size n, one sparse linear regression task per seed:
 support ``S`` of ``l = round(ratio * m)`` factors, ``w_j ~ N(0, 1)`` on ``S`` (0 elsewhere),
-``z ~ N(0, I_m)``, ``y = w^T z + eps`` with ``Var(eps) = noise_ratio * l`` (same
-signal-to-noise ratio in every panel, best attainable R^2 = 1 / (1 + noise_ratio)).
+``z ~ N(0, I_m)``, ``y = w^T z + eps`` with ``Var(eps) = noise_ratio * ||w||^2`` (the
+same signal-to-noise ratio in every task and panel: best attainable R^2 =
+1 / (1 + noise_ratio)).
 Lasso and Ridge, each with its regularisation chosen by validation on the training
 set (sklearn ``LassoCV`` 5-fold / ``RidgeCV`` leave-one-out), are fitted on the
 disentangled features ``z`` and on the entangled features ``L z`` (``L`` a random
@@ -80,10 +81,12 @@ def run_one_seed(ratio: float, ns: Sequence[int], seed: int, n_factors: int, n_t
     rng = np.random.default_rng([seed, int(round(ratio * 1e4)), n_factors])
     rotation = make_mixing("rotation", n_factors, seed=rng)
     tasks = sample_sparse_tasks(1, max(ns) + n_test, n_factors=n_factors, support_size=l, mixing=rotation,
-                                noise_std=float(np.sqrt(noise_ratio * l)), seed=rng, dtype=torch.float64)
-    z = tasks.z[0].numpy().astype(np.float64)
-    x = tasks.x[0].numpy().astype(np.float64)              # L z
-    y = tasks.y[0, :, 0].numpy().astype(np.float64)
+                                noise_std=0.0, seed=rng, dtype=torch.float64)
+    z = tasks.z[0].numpy()
+    x = tasks.x[0].numpy()                                  # L z
+    signal = tasks.y[0, :, 0].numpy()                       # w^T z
+    w_norm = float(np.linalg.norm(tasks.weights[0, 0].numpy()))
+    y = signal + np.sqrt(noise_ratio) * w_norm * rng.standard_normal(signal.shape)
     test = slice(max(ns), None)
     out: Dict[str, List[float]] = {m: [] for m in METHODS}
     for n in ns:
