@@ -73,16 +73,44 @@ class JitterParams:
     factors: torch.Tensor     # (3, M) brightness, contrast, saturation factors
     order: torch.Tensor       # (M, 3) permutation of (0 brightness, 1 contrast, 2 saturation)
 
+    def subset(self, lo: int, hi: int) -> "JitterParams":
+        return JitterParams(self.top[lo:hi], self.left[lo:hi], self.flip[lo:hi], self.factors[:, lo:hi],
+                            self.order[lo:hi])
+
+
+def empty_output(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """A fresh output tensor; inside a DataLoader worker (CPU) it is allocated directly in
+    shared memory, so sending the batch to the main process needs no extra copy (the
+    pattern ``default_collate`` uses)."""
+    device = torch.device(device)
+    if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
+        return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def _gather(images: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    return images if index is None else images.index_select(0, index.to(images.device))
+
 
 class Normalise:
     """Evaluation transform: ``(x / 255 - mean) / std`` on a uint8 batch (v2 kernels)."""
 
+    supports_index = True
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = tuple(mean), tuple(std)
-        self._t = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return self._t(images)
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``images[index]`` (all images if ``index`` is None) as normalised float32."""
+        x = _gather(images, index)
+        out = empty_output(x.shape, torch.float32, x.device)
+        out.copy_(x).mul_(1.0 / 255.0)                  # v2.ToDtype(float32, scale=True)
+        return F.normalize(out, list(self.mean), list(self.std), inplace=True)
 
     def __repr__(self) -> str:
         return f"Normalise(mean={self.mean}, std={self.std})"
@@ -91,8 +119,12 @@ class Normalise:
 class IdentityTransform:
     """For vector sources: returns the data as float32."""
 
-    def __call__(self, data: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return data.float()
+    supports_index = True
+
+    def __call__(self, data: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = _gather(data, index)
+        return x.float() if x.dtype != torch.float32 or index is not None else x.clone()
 
     def __repr__(self) -> str:
         return "IdentityTransform()"
@@ -144,19 +176,28 @@ class MetaOptNetTrainTransform:
         out = torch.gather(padded.reshape(m, c, hp * wp), 2, lin.expand(m, c, s * s))
         return out.reshape(m, c, s, s)
 
+    supports_index = True
+
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
-                 params: Optional[JitterParams] = None) -> torch.Tensor:
+                 params: Optional[JitterParams] = None, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Augment ``images[index]`` (all images if ``index`` is None); returns float32 (M, C, s, s).
+
+        Passing ``index`` avoids materialising the gathered uint8 batch: crops are read
+        straight from the source tensor."""
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"MetaOptNetTrainTransform expects uint8 (M, C, H, W) images; got "
                              f"{images.dtype} {tuple(images.shape)}")
-        m, c = images.shape[:2]
+        if index is None:
+            index = torch.arange(images.shape[0])
+        index = index.reshape(-1).cpu()
+        m, c = index.numel(), images.shape[1]
         s, dev = self.size, images.device
         if params is None:
             params = self.sample_params(m, generator)
         # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
         # large CPU allocations (page faults) and scatters cost more than the arithmetic.
         chunk = m if dev.type != "cpu" else max(1, min(m, (1 << 20) // (c * s * s)))
-        out = torch.empty(m, c, s, s, dtype=torch.float32, device=dev)
+        out = empty_output((m, c, s, s), torch.float32, dev)
         grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32, device=dev)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         inv_std = (1.0 / torch.tensor(self.std, dtype=torch.float32)).to(dev).view(1, -1, 1, 1)
@@ -171,7 +212,7 @@ class MetaOptNetTrainTransform:
         for lo in range(0, m, chunk):
             hi = min(lo + chunk, m)
             x, g = out[lo:hi], grey[: hi - lo]
-            self._crop_flip_into(x, images, torch.arange(lo, hi), params)
+            self._crop_flip_into(x, images, index[lo:hi], params.subset(lo, hi))
             x.mul_(1.0 / 255.0)
             for t in range(3):
                 r_, g_, b_ = x.unbind(dim=-3)
@@ -185,15 +226,13 @@ class MetaOptNetTrainTransform:
 
     def _crop_flip_into(self, dst: torch.Tensor, images: torch.Tensor, idx: torch.Tensor,
                         params: JitterParams) -> None:
-        """dst[j] = crop_flip(images[idx[j]]) (converted to dst's dtype)."""
+        """dst[j] = crop_flip(images[idx[j]]) with the j-th parameters (converted to dst's dtype)."""
         if images.device.type != "cpu":          # vectorised gather (cheap allocations on accelerators)
-            sub = JitterParams(params.top[idx], params.left[idx], params.flip[idx], params.factors[:, idx],
-                               params.order[idx])
-            dst.copy_(self.crop_flip(images.index_select(0, idx.to(images.device)), sub))
+            dst.copy_(self.crop_flip(images.index_select(0, idx.to(images.device)), params))
             return
         p, s = self.padding, self.size
         h, w = images.shape[-2:]
-        tops, lefts, flips = params.top[idx].tolist(), params.left[idx].tolist(), params.flip[idx].tolist()
+        tops, lefts, flips = params.top.tolist(), params.left.tolist(), params.flip.tolist()
         for j, mi in enumerate(idx.tolist()):
             # padded coordinates [t, t+s) x [l, l+s) <-> image rows [t-p, t-p+s) clipped to [0, h)
             y0, x0 = tops[j] - p, lefts[j] - p

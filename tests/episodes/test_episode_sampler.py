@@ -145,3 +145,12 @@ def test_non_positive_sizes(make_images, kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         EpisodeSampler(make_images(), **args)
+
+
+def test_synthetic_through_load_source_and_loader():
+    src = load_source("synthetic", None, "validation", seed=0, n_classes=(8, 6, 7), examples_per_class=10,
+                      n_factors=4, factors_per_class=2)
+    assert src.split == "val" and not src.is_image and src.data.dtype == torch.float32
+    b = next(iter(episode_loader(src, 5, 2, 3, 2, n_batches=1, seed=0, transform="train")))
+    _check_batch(b, src, 5, 2, 3, 2)
+    assert torch.equal(b.support, src.data[b.support_index])

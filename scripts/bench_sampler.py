@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""Episode sampling throughput: our vectorised sampler vs learn2learn's TaskDataset.
+
+Workload (issue 2): 5-way 15-shot 6-query episodes in batches of 8, 84x84 RGB images held
+in memory (a miniImageNet-sized train split of random pixels), MetaOptNet training
+augmentation on (random crop pad 8, colour jitter 0.4, horizontal flip, normalisation).
+
+Measured in one run, single process unless stated:
+
+* ``ours``: ``EpisodeSampler(..., transform="train")`` (one gather + batched per-image augmentation);
+* ``l2l-pil``: learn2learn ``TaskDataset`` (NWays, KShots(21), LoadData, RemapLabels,
+  ConsecutiveLabels) over a ``MetaDataset`` whose items go through learn2learn's own
+  "lee2019" miniImageNet augmentation (ToPILImage, RandomCrop(84, 8), ColorJitter(.4,.4,.4),
+  RandomHorizontalFlip, ToTensor, Normalize); a batch = 8 tasks;
+* ``l2l-v2``: the same TaskDataset with the per-image ``torchvision.transforms.v2`` pipeline;
+* ``ours-2workers``: ``episode_loader(..., num_workers=2)``, steady state (first batches skipped);
+* ``ours+keep_mem`` / ``l2l-pil+keep_mem``: both again after the opt-in
+  ``episodes.sampler.keep_freed_memory()`` (glibc keeps freed pages; no page faults per batch).
+
+Usage::
+
+    .venv/bin/python scripts/bench_sampler.py --batches 20 --out results/bench_sampler.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from episodes.sampler import EpisodeSampler, episode_loader, keep_freed_memory  # noqa: E402
+from episodes.sources.base import FewShotSource  # noqa: E402
+from episodes.sources.miniimagenet import MINI_IMAGENET_MEAN, MINI_IMAGENET_STD  # noqa: E402
+from episodes.transforms import torchvision_train_transform  # noqa: E402
+
+WAY, SHOT, QUERY, BATCH = 5, 15, 6, 8
+
+
+def make_source(n_classes: int, per_class: int, size: int, seed: int = 0) -> FewShotSource:
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randint(0, 256, (n_classes * per_class, 3, size, size), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return FewShotSource(data, labels, "train", "mini-imagenet", MINI_IMAGENET_MEAN, MINI_IMAGENET_STD)
+
+
+def time_batches(next_batch, n: int, warmup: int = 1, desc: str = "") -> float:
+    """Seconds per batch (median-free mean over ``n`` timed batches after ``warmup``)."""
+    from tqdm import tqdm
+    for _ in range(warmup):
+        next_batch()
+    t0 = time.perf_counter()
+    for _ in tqdm(range(n), desc=desc, leave=False):
+        next_batch()
+    return (time.perf_counter() - t0) / n
+
+
+def bench_ours(source, n):
+    sampler = EpisodeSampler(source, WAY, SHOT, QUERY, BATCH, seed=0, transform="train")
+    counter = iter(range(10 ** 9))
+    return time_batches(lambda: sampler.sample(0, next(counter)), n, desc="ours")
+
+
+def bench_ours_workers(source, n, workers):
+    loader = episode_loader(source, WAY, SHOT, QUERY, BATCH, n_batches=n + 4, seed=0, transform="train",
+                            num_workers=workers, prefetch_factor=2)
+    it = iter(loader)
+    for _ in range(4):                       # worker start-up and queue fill
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return (time.perf_counter() - t0) / n
+
+
+def _l2l_taskset(source, item_transform):
+    import learn2learn as l2l
+    from learn2learn.data.transforms import ConsecutiveLabels, KShots, LoadData, NWays, RemapLabels
+    from episodes.interop import to_meta_dataset
+    meta = to_meta_dataset(source, transform=item_transform)
+    return l2l.data.TaskDataset(meta, [NWays(meta, WAY), KShots(meta, SHOT + QUERY), LoadData(meta),
+                                       RemapLabels(meta), ConsecutiveLabels(meta)], num_tasks=-1)
+
+
+def lee2019_transform():
+    """learn2learn's own miniImageNet 'lee2019' augmentation (PIL based)."""
+    from torchvision.transforms import (ColorJitter, Compose, Normalize, RandomCrop, RandomHorizontalFlip,
+                                        ToPILImage, ToTensor)
+    return Compose([ToPILImage(), RandomCrop(84, padding=8),
+                    ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4), RandomHorizontalFlip(),
+                    ToTensor(), Normalize(MINI_IMAGENET_MEAN, MINI_IMAGENET_STD)])
+
+
+def bench_l2l(source, n, item_transform, desc):
+    ts = _l2l_taskset(source, item_transform)
+
+    def batch():
+        tasks = [ts.sample() for _ in range(BATCH)]
+        return torch.stack([x for x, _ in tasks]), torch.stack([y for _, y in tasks])
+    return time_batches(batch, n, desc=desc)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per method (ours)")
+    ap.add_argument("--l2l-batches", type=int, default=5, help="timed batches per learn2learn variant")
+    ap.add_argument("--classes", type=int, default=64)
+    ap.add_argument("--per-class", type=int, default=600)
+    ap.add_argument("--size", type=int, default=84)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the main process")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-l2l-v2", action="store_true")
+    ap.add_argument("--skip-malloc", action="store_true", help="skip the keep_freed_memory() re-runs")
+    ap.add_argument("--out", default=None, help="write results as JSON (atomically)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    source = make_source(args.classes, args.per_class, args.size)
+    images_per_batch = BATCH * WAY * (SHOT + QUERY)
+    res = {}
+    res["ours"] = bench_ours(source, args.batches)
+    res["l2l-pil"] = bench_l2l(source, args.l2l_batches, lee2019_transform(), "l2l-pil")
+    if not args.skip_l2l_v2:
+        res["l2l-v2"] = bench_l2l(source, args.l2l_batches, torchvision_train_transform("mini-imagenet"), "l2l-v2")
+    res[f"ours-{args.workers}workers"] = bench_ours_workers(source, args.batches, args.workers)
+    if not args.skip_malloc and keep_freed_memory():       # opt-in page reuse, then both again
+        res["ours+keep_mem"] = bench_ours(source, args.batches)
+        res["l2l-pil+keep_mem"] = bench_l2l(source, args.l2l_batches, lee2019_transform(), "l2l-pil")
+    rows = []
+    for k, sec in res.items():
+        rows.append({"method": k, "sec_per_batch": sec, "batches_per_s": 1 / sec, "episodes_per_s": BATCH / sec,
+                     "images_per_s": images_per_batch / sec})
+    speedup = res["l2l-pil"] / res["ours"]
+    if "ours+keep_mem" in res:
+        info_keep = res["l2l-pil+keep_mem"] / res["ours+keep_mem"]
+    info = {"workload": f"{WAY}-way {SHOT}-shot {QUERY}-query, {BATCH} episodes/batch, "
+                        f"{args.size}x{args.size}, train augmentation",
+            "source": f"{args.classes} classes x {args.per_class} images in memory",
+            "threads": args.threads, "workers": args.workers, "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "rows": rows, "speedup_vs_l2l_pil": speedup}
+    if "ours+keep_mem" in res:
+        info["speedup_vs_l2l_pil_keep_mem"] = info_keep
+    print(f"{'method':<16}{'s/batch':>10}{'batches/s':>11}{'episodes/s':>12}")
+    for r in rows:
+        print(f"{r['method']:<16}{r['sec_per_batch']:>10.4f}{r['batches_per_s']:>11.2f}{r['episodes_per_s']:>12.1f}")
+    print(f"speed-up ours vs learn2learn (PIL lee2019): {speedup:.1f}x"
+          + (f"; vs learn2learn (v2 tensors): {res['l2l-v2'] / res['ours']:.1f}x" if "l2l-v2" in res else "")
+          + (f"; both with keep_freed_memory: {info_keep:.1f}x" if "ours+keep_mem" in res else ""))
+    if args.out:
+        d = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, args.out)
+    return info
+
+
+if __name__ == "__main__":
+    main()
