@@ -1,0 +1,104 @@
+"""Common pieces of the few-shot heads: input checks, the learnable logit scale, results."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["HeadFit", "HeadOutput", "Head"]
+
+
+@dataclass
+class HeadFit:
+    """What a head learned from the support set of each episode (leading dim B).
+
+    ``weights`` (B, d, n_way) linear classifier (None for ProtoNet, which is not
+    linear in the query); ``active`` (B, d) bool: features whose row of W is non-zero.
+    SVM heads also fill ``dual`` (B, n_support, n_way), ``lambda1`` (B,), ``gap`` (B,)
+    (duality gap at the returned point), ``rel_gap``, ``n_iter`` and ``lambda_max``.
+    """
+
+    weights: Optional[torch.Tensor]
+    active: torch.Tensor
+    dual: Optional[torch.Tensor] = None
+    lambda1: Optional[torch.Tensor] = None
+    gap: Optional[torch.Tensor] = None
+    rel_gap: Optional[torch.Tensor] = None
+    n_iter: Optional[torch.Tensor] = None
+    lambda_max: Optional[torch.Tensor] = None
+
+    @property
+    def unused_fraction(self) -> torch.Tensor:
+        """(B,) fraction of features whose row of W is exactly zero."""
+        return 1.0 - self.active.to(torch.float32).mean(-1)
+
+
+@dataclass
+class HeadOutput:
+    """``logits`` (B, n_query, n_way) and the :class:`HeadFit` they came from."""
+
+    logits: torch.Tensor
+    fit: HeadFit
+
+
+class Head(nn.Module):
+    r"""Base class: ``logits = scale * score(query)`` with MetaOptNet's learnable scalar scale.
+
+    Subclasses implement :meth:`fit` and :meth:`_scores`.
+    """
+
+    def __init__(self, init_scale: float = 1.0, learn_scale: bool = True):
+        super().__init__()
+        scale = torch.tensor([float(init_scale)])
+        if learn_scale:
+            self.scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("scale", scale)
+
+    # ----------------------------------------------------------------- checks
+    @staticmethod
+    def check_support(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> None:
+        if not isinstance(support, torch.Tensor) or support.dim() != 3:
+            raise ValueError(f"support: expected a (B, n_support, d) tensor, got "
+                             f"{getattr(support, 'shape', type(support))}")
+        if not support.is_floating_point():
+            raise ValueError(f"support: expected a floating tensor, got {support.dtype}")
+        if support_labels.shape != support.shape[:2]:
+            raise ValueError(f"support_labels: expected shape {tuple(support.shape[:2])}, got "
+                             f"{tuple(support_labels.shape)}")
+        if int(n_way) < 2:
+            raise ValueError(f"n_way: expected >= 2, got {n_way}")
+        if not bool(torch.isfinite(support).all()):
+            raise ValueError("support: features contain NaN or Inf (check the backbone output)")
+
+    @staticmethod
+    def check_query(query: torch.Tensor, support: torch.Tensor) -> None:
+        if not isinstance(query, torch.Tensor) or query.dim() != 3 or query.shape[0] != support.shape[0] \
+                or query.shape[2] != support.shape[2]:
+            raise ValueError(f"query: expected a (B, n_query, d) tensor matching support "
+                             f"{tuple(support.shape)}, got {getattr(query, 'shape', type(query))}")
+        if query.dtype != support.dtype:
+            raise ValueError(f"query: dtype {query.dtype} differs from support dtype {support.dtype}")
+        if not bool(torch.isfinite(query).all()):
+            raise ValueError("query: features contain NaN or Inf (check the backbone output)")
+
+    # -------------------------------------------------------------------- API
+    def fit(self, support, support_labels, n_way) -> HeadFit:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _scores(self, query, support, support_labels, n_way, fit: HeadFit) -> torch.Tensor:
+        """Unscaled scores; default: the linear classifier ``query @ W``."""
+        return query @ fit.weights
+
+    def predict(self, query, support, support_labels, n_way) -> HeadOutput:
+        """Fit on the support set and score the queries: logits and the fit in one call."""
+        self.check_query(query, support)
+        fit = self.fit(support, support_labels, n_way)
+        scores = self._scores(query, support, support_labels, n_way, fit)
+        return HeadOutput(logits=self.scale.to(scores.dtype) * scores, fit=fit)
+
+    def forward(self, query, support, support_labels, n_way) -> torch.Tensor:
+        """``logits`` (B, n_query, n_way)."""
+        return self.predict(query, support, support_labels, n_way).logits

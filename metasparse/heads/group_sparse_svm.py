@@ -1,0 +1,203 @@
+r"""The group-sparse multiclass SVM head (paper.md section 3) and MetaOptNet's SVM-CS.
+
+``GroupSparseSVMHead`` fits, per episode, ``W* = argmin_W P(W)`` with
+
+    P(W) = sum_i max_l [Delta_il + x_i^T W_l - x_i^T W_{y_i}]  (smoothed by dual_reg)
+           + lambda1 ||W||_{2,1} + lambda2/2 ||W||_F^2
+
+and returns ``logits = scale * query @ W*``.  ``lambda1 = lambda_ratio * lambda_max``
+per episode (``lambda_max`` treated as a constant in the backward pass), or an
+absolute ``lambda1``.
+
+``SVMHead`` is the same problem with ``lambda1 = 0`` (MetaOptNet's SVM-CS).  Its
+``C_reg`` is MetaOptNet's / learn2learn's: their QP
+``min_a 1/2 a^T (K (x) I + I) a - a^T y  s.t. a <= C y, sum_l a_il = 0`` is our dual
+with ``a = C (Y - Lam)``, i.e. ``lambda2 = 1 / C_reg`` and ``dual_reg = 1``
+(predictions agree; see tests/heads).  ``solver="qpth"`` runs learn2learn's
+``SVClassifier`` itself, one episode at a time (the faithful baseline).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..solvers.lambda_max import lambda_max as compute_lambda_max
+from ..solvers.objectives import (
+    as_episode_vector, dual_features, fenchel_young_gap, one_hot, primal_objective, row_norms,
+)
+from ..solvers.svm_dual import GroupSparseSVMDual
+from .base import Head, HeadFit
+
+__all__ = ["GroupSparseSVMHead", "SVMHead"]
+
+_SOLVERS = ("dual", "cvxpylayers")
+
+
+def _positive(name, value):
+    v = float(value)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name}: expected a finite value > 0, got {value}")
+    return v
+
+
+class GroupSparseSVMHead(Head):
+    r"""Group-Lasso multiclass SVM head.
+
+    Parameters
+    ----------
+    lambda_ratio: lambda1 / lambda_max per episode (default 0.01 when ``lambda1`` is
+        not given); ``>= 1`` gives ``W* = 0`` exactly.
+    lambda1: absolute group-Lasso weight (instead of ``lambda_ratio``; exactly one).
+    lambda2: ridge weight (> 0).  dual_reg: dual smoothing rho (>= 0).
+    solver: ``"dual"`` (batched FISTA, implicit or unrolled backward) or
+        ``"cvxpylayers"`` (exact, slow reference).
+    learn_lambda1 / learn_lambda2: make ``lambda_ratio`` (or ``lambda1``) and
+        ``lambda2`` learnable (stored as log-parameters, so they stay positive).
+    tol, max_iter, backward: passed to :class:`~metasparse.solvers.GroupSparseSVMDual`.
+    """
+
+    def __init__(self, lambda_ratio: Optional[float] = None, lambda2: float = 1.0,
+                 dual_reg: float = 1.0, solver: str = "dual", *, lambda1: Optional[float] = None,
+                 learn_lambda1: bool = False, learn_lambda2: bool = False, tol: float = 1e-5,
+                 max_iter: int = 2000, backward: str = "implicit", init_scale: float = 1.0,
+                 learn_scale: bool = True, lambda_max_rtol: float = 5e-3):
+        super().__init__(init_scale, learn_scale)
+        if lambda_ratio is not None and lambda1 is not None:
+            raise ValueError("GroupSparseSVMHead: give exactly one of lambda_ratio and lambda1")
+        if lambda_ratio is None and lambda1 is None:
+            lambda_ratio = 0.01
+        self.relative = lambda1 is None
+        value = float(lambda_ratio if self.relative else lambda1)
+        name = "lambda_ratio" if self.relative else "lambda1"
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name}: expected a finite value >= 0, got {value}")
+        if learn_lambda1 and value == 0:
+            raise ValueError(f"{name}: a learnable value must start > 0 (it is stored as a log)")
+        lambda2 = _positive("lambda2", lambda2)
+        dual_reg = float(dual_reg)
+        if not (dual_reg >= 0 and math.isfinite(dual_reg)):
+            raise ValueError(f"dual_reg: expected a finite value >= 0, got {dual_reg}")
+        if solver not in _SOLVERS:
+            raise ValueError(f"solver: expected one of {_SOLVERS}, got {solver!r}")
+        self.solver_name = solver
+        self.dual_reg = dual_reg
+        self.learn_lambda1, self.learn_lambda2 = bool(learn_lambda1), bool(learn_lambda2)
+        if learn_lambda1:
+            self.log_lambda1 = nn.Parameter(torch.tensor(math.log(value), dtype=torch.float64))
+        else:
+            self.register_buffer("lambda1_value", torch.tensor(value, dtype=torch.float64))
+        if learn_lambda2:
+            self.log_lambda2 = nn.Parameter(torch.tensor(math.log(lambda2), dtype=torch.float64))
+        else:
+            self.register_buffer("lambda2_value", torch.tensor(lambda2, dtype=torch.float64))
+        self.solver = GroupSparseSVMDual(tol=tol, max_iter=max_iter, backward=backward)
+        self.lambda_max_rtol = float(lambda_max_rtol)
+        self._cvxpylayer = None
+
+    # -------------------------------------------------------------- parameters
+    def _lambda1_param(self, like):
+        v = self.log_lambda1.exp() if self.learn_lambda1 else self.lambda1_value
+        return v.to(dtype=like.dtype, device=like.device)
+
+    def _lambda2(self, B, like):
+        v = self.log_lambda2.exp() if self.learn_lambda2 else self.lambda2_value
+        return v.to(dtype=like.dtype, device=like.device).expand(B)
+
+    def extra_repr(self) -> str:
+        kind = "lambda_ratio" if self.relative else "lambda1"
+        return f"{kind}=..., dual_reg={self.dual_reg}, solver={self.solver_name!r}"
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, support, support_labels, n_way) -> HeadFit:
+        self.check_support(support, support_labels, n_way)
+        B = support.shape[0]
+        Y = one_hot(support_labels, n_way, support.dtype)
+        l2 = self._lambda2(B, support)
+        rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")
+        lmax, Lam0 = None, None
+        if self.relative:
+            lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol)
+            l1 = self._lambda1_param(support) * lmax
+        else:
+            l1 = self._lambda1_param(support).expand(B)
+        if self.solver_name == "cvxpylayers":
+            return self._fit_cvxpylayers(support, Y, l1, l2, rho, lmax)
+        sol = self.solver.run(support, Y, l1, l2, rho, init=Lam0)
+        return HeadFit(weights=sol.weights, active=row_norms(sol.weights.detach()) > 0, dual=sol.dual,
+                       lambda1=l1.detach(), gap=sol.gap, rel_gap=sol.rel_gap, n_iter=sol.n_iter,
+                       lambda_max=lmax)
+
+    def _fit_cvxpylayers(self, X, Y, l1, l2, rho, lmax) -> HeadFit:
+        from ..solvers.cvxpy_reference import CvxpyLayerDual
+        if self._cvxpylayer is None:
+            self._cvxpylayer = CvxpyLayerDual(self.dual_reg)
+        Lam, W = self._cvxpylayer(X, Y, l1, l2)
+        with torch.no_grad():
+            Wd = W.detach()
+            # exact zeros as the primal-dual link gives; the gap of the returned pair
+            gap = fenchel_young_gap(X.detach() @ Wd, Y, Lam.detach(), rho / l2.detach())
+            P = primal_objective(Wd, X.detach(), Y, l1.detach(), l2.detach(), rho)
+        return HeadFit(weights=W, active=row_norms(Wd) > 0, dual=Lam, lambda1=l1.detach(), gap=gap,
+                       rel_gap=gap / P.clamp(min=1e-12), n_iter=None, lambda_max=lmax)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+class SVMHead(GroupSparseSVMHead):
+    r"""MetaOptNet's SVM-CS head: the group-sparse SVM with ``lambda1 = 0``.
+
+    ``C_reg`` (MetaOptNet / learn2learn default 0.1) maps to ``lambda2 = 1/C_reg``,
+    ``dual_reg = 1``.  ``solver="dual"`` (default) uses the batched custom solver,
+    ``"qpth"`` learn2learn's ``SVClassifier`` with ``max_iters`` interior-point
+    iterations (MetaOptNet trains with 15), ``"cvxpylayers"`` the cvxpy reference.
+    """
+
+    def __init__(self, C_reg: float = 0.1, solver: str = "dual", *, max_iters: int = 15,
+                 learn_lambda2: bool = False, tol: float = 1e-5, max_iter: int = 2000,
+                 backward: str = "implicit", init_scale: float = 1.0, learn_scale: bool = True):
+        C_reg = _positive("C_reg", C_reg)
+        if solver not in _SOLVERS + ("qpth",):
+            raise ValueError(f"solver: expected one of {_SOLVERS + ('qpth',)}, got {solver!r}")
+        super().__init__(lambda1=0.0, lambda2=1.0 / C_reg, dual_reg=1.0,
+                         solver="dual" if solver == "qpth" else solver, learn_lambda2=learn_lambda2,
+                         tol=tol, max_iter=max_iter, backward=backward, init_scale=init_scale,
+                         learn_scale=learn_scale)
+        self.solver_name = solver
+        self.C_reg = C_reg
+        self.max_iters = int(max_iters)
+
+    def fit(self, support, support_labels, n_way) -> HeadFit:
+        if self.solver_name != "qpth":
+            return super().fit(support, support_labels, n_way)
+        self.check_support(support, support_labels, n_way)
+        try:
+            from learn2learn.nn import SVClassifier
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("solver='qpth' needs learn2learn (and qpth): "
+                              "see tools/setup_venv.sh") from exc
+        B = support.shape[0]
+        C = 1.0 / self._lambda2(B, support)[0] if self.learn_lambda2 else self.C_reg
+        duals = []
+        with _default_dtype(support.dtype):
+            for b in range(B):   # learn2learn's SVClassifier handles one episode
+                clf = SVClassifier(C_reg=C, max_iters=self.max_iters)
+                clf.fit_(support[b], support_labels[b], ways=n_way)
+                duals.append(clf.qp_solution)          # alpha = C (Y - Lam), (n, k)
+        alpha = torch.stack(duals).to(support.dtype)
+        W = support.transpose(1, 2) @ alpha
+        Y = one_hot(support_labels, n_way, support.dtype)
+        Cv = torch.as_tensor(C, dtype=support.dtype, device=support.device)
+        return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=Y - alpha / Cv,
+                       lambda1=torch.zeros(B, dtype=support.dtype, device=support.device))
