@@ -49,11 +49,11 @@ def test_figure1_rejects_bad_flags():
 
 
 def test_sparse_inner_problem_disentangles_better_than_ridge():
-    settings = ident.Settings(steps=150, tasks_per_step=16, n_eval=600, n_eval_tasks=32, n_checkpoints=1)
+    settings = ident.Settings(steps=200, tasks_per_step=16, lr=3e-3, n_eval=600, n_eval_tasks=32, n_checkpoints=1)
     mixing = ident.make_world(settings)
     lasso = ident.train_config(ident.Config("group_lasso", 0.1), settings, mixing, progress=False)
     ridge = ident.train_config(ident.Config("ridge", 0.01), settings, mixing, progress=False)
-    assert lasso["mcc"] > ridge["mcc"] + 0.05
+    assert lasso["mcc"] > ridge["mcc"] + 0.1
     assert lasso["dci"]["disentanglement"] > ridge["dci"]["disentanglement"]
     assert lasso["used_features_mean"] < settings.n_factors == ridge["used_features_mean"]
     assert lasso["assumption7"] is True
