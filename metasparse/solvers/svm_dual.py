@@ -182,7 +182,10 @@ class GroupSparseSVMDual:
         if init is not None:
             if init.shape != Y.shape:
                 raise ValueError(f"init: expected shape {tuple(Y.shape)}, got {tuple(init.shape)}")
-            init = project_simplex(init.detach().to(X.dtype))
+            init = init.detach().to(X.dtype)
+            tol_sum = 10 * init.shape[-1] * torch.finfo(init.dtype).eps
+            if not (bool((init >= 0).all()) and bool(((init.sum(-1) - 1).abs() <= tol_sum).all())):
+                init = project_simplex(init)   # a feasible init is kept bit-exact
 
         if self.backward == "unrolled":
             with torch.enable_grad():
