@@ -177,6 +177,7 @@ class MetaOptNetTrainTransform:
         return out.reshape(m, c, s, s)
 
     supports_index = True
+    chunk_elements = 1 << 20          # CPU: images processed together (~4 MB of float32)
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
                  params: Optional[JitterParams] = None, index: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,11 +197,12 @@ class MetaOptNetTrainTransform:
             params = self.sample_params(m, generator)
         # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
         # large CPU allocations (page faults) and scatters cost more than the arithmetic.
-        chunk = m if dev.type != "cpu" else max(1, min(m, (1 << 20) // (c * s * s)))
+        chunk = m if dev.type != "cpu" else max(1, min(m, self.chunk_elements // (c * s * s)))
         out = empty_output((m, c, s, s), torch.float32, dev)
         grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32, device=dev)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         inv_std = (1.0 / torch.tensor(self.std, dtype=torch.float32)).to(dev).view(1, -1, 1, 1)
+        shift = -mean * inv_std
         ar = torch.arange(m)
         # step t applies op order[:, t] with its factor: clamp(f x + (1 - f) y, 0, 1) where
         # y = a * grey(x) + b * mean(grey(x)) with (a, b) = (0, 0) brightness, (0, 1) contrast,
@@ -220,8 +222,8 @@ class MetaOptNetTrainTransform:
                 g[:, 0].add_(g_, alpha=_GREY[1]).add_(b_, alpha=_GREY[2])
                 y_mean = g.mean(dim=(-3, -2, -1), keepdim=True)
                 g.mul_(a_step[t, lo:hi]).add_(y_mean * b_step[t, lo:hi])
-                x.mul_(f_step[t, lo:hi]).add_(g).clamp_(0, 1)
-            x.sub_(mean).mul_(inv_std)
+                torch.addcmul(g, x, f_step[t, lo:hi], out=x).clamp_(0, 1)         # x <- f x + (1-f) y
+            torch.addcmul(shift, x, inv_std, out=x)                               # x <- (x - mean) / std
         return out
 
     def _crop_flip_into(self, dst: torch.Tensor, images: torch.Tensor, idx: torch.Tensor,
@@ -233,14 +235,14 @@ class MetaOptNetTrainTransform:
         p, s = self.padding, self.size
         h, w = images.shape[-2:]
         tops, lefts, flips = params.top.tolist(), params.left.tolist(), params.flip.tolist()
+        if p > 0:
+            dst.zero_()                          # padding; one memset per chunk beats one per image
         for j, mi in enumerate(idx.tolist()):
             # padded coordinates [t, t+s) x [l, l+s) <-> image rows [t-p, t-p+s) clipped to [0, h)
             y0, x0 = tops[j] - p, lefts[j] - p
             r0, r1 = max(0, y0), min(h, y0 + s)
             c0, c1 = max(0, x0), min(w, x0 + s)
             d = dst[j]
-            if r0 - y0 > 0 or c0 - x0 > 0 or r1 - y0 < s or c1 - x0 < s:
-                d.zero_()
             src = images[mi, :, r0:r1, c0:c1]
             if flips[j]:
                 # flipped output column x shows padded column l + s-1-x

@@ -50,15 +50,18 @@ def make_source(n_classes: int, per_class: int, size: int, seed: int = 0) -> Few
     return FewShotSource(data, labels, "train", "mini-imagenet", MINI_IMAGENET_MEAN, MINI_IMAGENET_STD)
 
 
-def time_batches(next_batch, n: int, warmup: int = 1, desc: str = "") -> float:
-    """Seconds per batch (median-free mean over ``n`` timed batches after ``warmup``)."""
+def time_batches(next_batch, n: int, warmup: int = 1, desc: str = ""):
+    """(wall seconds, process CPU seconds) per batch, mean over ``n`` timed batches after ``warmup``.
+
+    CPU time is the robust number on a shared machine (other users' load inflates wall time);
+    it counts this process only, so it is reported for single-process methods only."""
     from tqdm import tqdm
     for _ in range(warmup):
         next_batch()
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in tqdm(range(n), desc=desc, leave=False):
         next_batch()
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - w0) / n, (time.process_time() - c0) / n
 
 
 def bench_ours(source, n):
@@ -76,7 +79,7 @@ def bench_ours_workers(source, n, workers):
     t0 = time.perf_counter()
     for _ in range(n):
         next(it)
-    return (time.perf_counter() - t0) / n
+    return (time.perf_counter() - t0) / n, float("nan")
 
 
 def _l2l_taskset(source, item_transform):
@@ -132,26 +135,34 @@ def main(argv=None):
         res["ours+keep_mem"] = bench_ours(source, args.batches)
         res["l2l-pil+keep_mem"] = bench_l2l(source, args.l2l_batches, lee2019_transform(), "l2l-pil")
     rows = []
-    for k, sec in res.items():
-        rows.append({"method": k, "sec_per_batch": sec, "batches_per_s": 1 / sec, "episodes_per_s": BATCH / sec,
-                     "images_per_s": images_per_batch / sec})
-    speedup = res["l2l-pil"] / res["ours"]
+    for k, (wall, cpu) in res.items():
+        rows.append({"method": k, "wall_s_per_batch": wall, "cpu_s_per_batch": cpu, "batches_per_s": 1 / wall,
+                     "episodes_per_s": BATCH / wall, "episodes_per_cpu_s": BATCH / cpu if cpu == cpu else None})
+
+    def ratio(a, b):
+        return {"wall": res[a][0] / res[b][0], "cpu": res[a][1] / res[b][1]}
+    speedups = {"vs_l2l_pil": ratio("l2l-pil", "ours")}
+    if "l2l-v2" in res:
+        speedups["vs_l2l_v2"] = ratio("l2l-v2", "ours")
     if "ours+keep_mem" in res:
-        info_keep = res["l2l-pil+keep_mem"] / res["ours+keep_mem"]
+        speedups["vs_l2l_pil_keep_mem"] = ratio("l2l-pil+keep_mem", "ours+keep_mem")
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = None
     info = {"workload": f"{WAY}-way {SHOT}-shot {QUERY}-query, {BATCH} episodes/batch, "
                         f"{args.size}x{args.size}, train augmentation",
             "source": f"{args.classes} classes x {args.per_class} images in memory",
             "threads": args.threads, "workers": args.workers, "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "rows": rows, "speedup_vs_l2l_pil": speedup}
-    if "ours+keep_mem" in res:
-        info["speedup_vs_l2l_pil_keep_mem"] = info_keep
-    print(f"{'method':<16}{'s/batch':>10}{'batches/s':>11}{'episodes/s':>12}")
+            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "loadavg": load,
+            "rows": rows, "speedups": speedups}
+    print(f"{'method':<18}{'wall s/batch':>13}{'cpu s/batch':>12}{'batches/s':>11}{'episodes/s':>12}")
     for r in rows:
-        print(f"{r['method']:<16}{r['sec_per_batch']:>10.4f}{r['batches_per_s']:>11.2f}{r['episodes_per_s']:>12.1f}")
-    print(f"speed-up ours vs learn2learn (PIL lee2019): {speedup:.1f}x"
-          + (f"; vs learn2learn (v2 tensors): {res['l2l-v2'] / res['ours']:.1f}x" if "l2l-v2" in res else "")
-          + (f"; both with keep_freed_memory: {info_keep:.1f}x" if "ours+keep_mem" in res else ""))
+        print(f"{r['method']:<18}{r['wall_s_per_batch']:>13.4f}{r['cpu_s_per_batch']:>12.4f}"
+              f"{r['batches_per_s']:>11.2f}{r['episodes_per_s']:>12.1f}")
+    for k, v in speedups.items():
+        print(f"speed-up ours {k}: {v['wall']:.1f}x wall, {v['cpu']:.1f}x CPU time")
+    print(f"load average during the run: {load}")
     if args.out:
         d = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(d, exist_ok=True)
