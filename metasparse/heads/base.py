@@ -10,6 +10,14 @@ from torch import nn
 __all__ = ["HeadFit", "HeadOutput", "Head"]
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """True when no entry is NaN/Inf (one reduction; the full check only if the sum is not finite)."""
+    with torch.no_grad():
+        if bool(torch.isfinite(x.sum())):
+            return True
+        return bool(torch.isfinite(x).all())
+
+
 @dataclass
 class HeadFit:
     """What a head learned from the support set of each episode (leading dim B).
@@ -70,7 +78,7 @@ class Head(nn.Module):
                              f"{tuple(support_labels.shape)}")
         if int(n_way) < 2:
             raise ValueError(f"n_way: expected >= 2, got {n_way}")
-        if not bool(torch.isfinite(support).all()):
+        if not _all_finite(support):
             raise ValueError("support: features contain NaN or Inf (check the backbone output)")
 
     @staticmethod
@@ -81,7 +89,7 @@ class Head(nn.Module):
                              f"{tuple(support.shape)}, got {getattr(query, 'shape', type(query))}")
         if query.dtype != support.dtype:
             raise ValueError(f"query: dtype {query.dtype} differs from support dtype {support.dtype}")
-        if not bool(torch.isfinite(query).all()):
+        if not _all_finite(query):
             raise ValueError("query: features contain NaN or Inf (check the backbone output)")
 
     # -------------------------------------------------------------------- API

@@ -132,10 +132,13 @@ class GroupSparseSVMDual:
     check_every: the gap is evaluated every this many iterations (costs one extra
         n x d x k matmul in feature mode).
     backward: ``"implicit"`` (exact at the solution) or ``"unrolled"``.
+    patience: stop an episode whose relative gap has not improved by 1% in this many
+        gap checks (the rounding floor of the working precision was reached; the
+        returned ``rel_gap`` then tells how far it got).
     """
 
     def __init__(self, tol: float = 1e-5, max_iter: int = 2000, check_every: int = 10,
-                 backward: str = "implicit"):
+                 backward: str = "implicit", patience: int = 20):
         if backward not in ("implicit", "unrolled"):
             raise ValueError(f"backward: expected 'implicit' or 'unrolled', got {backward!r}")
         if not tol > 0:
@@ -146,6 +149,7 @@ class GroupSparseSVMDual:
         self.max_iter = int(max_iter)
         self.check_every = int(check_every)
         self.backward = backward
+        self.patience = int(patience)
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -155,7 +159,9 @@ class GroupSparseSVMDual:
                              f"{tuple(X.shape)} and {tuple(Y.shape)}")
         if not X.is_floating_point():
             raise ValueError(f"solver: X must be a floating tensor, got {X.dtype}")
-        if not bool(torch.isfinite(X).all()):
+        with torch.no_grad():
+            finite = bool(torch.isfinite(X.sum())) or bool(torch.isfinite(X).all())
+        if not finite:
             raise ValueError("solver: support features contain NaN or Inf")
 
     # --------------------------------------------------------------------- run
@@ -229,13 +235,21 @@ class GroupSparseSVMDual:
         active = torch.ones(B, dtype=torch.bool, device=X.device)
         n_iter = torch.zeros(B, dtype=torch.int64, device=X.device)
         floor = 1e-12 * n
+        best = torch.full((B,), torch.inf, dtype=X.dtype, device=X.device)
+        since = torch.zeros(B, dtype=torch.int64, device=X.device)
         for it in range(self.max_iter + 1):
             if it % self.check_every == 0 or it == self.max_iter:
                 with torch.no_grad():
                     S, W = ora.scores(lin.detach())
                     P, gap = ora.objectives(Lam.detach(), lin.detach(), S, W)
                     rel = gap / torch.clamp(P.abs(), min=floor)
-                    active = active & ~(rel <= self.tol)
+                    # stagnation (rounding floor, e.g. float32 on badly conditioned X):
+                    # stop an episode whose best gap has not improved by 1% in
+                    # `patience` checks
+                    improved = rel < 0.99 * best
+                    best = torch.where(improved, rel, best)
+                    since = torch.where(improved, torch.zeros_like(since), since + 1)
+                    active = active & ~(rel <= self.tol) & (since < self.patience)
                 if it == self.max_iter or not bool(active.any()):
                     break
             t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
