@@ -154,7 +154,8 @@ def make_batch(source: FewShotSource, class_ids: torch.Tensor, support_index: to
     """Gather and transform the examples of given episodes (one ``index_select``)."""
     b, n = class_ids.shape
     nk, nq = support_index.shape[1], query_index.shape[1]
-    flat = torch.cat([support_index, query_index], dim=1).reshape(-1)
+    # all support examples first, then all query examples: both halves are contiguous views
+    flat = torch.cat([support_index.reshape(-1), query_index.reshape(-1)]).to(source.data.device)
     if transform is not None and getattr(transform, "supports_index", False):
         x = transform(source.data, generator=generator, index=flat)     # gathers while transforming
     else:
@@ -164,11 +165,12 @@ def make_batch(source: FewShotSource, class_ids: torch.Tensor, support_index: to
                                                 source.data.dtype, source.data.device))
         if transform is not None:
             x = transform(x, generator=generator)
-    x = x.reshape(b, nk + nq, *x.shape[1:])
     labels = torch.arange(n, dtype=torch.int64)
     return EpisodeBatch(
-        support=x[:, :nk], support_labels=labels.repeat_interleave(nk // n).expand(b, nk).contiguous(),
-        query=x[:, nk:], query_labels=labels.repeat_interleave(nq // n).expand(b, nq).contiguous(),
+        support=x[: b * nk].view(b, nk, *x.shape[1:]),
+        support_labels=labels.repeat_interleave(nk // n).expand(b, nk).contiguous(),
+        query=x[b * nk:].view(b, nq, *x.shape[1:]),
+        query_labels=labels.repeat_interleave(nq // n).expand(b, nq).contiguous(),
         class_ids=class_ids, support_index=support_index, query_index=query_index)
 
 

@@ -178,6 +178,7 @@ class MetaOptNetTrainTransform:
 
     supports_index = True
     chunk_elements = 1 << 20          # CPU: images processed together (~4 MB of float32)
+    vectorised = False                # True: the accelerator code path (whole batch, gather crop) on CPU too
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
                  params: Optional[JitterParams] = None, index: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -197,7 +198,7 @@ class MetaOptNetTrainTransform:
             params = self.sample_params(m, generator)
         # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
         # large CPU allocations (page faults) and scatters cost more than the arithmetic.
-        chunk = m if dev.type != "cpu" else max(1, min(m, self.chunk_elements // (c * s * s)))
+        chunk = m if (dev.type != "cpu" or self.vectorised) else max(1, min(m, self.chunk_elements // (c * s * s)))
         out = empty_output((m, c, s, s), torch.float32, dev)
         grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32, device=dev)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
@@ -229,7 +230,7 @@ class MetaOptNetTrainTransform:
     def _crop_flip_into(self, dst: torch.Tensor, images: torch.Tensor, idx: torch.Tensor,
                         params: JitterParams) -> None:
         """dst[j] = crop_flip(images[idx[j]]) with the j-th parameters (converted to dst's dtype)."""
-        if images.device.type != "cpu":          # vectorised gather (cheap allocations on accelerators)
+        if images.device.type != "cpu" or self.vectorised:   # one gather (cheap allocations on accelerators)
             dst.copy_(self.crop_flip(images.index_select(0, idx.to(images.device)), params))
             return
         p, s = self.padding, self.size

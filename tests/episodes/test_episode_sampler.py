@@ -154,3 +154,9 @@ def test_synthetic_through_load_source_and_loader():
     b = next(iter(episode_loader(src, 5, 2, 3, 2, n_batches=1, seed=0, transform="train")))
     _check_batch(b, src, 5, 2, 3, 2)
     assert torch.equal(b.support, src.data[b.support_index])
+
+
+def test_support_and_query_are_contiguous(make_images):
+    b = EpisodeSampler(make_images(), 3, 2, 2, 4, seed=0, transform="train").sample(0, 0)
+    assert b.support.is_contiguous() and b.query.is_contiguous()
+    assert b.support.shape == (4, 6, 3, 16, 16) and b.query.shape == (4, 6, 3, 16, 16)

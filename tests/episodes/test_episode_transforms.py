@@ -83,3 +83,15 @@ def test_factories_and_errors(make_images, make_vectors):
         t(torch.zeros(2, 3, 16, 16))
     ref = torchvision_train_transform("cifar-fs")(torch.zeros(3, 32, 32, dtype=torch.uint8))
     assert ref.shape == (3, 32, 32) and ref.dtype == torch.float32
+
+
+def test_accelerator_code_path_matches_cpu_path():
+    """The whole-batch gather path (used on GPUs) gives the same images as the CPU loop path."""
+    t = train_transform("cifar-fs")
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    index = torch.randint(0, 40, (70,))
+    a = t(images, generator=torch.Generator().manual_seed(3), index=index)
+    t.vectorised = True
+    b = t(images, generator=torch.Generator().manual_seed(3), index=index)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert a.shape == (70, 3, 32, 32)
