@@ -9,10 +9,10 @@ Main entry points::
 """
 from .types import EpisodeBatch
 from .sources import FewShotSource, build_cifar_fs_fc100, load_source
-from .sampler import EpisodeDataset, EpisodeSampler, batch_seed, episode_loader
+from .sampler import EpisodeDataset, EpisodeSampler, batch_seed, episode_loader, keep_freed_memory
 from .transforms import eval_transform, train_transform
 from .fixed import FixedEpisodes, load_episodes, sample_fixed_episodes, save_episodes
 
 __all__ = ["EpisodeBatch", "FewShotSource", "load_source", "build_cifar_fs_fc100", "EpisodeSampler",
-           "EpisodeDataset", "episode_loader", "batch_seed", "train_transform", "eval_transform",
+           "EpisodeDataset", "episode_loader", "batch_seed", "keep_freed_memory", "train_transform", "eval_transform",
            "FixedEpisodes", "sample_fixed_episodes", "save_episodes", "load_episodes"]

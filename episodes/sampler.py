@@ -177,17 +177,22 @@ def make_batch(source: FewShotSource, class_ids: torch.Tensor, support_index: to
 class EpisodeDataset(Dataset):
     """Map-style dataset of ``n_batches`` batches of one epoch (item i = ``sampler.sample(epoch, i)``).
 
-    Call :meth:`set_epoch` before iterating a DataLoader again for the next epoch (with
-    non-persistent workers, the default, workers see the new epoch).
+    Call :meth:`set_epoch` before iterating a DataLoader again for the next epoch.  The epoch
+    lives in a shared-memory tensor, so DataLoader workers see it even with
+    ``persistent_workers=True``.
     """
 
     def __init__(self, sampler: EpisodeSampler, n_batches: int, epoch: int = 0):
         self.sampler = sampler
         self.n_batches = _per_split(n_batches, "", "n_batches")
-        self.epoch = int(epoch)
+        self._epoch = torch.full((1,), int(epoch), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch[0] = int(epoch)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -225,7 +230,7 @@ def episode_loader(source: FewShotSource, way: int, shot, query, episodes_per_ba
     """A ``DataLoader`` yielding ``n_batches`` :class:`EpisodeBatch` es of one epoch.
 
     Batches do not depend on ``num_workers``; ``pin_memory=True`` pins every tensor of a
-    batch.  ``loader.dataset.set_epoch(e)`` switches epochs.  Extra keyword arguments go to
+    batch.  ``loader.dataset.set_epoch(e)`` switches epochs (also with persistent workers).  Extra keyword arguments go to
     ``torch.utils.data.DataLoader`` (e.g. ``prefetch_factor``, ``persistent_workers``).
     """
     sampler = EpisodeSampler(source, way, shot, query, episodes_per_batch, seed, transform)

@@ -79,14 +79,18 @@ def test_same_episodes_across_worker_counts(make_images):
             assert torch.equal(getattr(x, f).cpu(), getattr(y, f).cpu()), f
 
 
-def test_set_epoch_changes_batches(make_images):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_set_epoch_changes_batches(make_images, workers):
     src = make_images()
-    loader = episode_loader(src, 3, 1, 1, 2, n_batches=2, seed=0)
+    kw = dict(persistent_workers=True) if workers else {}
+    loader = episode_loader(src, 3, 1, 1, 2, n_batches=2, seed=0, num_workers=workers, **kw)
     e0 = [b.support_index for b in loader]
     loader.dataset.set_epoch(1)
     e1 = [b.support_index for b in loader]
     assert not torch.equal(e0[0], e1[0])
-    assert torch.equal(e1[1], loader.dataset.sampler.sample(1, 1).support_index)
+    sampler = loader.dataset.sampler
+    assert torch.equal(e0[1], sampler.sample(0, 1).support_index)
+    assert torch.equal(e1[1], sampler.sample(1, 1).support_index)      # persistent workers saw the new epoch
 
 
 def test_sampling_covers_classes_and_examples_uniformly(make_images):
