@@ -78,6 +78,7 @@ class Settings:
     n_query: int = 50
     tasks_per_step: int = 32
     steps: int = 2000
+    classification_steps: int = 500
     lr: float = 1e-3
     hidden: Sequence[int] = (128, 128)
     n_eval: int = 2000
@@ -255,10 +256,11 @@ def train_config(cfg: Config, settings: Settings, mixing: Mixing, progress: bool
     opt = torch.optim.Adam(list(encoder.parameters()) + inner.parameters(), lr=settings.lr)
     z_eval, x_eval = eval_data(settings, mixing)
     ns = settings.n_support
-    checkpoints = set(np.linspace(0, settings.steps, settings.n_checkpoints + 1).astype(int).tolist())
+    n_steps = settings.classification_steps if cfg.task == "classification" else settings.steps
+    checkpoints = set(np.linspace(0, n_steps, settings.n_checkpoints + 1).astype(int).tolist())
     history: List[Dict] = []
     start = time.time()
-    bar = tqdm(range(settings.steps), desc=cfg.name, disable=not progress, leave=False)
+    bar = tqdm(range(n_steps), desc=cfg.name, disable=not progress, leave=False)
     recent: List[float] = []
     for step in bar:
         if step in checkpoints:
@@ -274,7 +276,7 @@ def train_config(cfg: Config, settings: Settings, mixing: Mixing, progress: bool
             bar.set_postfix(loss=f"{np.mean(recent):.4f}")
     seconds = time.time() - start
     scores = representation_scores(encoder, z_eval, x_eval, settings.seed, True)
-    history.append({"step": settings.steps, "mcc": scores["mcc"], "r2": scores["r2"]})
+    history.append({"step": n_steps, "mcc": scores["mcc"], "r2": scores["r2"]})
     usage = support_usage(encoder, inner, cfg, settings, mixing, z_eval, x_eval)
     return {"name": cfg.name, "task": cfg.task, "inner": cfg.inner,
             "regularization": {"name": cfg.reg_name, "value": cfg.reg}, "supports": cfg.supports,
@@ -340,18 +342,21 @@ def plot_mcc(result: Dict, path: Path) -> None:
     colors = {"random": "tab:blue", "blocks": "tab:orange"}
     base = result["baselines"]["observations_x"]["mcc"]
     for ax, ((task, inner), recs) in zip(axes[0], sorted(groups.items())):
+        values = sorted({r["regularization"]["value"] for r in recs})
+        pos = {v: i for i, v in enumerate(values)}          # categorical axis (0 is a valid value)
         for kind in SUPPORT_KINDS:
             rs = sorted((r for r in recs if r["supports"] == kind), key=lambda r: r["regularization"]["value"])
             if not rs:
                 continue
-            xs = [r["regularization"]["value"] for r in rs]
+            xs = [pos[r["regularization"]["value"]] for r in rs]
             label = f"{kind} supports (A7 {'holds' if rs[0]['assumption7'] else 'fails'})"
             ax.plot(xs, [r["mcc"] for r in rs], "o-", color=colors[kind], label=f"MCC, {label}")
             ax.plot(xs, [r["r2"] for r in rs], "s--", color=colors[kind], alpha=0.6, label=f"R$^2$, {kind}")
         ax.axhline(base, color="gray", lw=1, ls=":", label="MCC of x itself")
-        ax.set_xscale("log")
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels([f"{v:g}" for v in values])
         ax.set_ylim(0, 1.02)
-        ax.set_xlabel(rs[0]["regularization"]["name"] if rs else "regularisation")
+        ax.set_xlabel(recs[0]["regularization"]["name"])
         ax.set_title(f"{task}: inner {inner}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("score of learned representation")
@@ -361,20 +366,29 @@ def plot_mcc(result: Dict, path: Path) -> None:
 
 
 def plot_training(result: Dict, path: Path) -> None:
+    """MCC of the learned representation during training, one panel per task type."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for rec in result["configs"]:
-        h = rec["history"]
-        ls = "-" if rec["supports"] == "random" else "--"
-        ax.plot([p["step"] for p in h], [p["mcc"] for p in h], ls, label=rec["name"])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("MCC")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    tasks = sorted({rec["task"] for rec in result["configs"]}, reverse=True)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.5 * max(1, len(tasks)), 4.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, task in zip(axes[0], tasks):
+        recs = [r for r in result["configs"] if r["task"] == task]
+        keys = sorted({(r["inner"], r["regularization"]["value"]) for r in recs})
+        for rec in recs:
+            h = rec["history"]
+            color = cmap(keys.index((rec["inner"], rec["regularization"]["value"])) % 10)
+            ls = "-" if rec["supports"] == "random" else "--"
+            label = f"{rec['inner']} {rec['regularization']['name']}={rec['regularization']['value']:g}, {rec['supports']}"
+            ax.plot([p["step"] for p in h], [p["mcc"] for p in h], ls, color=color, label=label)
+        ax.set_title(f"{task} (solid: random supports, dashed: blocks)", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("MCC")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -397,10 +411,10 @@ def plot_supports(result: Dict, path: Path) -> None:
     if not recs:
         return
     fig, axes = plt.subplots(1, len(recs) + 1, figsize=(3.2 * (len(recs) + 1), 3.6), squeeze=False)
-    axes[0][0].imshow(np.asarray(recs[0]["example_true_supports"]).T, cmap="Greys", aspect="auto")
+    axes[0][0].imshow(np.asarray(recs[0]["example_true_supports"]).T, cmap="Greys", aspect="auto", vmin=0, vmax=1)
     axes[0][0].set_title("true supports")
     for ax, rec in zip(axes[0][1:], recs):
-        ax.imshow(np.asarray(rec["example_used_factors"]).T, cmap="Greys", aspect="auto")
+        ax.imshow(np.asarray(rec["example_used_factors"]).T, cmap="Greys", aspect="auto", vmin=0, vmax=1)
         ax.set_title(f"{rec['inner']} ({rec['regularization']['name']}={rec['regularization']['value']:g})\n"
                      f"MCC {rec['mcc']:.2f}, used {rec['used_features_mean']:.1f}", fontsize=8)
     for ax in axes[0]:
@@ -417,6 +431,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--steps", type=int, default=d.steps, help=f"outer steps per configuration ({d.steps})")
+    p.add_argument("--classification-steps", type=int, default=d.classification_steps,
+                   help=f"outer steps per classification configuration ({d.classification_steps})")
     p.add_argument("--tasks-per-step", type=int, default=d.tasks_per_step)
     p.add_argument("--n-factors", type=int, default=d.n_factors, help="latent dimension m")
     p.add_argument("--support-size", type=int, default=d.support_size, help="factors per task l")
@@ -434,12 +450,13 @@ def parse_args(argv=None):
     p.add_argument("--supports", nargs="+", default=list(SUPPORT_KINDS), choices=SUPPORT_KINDS)
     p.add_argument("--classification", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the group-sparse SVM classification variant")
-    p.add_argument("--svm-ratios", type=float, nargs="+", default=[0.0, 0.1],
+    p.add_argument("--svm-ratios", type=float, nargs="+", default=[0.0, 0.1, 0.3],
                    help="group-sparse SVM lambda / lambda_max values (0 = vanilla SVM)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the PNGs from OUT/identifiability.json")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    if a.steps < 1 or a.tasks_per_step < 1 or a.n_support < 2 or a.n_query < 1:
-        p.error("--steps, --tasks-per-step, --n-query must be >= 1 and --n-support >= 2")
+    if min(a.steps, a.classification_steps, a.tasks_per_step, a.n_query) < 1 or a.n_support < 2:
+        p.error("--steps, --classification-steps, --tasks-per-step, --n-query must be >= 1 and --n-support >= 2")
     if not 1 <= a.support_size <= a.n_factors:
         p.error(f"--support-size must be in 1..--n-factors={a.n_factors}, got {a.support_size}")
     if "blocks" in a.supports and (a.n_factors % a.block_size or a.support_size % a.block_size):
@@ -449,18 +466,30 @@ def parse_args(argv=None):
     return a
 
 
+def plot_all(result: Dict, out: Path) -> None:
+    plot_mcc(result, out / "identifiability_mcc.png")
+    plot_training(result, out / "identifiability_training.png")
+    plot_supports(result, out / "identifiability_supports.png")
+
+
 def main(argv=None) -> Dict:
     a = parse_args(argv)
+    if a.plot_only:
+        path = a.out / "identifiability.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--plot-only: {path} not found (run without --plot-only first)")
+        result = json.loads(path.read_text())
+        plot_all(result, a.out)
+        return result
     settings = Settings(n_factors=a.n_factors, support_size=a.support_size, block_size=a.block_size,
                         n_outputs=a.n_outputs, n_classes=a.n_classes, mixing=a.mixing, n_support=a.n_support,
-                        n_query=a.n_query, tasks_per_step=a.tasks_per_step, steps=a.steps, lr=a.lr, seed=a.seed)
+                        n_query=a.n_query, tasks_per_step=a.tasks_per_step, steps=a.steps,
+                        classification_steps=a.classification_steps, lr=a.lr, seed=a.seed)
     configs = default_configs(a.lasso_ratios, a.ridge_lams, a.supports, a.svm_ratios, a.classification)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     result = run(settings, configs, progress=not a.no_progress)
     atomic_write(a.out / "identifiability.json", json.dumps(result, indent=1).encode())
-    plot_mcc(result, a.out / "identifiability_mcc.png")
-    plot_training(result, a.out / "identifiability_training.png")
-    plot_supports(result, a.out / "identifiability_supports.png")
+    plot_all(result, a.out)
     b = result["baselines"]
     print(f"baselines: x itself MCC={b['observations_x']['mcc']:.3f}, untrained encoder "
           f"MCC={b['untrained_encoder']['mcc']:.3f}")

@@ -59,6 +59,18 @@ def test_sparse_inner_problem_disentangles_better_than_ridge():
     assert lasso["assumption7"] is True
 
 
+def test_group_sparse_svm_head_disentangles_better_than_vanilla_svm():
+    settings = ident.Settings(classification_steps=50, tasks_per_step=8, lr=3e-3, n_eval=600, n_eval_tasks=16,
+                              n_checkpoints=1)
+    mixing = ident.make_world(settings)
+    sparse = ident.train_config(ident.Config("group_sparse_svm", 0.2, task="classification"), settings, mixing,
+                                progress=False)
+    vanilla = ident.train_config(ident.Config("group_sparse_svm", 0.0, task="classification"), settings, mixing,
+                                 progress=False)
+    assert sparse["mcc"] > vanilla["mcc"] + 0.1
+    assert sparse["used_features_mean"] < settings.n_factors == vanilla["used_features_mean"]
+
+
 def test_identifiability_cli_writes_results(tmp_path):
     res = ident.main(["--out", str(tmp_path), "--steps", "3", "--tasks-per-step", "4", "--lasso-ratios", "0.1",
                       "--ridge-lams", "0.1", "--no-classification", "--no-progress"])
@@ -75,3 +87,7 @@ def test_identifiability_cli_writes_results(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     with pytest.raises(SystemExit):
         ident.parse_args(["--out", "x", "--support-size", "3", "--block-size", "2"])
+    replot = ident.main(["--out", str(tmp_path), "--plot-only"])
+    assert replot == saved
+    with pytest.raises(FileNotFoundError, match="identifiability.json"):
+        ident.main(["--out", str(tmp_path / "empty"), "--plot-only"])
