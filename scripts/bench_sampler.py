@@ -20,6 +20,7 @@ Measured in one run, single process unless stated:
 Usage::
 
     .venv/bin/python scripts/bench_sampler.py --batches 20 --out results/bench_sampler.json
+    (also writes results/bench_sampler.png)
 """
 from __future__ import annotations
 
@@ -109,6 +110,32 @@ def bench_l2l(source, n, item_transform, desc):
     return time_batches(batch, n, desc=desc)
 
 
+def plot(rows, path: str, title: str) -> None:
+    """Bar chart of episodes per second (wall clock and per CPU second), written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["method"] for r in rows]
+    wall = [r["episodes_per_s"] for r in rows]
+    cpu = [r["episodes_per_cpu_s"] or 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], wall, width=0.4, label="episodes / wall s")
+    ax.bar([x + 0.2 for x in xs], cpu, width=0.4, label="episodes / CPU s (this process)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=20, ha="right")
+    ax.set_ylabel("episodes per second")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=20, help="timed batches per method (ours)")
@@ -166,6 +193,7 @@ def main(argv=None):
     if args.out:
         d = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(d, exist_ok=True)
+        plot(rows, os.path.splitext(args.out)[0] + ".png", info["workload"])
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(info, f, indent=2)

@@ -82,7 +82,7 @@ def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
         if loader is None:
             raise FileNotFoundError(f"mini-imagenet: no {split} split file under '{root}'; expected "
                                     f"{' or '.join(mi.expected_files(split))}")
-        return loader(path, split if split in ("train", "val", "test") else "train")
+        return loader(path, split)
 
     from . import cifar
     name = cifar.metaoptnet_file(dataset, split)
