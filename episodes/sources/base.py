@@ -70,9 +70,17 @@ class FewShotSource(Dataset):
     def __getitem__(self, i):
         return self.data[i], int(self.labels[i])
 
+    def to(self, device) -> "FewShotSource":
+        """Move ``data`` to ``device`` in place (labels and indices stay on the CPU) and return self.
+
+        With the data on an accelerator, the sampler gathers and augments episodes there
+        (use ``num_workers=0``: DataLoader workers cannot share accelerator tensors)."""
+        self.data = self.data.to(device)
+        return self
+
     def get_batch(self, index: torch.Tensor) -> torch.Tensor:
         """Gather examples by index (any shape); returns ``index.shape + example shape``."""
-        flat = self.data.index_select(0, index.reshape(-1))
+        flat = self.data.index_select(0, index.reshape(-1).to(self.data.device))
         return flat.reshape(*index.shape, *self.data.shape[1:])
 
     def __repr__(self) -> str:

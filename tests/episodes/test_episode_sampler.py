@@ -164,3 +164,13 @@ def test_support_and_query_are_contiguous(make_images):
     b = EpisodeSampler(make_images(), 3, 2, 2, 4, seed=0, transform="train").sample(0, 0)
     assert b.support.is_contiguous() and b.query.is_contiguous()
     assert b.support.shape == (4, 6, 3, 16, 16) and b.query.shape == (4, 6, 3, 16, 16)
+
+
+def test_source_to_device_keeps_sampling_identical(make_images):
+    src = make_images()
+    a = EpisodeSampler(src, 3, 2, 2, 2, seed=4, transform="train").sample(0, 1)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    b = EpisodeSampler(src.to(dev), 3, 2, 2, 2, seed=4, transform="train").sample(0, 1)
+    assert b.support.device.type == dev
+    torch.testing.assert_close(a.support, b.support.cpu(), atol=1e-5, rtol=0)
+    assert torch.equal(a.query_index, b.query_index)
