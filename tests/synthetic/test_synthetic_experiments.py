@@ -91,3 +91,13 @@ def test_identifiability_cli_writes_results(tmp_path):
     assert replot == saved
     with pytest.raises(FileNotFoundError, match="identifiability.json"):
         ident.main(["--out", str(tmp_path / "empty"), "--plot-only"])
+
+
+def test_identifiability_same_seed_same_numbers():
+    settings = ident.Settings(steps=5, tasks_per_step=4, n_eval=300, n_eval_tasks=8, n_checkpoints=1)
+    mixing = ident.make_world(settings)
+    a = ident.train_config(ident.Config("group_lasso", 0.1, "blocks"), settings, mixing, progress=False)
+    b = ident.train_config(ident.Config("group_lasso", 0.1, "blocks"), settings, ident.make_world(settings),
+                           progress=False)
+    for key in ("mcc", "r2", "used_features_mean", "train_loss_last50"):
+        assert a[key] == b[key]
