@@ -101,3 +101,15 @@ def test_identifiability_same_seed_same_numbers():
                            progress=False)
     for key in ("mcc", "r2", "used_features_mean", "train_loss_last50"):
         assert a[key] == b[key]
+
+
+def test_block_r2_sees_identifiability_up_to_blocks():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((1000, 6))
+    rot2 = np.array([[0.6, -0.8], [0.8, 0.6]])
+    within = z.copy()
+    within[:, 2:4] = z[:, 2:4] @ rot2.T                       # mix factors 2, 3 (one block)
+    assert ident.block_r2(z, within, 2, 0) == pytest.approx(1.0, abs=1e-9)
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    assert ident.block_r2(z, z @ q.T, 2, 0) < 0.9
+    assert ident.match_factors(z, within).mcc < 0.95
