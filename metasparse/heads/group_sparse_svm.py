@@ -127,8 +127,18 @@ class GroupSparseSVMHead(Head):
         if self.solver_name == "cvxpylayers":
             return self._fit_cvxpylayers(support, Y, l1, l2, rho, lmax)
         sol = self.solver.run(support, Y, l1, l2, rho, init=Lam0)
-        return HeadFit(weights=sol.weights, active=row_norms(sol.weights.detach()) > 0, dual=sol.dual,
-                       lambda1=l1.detach(), gap=sol.gap, rel_gap=sol.rel_gap, n_iter=sol.n_iter,
+        W, dual, gap, rel = sol.weights, sol.dual, sol.gap, sol.rel_gap
+        if lmax is not None:
+            # lambda1 >= lambda_max (a certified upper bound): W* = 0 exactly, and Lam0 is
+            # a zero-gap dual certificate; rounding in the solver cannot leave 1e-17 rows
+            zero = (l1.detach() >= lmax)
+            if bool(zero.any()):
+                W = torch.where(zero[:, None, None], torch.zeros_like(W), W)
+                dual = torch.where(zero[:, None, None], Lam0, dual)
+                gap = torch.where(zero, torch.zeros_like(gap), gap)
+                rel = torch.where(zero, torch.zeros_like(rel), rel)
+        return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=dual,
+                       lambda1=l1.detach(), gap=gap, rel_gap=rel, n_iter=sol.n_iter,
                        lambda_max=lmax)
 
     def _fit_cvxpylayers(self, X, Y, l1, l2, rho, lmax) -> HeadFit:

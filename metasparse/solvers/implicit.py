@@ -44,6 +44,14 @@ def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
     if bool((lambda1 > 0).any()):
         nrm = row_norms(V)
         on = nrm > lambda1[:, None]
+        # only active rows contribute: gather them (padded to the largest count;
+        # padded rows have a = c = 0)
+        m = max(int(on.sum(-1).max()), 1)
+        if m < V.shape[1]:
+            idx = nrm.topk(m, dim=-1).indices
+            X = X.gather(2, idx[:, None, :].expand(B, n, m))
+            V = V.gather(1, idx[..., None].expand(B, m, k))
+            nrm, on = nrm.gather(1, idx), on.gather(1, idx)
         safe = torch.where(on, nrm, torch.ones_like(nrm))
         a = torch.where(on, 1.0 - lambda1[:, None] / safe, torch.zeros_like(nrm))
         c = torch.where(on, lambda1[:, None] / safe ** 3, torch.zeros_like(nrm))

@@ -53,6 +53,12 @@ def project_group_l1_ball(U: torch.Tensor) -> torch.Tensor:
     return U * scale.unsqueeze(-1)
 
 
+def _norms_like_solver(X, Y, Lam):
+    """||(X^T (Y - Lam))_j|| computed exactly as the solver's gap check does (class-major)."""
+    Vt = (Y - Lam).transpose(1, 2) @ X
+    return (Vt * Vt).sum(-2).sqrt()
+
+
 def _lower_bound(S: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """sum_i [S_{i,y_i} - max_{l != y_i} S_il] for S = X U, (B,)."""
     s_y = (S * Y).sum(-1)
@@ -146,7 +152,7 @@ def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float 
         pos = rho > 0
         ratio = torch.where(pos, l2 / torch.where(pos, rho, torch.ones_like(rho)), torch.zeros_like(l2))
         Lam0 = project_simplex(Y + ratio[:, None, None] * (1.0 - Y))
-        lmax = row_norms(dual_features(X, Y, Lam0)).amax(-1)
+        lmax = _norms_like_solver(X, Y, Lam0).amax(-1)
         if not bool(pos.all()):
             zero = ~pos
             up, lam, _ = _lambda_max_hinge(X[zero], Y[zero], rtol, max_iter)
@@ -155,5 +161,5 @@ def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float 
             Lam0 = Lam0.clone()
             Lam0[zero] = lam
             # recompute with the exact code path used by the solver (bitwise consistent)
-            lmax = row_norms(dual_features(X, Y, Lam0)).amax(-1)
+            lmax = _norms_like_solver(X, Y, Lam0).amax(-1)
         return lmax, Lam0

@@ -27,7 +27,7 @@ from .simplex import project_simplex
 __all__ = [
     "as_episode_vector", "one_hot", "row_norms", "group_soft_threshold",
     "crammer_singer_loss", "fenchel_young_gap", "primal_objective", "dual_objective", "dual_features",
-    "weights_from_dual", "dual_gradient",
+    "weights_from_dual", "weights_from_features", "dual_gradient",
 ]
 
 
@@ -58,15 +58,27 @@ def row_norms(V: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 
 
-def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor) -> torch.Tensor:
+def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor, scale=None) -> torch.Tensor:
     r"""Row-wise block soft-thresholding ``BST(v, t) = max(0, 1 - t/||v||) v`` (0 at v = 0).
 
-    ``V`` (B, d, k), ``lambda1`` (B,).  Rows with ``||v|| <= t`` are exactly zero.
+    ``V`` (B, d, k), ``lambda1`` (B,); optional per-episode ``scale`` (B,) multiplies
+    the result (folded into the row factor).  Rows with ``||v|| <= t`` are exactly zero.
+    Without autograd a lean path works on the (B, d) row norms only.
     """
+    if not (torch.is_grad_enabled() and (V.requires_grad or lambda1.requires_grad
+                                         or (isinstance(scale, torch.Tensor) and scale.requires_grad))):
+        nrm = torch.linalg.vector_norm(V, dim=-1)
+        tiny = torch.finfo(V.dtype).tiny
+        factor = torch.clamp(1.0 - lambda1[:, None] / torch.clamp(nrm, min=tiny), min=0.0)
+        if scale is not None:
+            factor = factor * scale[:, None]
+        return V * factor.unsqueeze(-1)
     nrm = row_norms(V)
     safe = torch.where(nrm > 0, nrm, torch.ones_like(nrm))
     factor = torch.clamp(1.0 - lambda1[:, None] / safe, min=0.0)
     factor = torch.where(nrm > 0, factor, torch.zeros_like(factor))
+    if scale is not None:
+        factor = factor * scale[:, None]
     return V * factor.unsqueeze(-1)
 
 
@@ -77,7 +89,14 @@ def dual_features(X: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor) -> torch.
 
 def weights_from_dual(X, Y, Lam, lambda1, lambda2) -> torch.Tensor:
     """Primal-dual link ``W = BST_rows(X^T (Y - Lam), lambda1) / lambda2``."""
-    return group_soft_threshold(dual_features(X, Y, Lam), lambda1) / lambda2[:, None, None]
+    return weights_from_features(dual_features(X, Y, Lam), lambda1, lambda2)
+
+
+def weights_from_features(V, lambda1, lambda2) -> torch.Tensor:
+    """``BST_rows(V, lambda1) / lambda2``; plain ``V / lambda2`` when lambda1 = 0 (constant)."""
+    if not lambda1.requires_grad and not bool((lambda1 != 0).any()):
+        return V / lambda2[:, None, None]
+    return group_soft_threshold(V, lambda1, 1.0 / lambda2)
 
 
 def crammer_singer_loss(S: torch.Tensor, Y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
