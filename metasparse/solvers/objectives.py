@@ -83,8 +83,10 @@ def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor, scale=None) -> 
 
 
 def dual_features(X: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor) -> torch.Tensor:
-    """``V = X^T (Y - Lam)``, (B, d, k)."""
-    return X.transpose(1, 2) @ (Y - Lam)
+    """``V = X^T (Y - Lam)``, (B, d, k) (computed class-major as ``((Y - Lam)^T X)^T``: a
+    k x n by n x d product is ~2x faster than d x n by n x k for these skinny shapes,
+    and the transposed result makes ``query @ W`` fast too)."""
+    return ((Y - Lam).transpose(1, 2) @ X).transpose(1, 2)
 
 
 def weights_from_dual(X, Y, Lam, lambda1, lambda2) -> torch.Tensor:
