@@ -254,6 +254,9 @@ class GroupSparseSVMDual:
             init = None if init is None else init.double()
         else:
             K = X.detach() @ X.detach().transpose(1, 2)
+        if gram and not torch.is_grad_enabled():
+            Lam, n_iter, P, gap = self._iterate_gram(K, Y, l2, rho, init)
+            return Lam.to(out_dtype), n_iter, P.to(out_dtype), gap.to(out_dtype), None
         use_ws = (not gram) and not torch.is_grad_enabled() and self.working_set
         mixed = (not gram) and X.dtype != torch.float64 and not torch.is_grad_enabled()
         Xit = X                                  # the features the iterations multiply by
@@ -350,3 +353,65 @@ class GroupSparseSVMDual:
             n_iter = n_iter + active.to(torch.int64)
         W_last = None if W_last is None else W_last.to(out_dtype).contiguous()
         return Lam.to(out_dtype), n_iter, P_out.to(out_dtype), gap_out.to(out_dtype), W_last
+
+    def _iterate_gram(self, K, Y, l2, rho, init):
+        r"""lambda1 = 0 everywhere, no autograd: the FISTA step in Gram space is affine,
+
+            Lam+ = proj(Z + eta grad D(Z)) = proj(C0 + M' Z),
+            M' = (1 - eta rho/lambda2) I - (eta/lambda2) K,
+            C0 = eta (Delta + (rho/lambda2) Y) + (eta/lambda2) K Y,
+
+        one batched matmul-add per iteration (plus the projection and the restart test).
+        """
+        B, n, k = Y.shape
+        dt = K.dtype
+        eta = 1.0 / lipschitz_constant(None, l2, rho, K=K)                       # (B,)
+        c = rho / l2
+        Kp = (eta / l2)[:, None, None] * K
+        eye = torch.eye(n, dtype=dt, device=K.device)
+        Mp = (1.0 - eta * c)[:, None, None] * eye - Kp
+        C0 = eta[:, None, None] * ((1.0 - Y) + c[:, None, None] * Y) + Kp @ Y
+        ora = _Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K)
+        Lam = default_dual_init(Y, l2, rho) if init is None else init
+        Lam_prev = Lam
+        t = torch.ones(B, dtype=dt, device=K.device)
+        active = torch.ones(B, dtype=torch.bool, device=K.device)
+        n_iter = torch.zeros(B, dtype=torch.int64, device=K.device)
+        best = torch.full((B,), torch.inf, dtype=dt, device=K.device)
+        since = torch.zeros(B, dtype=torch.int64, device=K.device)
+        floor = 1e-12 * n
+        all_active, P_out, gap_out, done = True, None, None, None
+        for it in range(self.max_iter + 1):
+            if it % self.check_every == 0 or it == self.max_iter:
+                lin = ora.lin(Lam)
+                S, _ = ora.scores(lin)
+                P, gap = ora.objectives(Lam, lin, S, None)
+                rel = gap / torch.clamp(P.abs(), min=floor)
+                improved = rel < 0.99 * best
+                best = torch.where(improved, rel, best)
+                since = torch.where(improved, torch.zeros_like(since), since + 1)
+                active = active & ~(rel <= self.tol) & (since < self.patience)
+                if P_out is None:
+                    P_out, gap_out = P, gap
+                else:
+                    P_out = torch.where(done, P_out, P)
+                    gap_out = torch.where(done, gap_out, gap)
+                done = ~active
+                n_active = int(active.sum())
+                all_active = n_active == B
+                if it == self.max_iter or n_active == 0:
+                    break
+            t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+            beta = ((t - 1.0) / t_next)[:, None, None]
+            Z = torch.lerp(Lam_prev, Lam, 1.0 + beta)          # Lam + beta (Lam - Lam_prev)
+            Lam_new = project_simplex(torch.baddbmm(C0, Mp, Z))
+            restart = ((Z - Lam_new) * (Lam_new - Lam)).sum((-1, -2)) > 0
+            t = torch.where(restart, torch.ones_like(t), t_next)
+            if all_active:
+                Lam_prev, Lam = Lam, Lam_new
+            else:
+                m3 = active[:, None, None]
+                Lam_prev = torch.where(m3, Lam, Lam_prev)
+                Lam = torch.where(m3, Lam_new, Lam)
+            n_iter = n_iter + active.to(torch.int64)
+        return Lam, n_iter, P_out, gap_out

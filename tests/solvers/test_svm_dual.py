@@ -99,3 +99,22 @@ def test_bad_inputs_raise():
         GroupSparseSVMDual().run(X, Y, -1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="backward"):
         GroupSparseSVMDual(backward="magic")
+
+
+def test_float32_working_set_matches_float64():
+    """Feature mode in float32 (float64 state, working set of features) vs float64."""
+    g = torch.Generator().manual_seed(7)
+    X = torch.relu(torch.randn(2, 25, 1500, generator=g)) * 0.3 + torch.relu(torch.randn(2, 1, 1500, generator=g)) * 0.5
+    labels = torch.arange(5).repeat(5)[None].expand(2, 25)
+    Y = torch.nn.functional.one_hot(labels, 5).float()
+    l1 = torch.tensor([1.0, 3.0])
+    ref = GroupSparseSVMDual(tol=1e-10, max_iter=20000, working_set=False).run(X.double(), Y.double(), l1.double(), 1.0, 1.0)
+    for ws in (True, False):
+        sol = GroupSparseSVMDual(tol=1e-5, working_set=ws).run(X, Y, l1, 1.0, 1.0)
+        assert torch.all(sol.rel_gap <= 1e-5)
+        rel = (sol.weights.double() - ref.weights).norm() / ref.weights.norm()
+        assert rel < 1e-2
+        # the reported gap is the gap of the returned weights (checked in float64)
+        P = primal_objective(sol.weights.double(), X.double(), Y.double(), l1.double(),
+                             _vec(1.0, 2), _vec(1.0, 2))
+        assert torch.all((P - ref.primal) / ref.primal <= 2e-5)
