@@ -74,37 +74,43 @@ def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
     return M / lambda2[:, None, None]
 
 
-def _face_projector(Lam: torch.Tensor) -> torch.Tensor:
-    """Dense (B, n*k, n*k) orthogonal projector onto T (block diagonal over samples)."""
-    B, n, k = Lam.shape
-    s = (Lam > 0).to(Lam.dtype)                                  # (B, n, k)
-    cnt = s.sum(-1).clamp(min=1.0)                               # (B, n)
-    blocks = torch.diag_embed(s) - s[..., :, None] * s[..., None, :] / cnt[..., None, None]
-    P = torch.zeros(B, n, k, n, k, dtype=Lam.dtype, device=Lam.device)
-    idx = torch.arange(n, device=Lam.device)
-    P[:, idx, :, idx, :] = blocks.transpose(0, 1)
-    return P.reshape(B, n * k, n * k)
+def _face_blocks(Lam: torch.Tensor) -> torch.Tensor:
+    """(B, n, k, k) diagonal blocks of the orthogonal projector onto T (one per sample):
+    ``diag(s) - s s^T / |s|`` with ``s`` the support of the sample's row of Lam."""
+    s = (Lam > 0).to(Lam.dtype)
+    cnt = s.sum(-1).clamp(min=1.0)
+    return torch.diag_embed(s) - s[..., :, None] * s[..., None, :] / cnt[..., None, None]
 
 
-def _solve_on_face(A: torch.Tensor, P: torch.Tensor, rhs: torch.Tensor, spd: bool) -> torch.Tensor:
-    r"""Minimum-norm ``u`` in range(P) with ``(P A P) u = P rhs``."""
-    N = A.shape[-1]
-    eye = torch.eye(N, dtype=A.dtype, device=A.device)
-    H = P @ A @ P
+def _solve_on_face(A: torch.Tensor, Pb: torch.Tensor, rhs: torch.Tensor, spd: bool) -> torch.Tensor:
+    r"""Minimum-norm ``u`` in range(P) with ``(P A P) u = P rhs``; P given by its blocks.
+
+    ``A`` (B, n*k, n*k), ``Pb`` (B, n, k, k), ``rhs`` (B, n*k).  The block structure
+    makes ``P A P`` cost O(n^2 k^3) instead of two dense (n k)^3 products.
+    """
+    B, n, k, _ = Pb.shape
+    N = n * k
+    A5 = A.reshape(B, n, k, n, k)
+    H = torch.einsum('bilp,bipjq,bjqr->biljr', Pb, A5, Pb).reshape(B, N, N)
     H = 0.5 * (H + H.transpose(-1, -2))
-    b = (P @ rhs.unsqueeze(-1))
+    b = torch.einsum('bilp,bip->bil', Pb, rhs.reshape(B, n, k)).reshape(B, N, 1)
+    proj = lambda u: torch.einsum('bilp,bip->bil', Pb, u.reshape(B, n, k)).reshape(B, N)
     if spd:
         # on T the operator is >= rho/lambda2 > 0; off T we put the identity (u has no
         # component there since b has none)
-        L, info = torch.linalg.cholesky_ex(H + (eye - P))
+        Pd = torch.zeros(B, n, k, n, k, dtype=A.dtype, device=A.device)
+        idx = torch.arange(n, device=A.device)
+        Pd[:, idx, :, idx, :] = Pb.transpose(0, 1)
+        shift = torch.eye(N, dtype=A.dtype, device=A.device) - Pd.reshape(B, N, N)
+        L, info = torch.linalg.cholesky_ex(H + shift)
         if not bool((info != 0).any()):
-            return (P @ torch.cholesky_solve(b, L)).squeeze(-1)
+            return proj(torch.cholesky_solve(b, L))
     w, Q = torch.linalg.eigh(H)
     eps = torch.finfo(A.dtype).eps
     thr = w.abs().amax(-1, keepdim=True) * (N * eps * 10.0)
     inv = torch.where(w > thr, 1.0 / torch.where(w > thr, w, torch.ones_like(w)), torch.zeros_like(w))
     u = Q @ (inv.unsqueeze(-1) * (Q.transpose(-1, -2) @ b))
-    return (P @ u).squeeze(-1)
+    return proj(u)
 
 
 def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(True, True, True)):
@@ -120,9 +126,9 @@ def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(Tru
     rho = dual_reg.detach()
     with torch.no_grad():
         M = dual_hessian(Lam, Xd, Y, l1d, l2d, rho)
-        P = _face_projector(Lam)
+        Pb = _face_blocks(Lam)
         spd = bool((rho > 0).all())
-        u = _solve_on_face(M, P, grad_Lam.detach().reshape(B, n * k), spd).reshape(B, n, k)
+        u = _solve_on_face(M, Pb, grad_Lam.detach().reshape(B, n * k), spd).reshape(B, n, k)
     with torch.enable_grad():
         Xv = Xd.clone().requires_grad_(need[0])
         l1v = l1d.clone().requires_grad_(need[1])

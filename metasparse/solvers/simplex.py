@@ -27,13 +27,22 @@ def project_simplex(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
     k = v.shape[-1]
     u, _ = torch.sort(v, dim=-1, descending=True)
     css = torch.cumsum(u, dim=-1) - radius
-    j = torch.arange(1, k + 1, device=v.device, dtype=v.dtype)
-    cond = (u - css / j) > 0
-    # number of entries in the support: the last index where cond holds (cond is
-    # a prefix of True values); at least 1 (u_1 - (u_1 - r) = r > 0).
-    rho = cond.to(torch.int64).cumsum(-1).argmax(-1, keepdim=True)
-    tau = css.gather(-1, rho) / (rho + 1).to(v.dtype)
+    j = _arange(k, v.dtype, v.device)
+    # the indices where u_j > (c_j - radius)/j form a prefix (Duchi et al. 2008, Lemma 2),
+    # so the support size is their count (at least 1: u_1 - (u_1 - r) = r > 0)
+    rho = (u * j > css).sum(-1, keepdim=True).clamp(min=1)
+    tau = css.gather(-1, rho - 1) / rho.to(v.dtype)
     return torch.clamp(v - tau, min=0.0)
+
+
+_ARANGE = {}
+
+
+def _arange(k, dtype, device):
+    key = (k, dtype, str(device))
+    if key not in _ARANGE:
+        _ARANGE[key] = torch.arange(1, k + 1, dtype=dtype, device=device)
+    return _ARANGE[key]
 
 
 def project_l1_ball(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
