@@ -152,11 +152,14 @@ class GroupSparseSVMDual:
         returned ``rel_gap`` then tells how far it got).
     working_set, ws_margin: iterate on the features with ``||V_j|| > (1 - ws_margin)
         lambda1`` at the last gap check (feature mode; see :meth:`_iterate`).
+    newton: lambda1 = 0 and rho > 0 (MetaOptNet's SVM-CS): when the active face of the
+        simplices is unchanged between two gap checks, try (at most 3 times) the exact
+        Newton step of the quadratic dual on that face; kept only if the gap drops.
     """
 
     def __init__(self, tol: float = 1e-5, max_iter: int = 2000, check_every: int = 10,
                  backward: str = "implicit", patience: int = 20, working_set: bool = True,
-                 ws_margin: float = 0.2):
+                 ws_margin: float = 0.2, newton: bool = True):
         if backward not in ("implicit", "unrolled"):
             raise ValueError(f"backward: expected 'implicit' or 'unrolled', got {backward!r}")
         if not tol > 0:
@@ -170,6 +173,7 @@ class GroupSparseSVMDual:
         self.patience = int(patience)
         self.working_set = bool(working_set)
         self.ws_margin = float(ws_margin)
+        self.newton = bool(newton)
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -381,12 +385,30 @@ class GroupSparseSVMDual:
         since = torch.zeros(B, dtype=torch.int64, device=K.device)
         floor = 1e-12 * n
         all_active, P_out, gap_out, done = True, None, None, None
+        newton = self.newton and bool((rho > 0).all())
+        face_prev, n_newton = None, 0
         for it in range(self.max_iter + 1):
             if it % self.check_every == 0 or it == self.max_iter:
                 lin = ora.lin(Lam)
                 S, _ = ora.scores(lin)
                 P, gap = ora.objectives(Lam, lin, S, None)
                 rel = gap / torch.clamp(P.abs(), min=floor)
+                face = Lam > 0
+                if (newton and n_newton < 3 and face_prev is not None and it > 0
+                        and bool(((rel > self.tol) & active).any())
+                        and bool((face == face_prev).all())):
+                    # the face is stable: one Newton step on it solves the QP there
+                    n_newton += 1
+                    Lam_try, P_try, gap_try = self._newton_gram(K, Y, l2, rho, Lam, S, ora)
+                    acc = active & (gap_try < gap)
+                    a3 = acc[:, None, None]
+                    Lam = torch.where(a3, Lam_try, Lam)
+                    Lam_prev = torch.where(a3, Lam, Lam_prev)
+                    t = torch.where(acc, torch.ones_like(t), t)
+                    P, gap = torch.where(acc, P_try, P), torch.where(acc, gap_try, gap)
+                    rel = gap / torch.clamp(P.abs(), min=floor)
+                    face = Lam > 0
+                face_prev = face
                 improved = rel < 0.99 * best
                 best = torch.where(improved, rel, best)
                 since = torch.where(improved, torch.zeros_like(since), since + 1)
@@ -415,3 +437,21 @@ class GroupSparseSVMDual:
                 Lam = torch.where(m3, Lam_new, Lam)
             n_iter = n_iter + active.to(torch.int64)
         return Lam, n_iter, P_out, gap_out
+
+    @staticmethod
+    def _newton_gram(K, Y, l2, rho, Lam, S, ora):
+        r"""Newton step on the current face (lambda1 = 0, rho > 0): maximise the quadratic
+        dual on ``Lam + T``: ``(P M P) delta = P grad D(Lam)``, ``M = (K (x) I + rho I)/lambda2``;
+        the result is projected back onto the simplices and returned with its (P, gap)."""
+        from .implicit import _face_blocks, _solve_on_face
+        B, n, k = Lam.shape
+        eye_k = torch.eye(k, dtype=K.dtype, device=K.device)
+        M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).reshape(B, n * k, n * k)
+        M = (M + rho[:, None, None] * torch.eye(n * k, dtype=K.dtype, device=K.device)) / l2[:, None, None]
+        g = ora.gradient(Lam, S)
+        delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
+        Lam_try = project_simplex(Lam + delta)
+        lin = ora.lin(Lam_try)
+        S_try, _ = ora.scores(lin)
+        P, gap = ora.objectives(Lam_try, lin, S_try, None)
+        return Lam_try, P, gap
