@@ -36,7 +36,7 @@ from .objectives import dual_features, dual_gradient, row_norms
 __all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual"]
 
 
-def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
+def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:
     r"""``M = -d grad D / d Lam`` as a dense (B, n*k, n*k) matrix (index ``i*k + l``)."""
     B, n, k = Lam.shape
     V = dual_features(X, Y, Lam)                                 # (B, d, k)
@@ -67,7 +67,7 @@ def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg) -> torch.Tensor:
                 if m != l:
                     M[:, :, m, :, l] += G
     else:
-        K = X @ X.transpose(1, 2)
+        K = X @ X.transpose(1, 2) if K is None else K.to(X.dtype)
         M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).expand(B, n, k, n, k)
     M = M.reshape(B, n * k, n * k)
     M = M + dual_reg[:, None, None] * torch.eye(n * k, dtype=X.dtype, device=X.device)
@@ -113,7 +113,7 @@ def _solve_on_face(A: torch.Tensor, Pb: torch.Tensor, rhs: torch.Tensor, spd: bo
     return proj(u)
 
 
-def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(True, True, True)):
+def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(True, True, True), K=None):
     r"""Vector-Jacobian product of the dual solution map ``theta -> Lam*(theta)``.
 
     ``Lam`` (B, n, k) the solution, ``grad_Lam`` (B, n, k) the cotangent.  Returns
@@ -125,7 +125,7 @@ def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(Tru
     Xd, l1d, l2d = X.detach(), lambda1.detach(), lambda2.detach()
     rho = dual_reg.detach()
     with torch.no_grad():
-        M = dual_hessian(Lam, Xd, Y, l1d, l2d, rho)
+        M = dual_hessian(Lam, Xd, Y, l1d, l2d, rho, K=K if not bool((l1d > 0).any()) else None)
         Pb = _face_blocks(Lam)
         spd = bool((rho > 0).all())
         u = _solve_on_face(M, Pb, grad_Lam.detach().reshape(B, n * k), spd).reshape(B, n, k)
@@ -150,13 +150,14 @@ class ImplicitDual(torch.autograd.Function):
     """Identity on the (detached) solution ``Lam*`` whose backward is :func:`implicit_dual_vjp`."""
 
     @staticmethod
-    def forward(ctx, Lam, X, lambda1, lambda2, Y, dual_reg):
+    def forward(ctx, Lam, X, lambda1, lambda2, Y, dual_reg, K=None):
         ctx.save_for_backward(Lam, X, lambda1, lambda2, Y, dual_reg)
+        ctx.K = K            # optional precomputed Gram matrix X X^T (lambda1 = 0)
         return Lam.clone()
 
     @staticmethod
     def backward(ctx, grad_Lam):
         Lam, X, l1, l2, Y, rho = ctx.saved_tensors
         need = ctx.needs_input_grad[1:4]
-        gX, g1, g2 = implicit_dual_vjp(Lam, X, Y, l1, l2, rho, grad_Lam, need=need)
-        return None, gX, g1, g2, None, None
+        gX, g1, g2 = implicit_dual_vjp(Lam, X, Y, l1, l2, rho, grad_Lam, need=need, K=ctx.K)
+        return None, gX, g1, g2, None, None, None

@@ -174,6 +174,7 @@ class GroupSparseSVMDual:
         self.working_set = bool(working_set)
         self.ws_margin = float(ws_margin)
         self.newton = bool(newton)
+        self.max_newton = 3
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -217,14 +218,19 @@ class GroupSparseSVMDual:
             if not (bool((init >= 0).all()) and bool(((init.sum(-1) - 1).abs() <= tol_sum).all())):
                 init = project_simplex(init)   # a feasible init is kept bit-exact
 
+        K = None
+        if not bool((l1 > 0).any()):
+            with torch.no_grad():
+                K = X.detach() @ X.detach().transpose(1, 2)     # shared by forward and backward
         if self.backward == "unrolled":
             with torch.enable_grad():
-                Lam, n_iter, P, gap, W_val = self._iterate(X, Y, l1, l2, rho, init)
+                Lam, n_iter, P, gap, W_val = self._iterate(X, Y, l1, l2, rho, init, K)
         else:
             with torch.no_grad():
-                Lam, n_iter, P, gap, W_val = self._iterate(X.detach(), Y, l1.detach(), l2.detach(), rho, init)
+                Lam, n_iter, P, gap, W_val = self._iterate(X.detach(), Y, l1.detach(), l2.detach(), rho,
+                                                           init, K)
             if torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad):
-                Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho)
+                Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, K)
 
         W = weights_from_features(dual_features(X, Y, Lam), l1, l2)
         if W_val is not None and self.backward != "unrolled":
@@ -235,7 +241,7 @@ class GroupSparseSVMDual:
         return DualSolution(dual=Lam, weights=W, gap=gap, rel_gap=rel, n_iter=n_iter, primal=P)
 
     # ----------------------------------------------------------------- FISTA
-    def _iterate(self, X, Y, l1, l2, rho, init):
+    def _iterate(self, X, Y, l1, l2, rho, init, K=None):
         r"""FISTA with restart; returns (Lam, n_iter, P, gap) at the returned point.
 
         Feature mode (some lambda1 > 0) iterates on a *working set* of features: at
@@ -249,15 +255,15 @@ class GroupSparseSVMDual:
         B, n, d = X.shape
         gram = not bool((l1 > 0).any())
         out_dtype = X.dtype
+        if K is None:
+            K = X.detach() @ X.detach().transpose(1, 2)
         if gram and X.dtype != torch.float64 and not torch.is_grad_enabled():
             # Gram mode costs O(n^2 k) per iteration: iterate in float64 on the
             # float32 Gram matrix (float32 accumulation of K (Y - Lam) otherwise
             # limits the attainable relative gap to ~1e-4 on 16000-d features).
-            K = (X @ X.transpose(1, 2)).double()
+            K = K.double()
             Y, l1, l2, rho = Y.double(), l1.double(), l2.double(), rho.double()
             init = None if init is None else init.double()
-        else:
-            K = X.detach() @ X.detach().transpose(1, 2)
         if gram and not torch.is_grad_enabled():
             Lam, n_iter, P, gap = self._iterate_gram(K, Y, l2, rho, init)
             return Lam.to(out_dtype), n_iter, P.to(out_dtype), gap.to(out_dtype), None
@@ -287,6 +293,8 @@ class GroupSparseSVMDual:
         since = torch.zeros(B, dtype=torch.int64, device=X.device)
         ws_idx, ws_size = None, d            # None: all features
         W_last = None
+        newton_f = (use_ws or mixed) and self.newton and bool((rho > 0).all())
+        face_prev, feat_prev, n_newton = None, None, 0
         all_active = True
         for it in range(self.max_iter + 1):
             if it % self.check_every == 0 or it == self.max_iter:
@@ -313,6 +321,29 @@ class GroupSparseSVMDual:
                             lin = V.gather(2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
                         S, W = full.scores(V)
                         P, gap = full.objectives(Lam, V, S, W)
+                        if newton_f:
+                            face = Lam > 0
+                            feat = (V * V).sum(-2) > (l1 * l1)[:, None]
+                            pending = active & (gap > self.tol * torch.clamp(P.abs(), min=floor))
+                            if (n_newton < self.max_newton and face_prev is not None and bool(pending.any())
+                                    and bool((face == face_prev).all()) and bool((feat == feat_prev).all())):
+                                # stable face and active rows: D is smooth there, try Newton
+                                n_newton += 1
+                                Lam_t, V_t, S_t, W_t, P_t, gap_t = self._newton_features(full, Lam, S)
+                                acc = pending & (gap_t < gap)
+                                a3 = acc[:, None, None]
+                                Lam = torch.where(a3, Lam_t, Lam)
+                                Lam_prev = torch.where(a3, Lam, Lam_prev)
+                                t = torch.where(acc, torch.ones_like(t), t)
+                                V, S, W = torch.where(a3, V_t, V), torch.where(a3, S_t, S), torch.where(a3, W_t, W)
+                                P, gap = torch.where(acc, P_t, P), torch.where(acc, gap_t, gap)
+                                lin_old = lin
+                                lin = V if ws_idx is None else V.gather(
+                                    2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
+                                lin_prev = torch.where(a3, lin, lin_prev)
+                                face = Lam > 0
+                                feat = (V * V).sum(-2) > (l1 * l1)[:, None]
+                            face_prev, feat_prev = face, feat
                         W_last = W
                     else:
                         S, W = ora.scores(lin.detach())
@@ -455,3 +486,20 @@ class GroupSparseSVMDual:
         S_try, _ = ora.scores(lin)
         P, gap = ora.objectives(Lam_try, lin, S_try, None)
         return Lam_try, P, gap
+
+    @staticmethod
+    def _newton_features(full, Lam, S):
+        r"""Newton step of the dual on the current face with the active rows of W fixed
+        (where D is smooth): ``(P M P) delta = P grad D(Lam)`` with ``M`` the dual Hessian
+        (:func:`metasparse.solvers.implicit.dual_hessian`), projected back onto the
+        simplices; returns the new point with its V, S, W, P, gap."""
+        from .implicit import _face_blocks, _solve_on_face, dual_hessian
+        B, n, k = Lam.shape
+        M = dual_hessian(Lam, full.X, full.Y, full.l1, full.l2, full.rho)
+        g = full.gradient(Lam, S)
+        delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
+        Lam_t = project_simplex(Lam + delta)
+        V_t = full.lin(Lam_t)
+        S_t, W_t = full.scores(V_t)
+        P_t, gap_t = full.objectives(Lam_t, V_t, S_t, W_t)
+        return Lam_t, V_t, S_t, W_t, P_t, gap_t
