@@ -31,8 +31,8 @@ This module never imports ``metasparse``.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
