@@ -7,7 +7,8 @@
    same episodes; an MLP with no hidden layer, enough for a linear mixing and fast): once with the
    group-sparse SVM head (lambda1 = lambda_ratio * lambda_max per episode), once with
    the vanilla SVM head (lambda1 = 0, MetaOptNet's SVM-CS).
-3. Meta-test both on identical episodes: accuracy +- 95% CI, paired difference,
+3. Meta-test both final models (``last.pt``: the demo is about the representation meta-training
+   produces; ``best.pt`` by validation accuracy is kept as well) on identical episodes: accuracy +- 95% CI, paired difference,
    fraction of features each task uses.
 4. Disentanglement of each learned representation f(x) against the ground truth z on the
    test split: MCC (mean |Pearson| after Hungarian matching) and linear R^2; the raw
@@ -69,8 +70,8 @@ def run_demo(args) -> Dict[str, Any]:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     out = Path(args.out)
     quick = bool(getattr(args, "quick", False))
-    epochs = args.epochs or (2 if quick else 8)
-    batches = args.batches_per_epoch or (5 if quick else 40)
+    epochs = args.epochs or (2 if quick else 10)
+    batches = args.batches_per_epoch or (5 if quick else 50)
     n_test = args.episodes or (20 if quick else 300)
     ratio = 0.3 if args.lambda_ratio is None else args.lambda_ratio
     source = dict(DEMO_SOURCE)
@@ -99,7 +100,7 @@ def run_demo(args) -> Dict[str, Any]:
     entries = []
     models = {}
     for head, run_dir in runs.items():
-        ck = load_checkpoint(run_dir / "best.pt")
+        ck = load_checkpoint(run_dir / "last.pt")   # the representation at the end of meta-training
         model = _load_model(ck).to(device)
         models[head] = model
         entries.append(Entry(head, model, None, {"checkpoint": ck["path"], "head": head,
