@@ -190,3 +190,16 @@ def test_module_entry_point_and_console_script():
     assert r.returncode == 0 and "train" in r.stdout and "compare" in r.stdout
     cfg = (ROOT / "setup.cfg").read_text()
     assert "metasparse = metasparse.cli:main" in cfg
+
+
+def test_train_synthetic_with_tensorboard_and_evaluate(tmp_path):
+    out = tmp_path / "syn"
+    src = '{"n_factors": 6, "factors_per_class": 2, "n_classes": [6, 4, 4], "examples_per_class": 20}'
+    assert main(["train", "--dataset", "synthetic", "--source-options", src, "--head", "ridge", "--epochs", "1",
+                 "--batches-per-epoch", "2", "--val-episodes", "2", "--way", "3", "--query", "3", "--tensorboard",
+                 "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["backbone"] == "mlp" and cfg["backbone_options"]["in_dim"] == 6 and cfg["settings"]["optimizer"] == "adam"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(["evaluate", "--checkpoint", str(out), "--shot", "2", "--out", str(tmp_path / "e.json"), *EVAL]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["results"]["2"]["n_features"] == 6
