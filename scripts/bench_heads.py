@@ -160,6 +160,35 @@ def main(argv=None):
             with os.fdopen(fd, "w") as fh:
                 fh.write(content)
             os.replace(tmp, os.path.join(args.out, name))
+        plot(rows, os.path.join(args.out, "bench_heads.png"), machine)
+
+
+def plot(rows, path, machine):
+    """Grouped bars (log scale): forward+backward seconds per batch for each solver."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    series = [("gs_dual_s", "group-sparse: custom dual"), ("gs_cvxpylayers_s_scaled", "group-sparse: cvxpylayers (scaled)"),
+              ("svm_dual_s", "SVM-CS: custom dual"), ("svm_qpth_s", "SVM-CS: learn2learn qpth")]
+    labels = [f"n={r['n_support']}\nd={r['d']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    w = 0.2
+    for i, (key, name) in enumerate(series):
+        xs = [j + (i - 1.5) * w for j, r in enumerate(rows) if key in r]
+        ys = [r[key] for r in rows if key in r]
+        if ys:
+            ax.bar(xs, ys, width=w, label=name)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("forward + backward, s per batch")
+    ax.set_title(machine, fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

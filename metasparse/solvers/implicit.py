@@ -33,7 +33,7 @@ import torch
 
 from .objectives import dual_features, dual_gradient, row_norms
 
-__all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual"]
+__all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual", "GramSVMWeights"]
 
 
 def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:
@@ -161,3 +161,45 @@ class ImplicitDual(torch.autograd.Function):
         need = ctx.needs_input_grad[1:4]
         gX, g1, g2 = implicit_dual_vjp(Lam, X, Y, l1, l2, rho, grad_Lam, need=need, K=ctx.K)
         return None, gX, g1, g2, None, None, None
+
+
+class GramSVMWeights(torch.autograd.Function):
+    r"""``W* = X^T (Y - Lam*(X, lambda2)) / lambda2`` for lambda1 = 0, with its exact backward.
+
+    With ``G = Y - Lam*``, ``u`` the face solve of :func:`implicit_dual_vjp` for the
+    cotangent ``gLam = -X gW / lambda2`` and ``S = X W``, the chain rule through the
+    primal-dual link and the fixed point ``g = Delta + X X^T G/lambda2 + (rho/lambda2) G``
+    collapses to
+
+        grad_X       = u W^T + G ((gW + X^T u) / lambda2)^T      (one rank-2k product)
+        grad_lambda2 = -(<gW, W> + <u, S + (rho/lambda2) G>) / lambda2.
+    """
+
+    @staticmethod
+    def forward(ctx, X, lambda2, Lam, K, Y, dual_reg):
+        G = Y - Lam
+        W = ((G.transpose(1, 2) @ X) / lambda2[:, None, None]).transpose(1, 2)
+        ctx.save_for_backward(X, lambda2, Lam, K, Y, dual_reg, W)
+        return W
+
+    @staticmethod
+    def backward(ctx, gW):
+        X, l2, Lam, K, Y, rho, W = ctx.saved_tensors
+        B, n, k = Lam.shape
+        inv = (1.0 / l2)[:, None, None]
+        G = Y - Lam
+        gLam = -(X @ gW) * inv
+        M = dual_hessian(Lam, X, Y, torch.zeros_like(l2), l2, rho, K=K)
+        u = _solve_on_face(M, _face_blocks(Lam), gLam.reshape(B, n * k),
+                           bool((rho > 0).all())).reshape(B, n, k)
+        gX = gl2 = None
+        Xtu = (u.transpose(1, 2) @ X).transpose(1, 2)                     # (B, d, k)
+        if ctx.needs_input_grad[0]:
+            left = torch.cat([u, G], dim=-1)                               # (B, n, 2k)
+            right = torch.cat([W, (gW + Xtu) * inv], dim=-1)               # (B, d, 2k)
+            gX = left @ right.transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            S = K.to(X.dtype) @ G * inv                                    # X W
+            c = (rho / l2)[:, None, None]
+            gl2 = -((gW * W).sum((-1, -2)) + (u * (S + c * G)).sum((-1, -2))) / l2
+        return gX, gl2, None, None, None, None

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-from .implicit import ImplicitDual
+from .implicit import GramSVMWeights, ImplicitDual
 from .objectives import (
     as_episode_vector, crammer_singer_loss, dual_features, fenchel_young_gap, group_soft_threshold, row_norms,
     weights_from_features,
@@ -229,7 +229,16 @@ class GroupSparseSVMDual:
             with torch.no_grad():
                 Lam, n_iter, P, gap, W_val = self._iterate(X.detach(), Y, l1.detach(), l2.detach(), rho,
                                                            init, K)
-            if torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad):
+            needs_grad = torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad)
+            if needs_grad and K is not None and not l1.requires_grad:
+                # lambda1 = 0: W and its implicit backward in one function (one fused
+                # gradient for X instead of three rank-k outer products)
+                W = GramSVMWeights.apply(X, l2, Lam, K, Y, rho)
+                with torch.no_grad():
+                    rel = gap / torch.clamp(P.abs(), min=1e-12 * X.shape[1])
+                return DualSolution(dual=Lam, weights=W, gap=gap.detach(), rel_gap=rel,
+                                    n_iter=n_iter, primal=P.detach())
+            if needs_grad:
                 Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, K)
 
         W = weights_from_features(dual_features(X, Y, Lam), l1, l2)
