@@ -13,15 +13,16 @@ HEADS = {
     "ridge": RidgeHead,
     "protonet": ProtoNetHead,
 }
-_ALIASES = {"gs-svm": "group_sparse_svm", "group-sparse-svm": "group_sparse_svm",
-            "svm-cs": "svm", "metaoptnet-svm": "svm", "r2d2": "ridge", "metaoptnet-rr": "ridge",
-            "proto": "protonet"}
+_ALIASES = {"gs_svm": "group_sparse_svm", "svm_cs": "svm", "metaoptnet_svm": "svm", "r2d2": "ridge",
+            "rr": "ridge", "metaoptnet_rr": "ridge", "proto": "protonet"}
 
 
 def build_head(name: str, **kw) -> Head:
     """Build a head by name: one of ``group_sparse_svm``, ``svm``, ``ridge``, ``protonet``
-    (aliases: gs-svm, svm-cs, r2d2, proto); keyword arguments go to its constructor."""
-    key = _ALIASES.get(name.lower().replace(" ", "_"), name.lower().replace(" ", "_"))
+    (dashes or underscores; aliases gs-svm, svm-cs, r2d2, rr, proto); keyword arguments
+    go to its constructor."""
+    key = str(name).lower().strip().replace("-", "_").replace(" ", "_")
+    key = _ALIASES.get(key, key)
     if key not in HEADS:
         raise ValueError(f"head: unknown name {name!r}; expected one of {sorted(HEADS)}")
     return HEADS[key](**kw)
