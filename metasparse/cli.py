@@ -153,9 +153,6 @@ _TRAIN_KEYS = {  # flag dest -> config key (None: settings key)
 }
 _SETTINGS_KEYS = ("epochs", "batches_per_epoch", "optimizer", "lr", "weight_decay", "label_smoothing", "seed",
                   "checkpoint_every", "log_every")
-_RESUME_FREE = {"device", "num_workers", "progress", "out", "resume", "tensorboard", "command", "func",
-                "stop_after_steps", "epochs"}
-
 
 def resolve_train_config(args) -> Dict[str, Any]:
     """Dataset defaults overridden by the flags that were given."""
@@ -229,7 +226,7 @@ def _check_resume_flags(args, saved: Dict[str, Any]) -> None:
 
 def run_training(config: Dict[str, Any], out: Path, *, device: str = "auto", resume: bool = False,
                  num_workers: int = 0, progress: bool = True, tensorboard: bool = False,
-                 stop_after_steps: Optional[int] = None) -> Dict[str, Any]:
+                 stop_after_steps: Optional[int] = None, sync_bn: bool = False) -> Dict[str, Any]:
     """Build sources, samplers and the model from ``config`` and run the training engine."""
     from episodes.sampler import EpisodeSampler
 
@@ -277,7 +274,7 @@ def run_training(config: Dict[str, Any], out: Path, *, device: str = "auto", res
                   f"epochs on {ctx.device}" + (f" x {ctx.world_size} processes" if ctx.enabled else ""))
         return train(model, stream, val, s, out, spec=spec, device=ctx.device, resume=resume, ctx=ctx,
                      progress=progress, stop_after_steps=stop_after_steps, tensorboard=tensorboard,
-                     val_total=len(val) if val is not None else None)
+                     val_total=len(val) if val is not None else None, sync_bn=sync_bn)
     finally:
         cleanup(ctx)
 
@@ -306,7 +303,7 @@ def cmd_train(args) -> int:
         config = resolve_train_config(args)
     res = run_training(config, out, device=args.device, resume=args.resume, num_workers=args.num_workers,
                        progress=not args.no_progress, tensorboard=args.tensorboard,
-                       stop_after_steps=args.stop_after_steps)
+                       stop_after_steps=args.stop_after_steps, sync_bn=args.sync_bn)
     if not res.get("stopped") and res.get("best"):
         b = res["best"]
         if b.get("val_accuracy") is not None:
@@ -530,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, help="also save last.pt every N batches (default 200)")
     t.add_argument("--log-every", type=int, help="metrics.jsonl step record every N batches (default 10)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    t.add_argument("--sync-bn", action="store_true", help="with torchrun on GPUs: batch-norm statistics over all ranks")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
     t.set_defaults(func=cmd_train)

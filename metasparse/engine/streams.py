@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Subset

@@ -16,7 +16,6 @@ optimizer, progress, RNG states) ends with the same weights as an uninterrupted 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Protocol
@@ -104,7 +103,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
           run_dir, *, spec: Dict[str, Any], device: torch.device, train_transform: Optional[Callable] = None,
           eval_transform: Optional[Callable] = None, resume: bool = False, ctx: Optional[DistContext] = None,
           progress: bool = True, stop_after_steps: Optional[int] = None, tensorboard: bool = False,
-          val_total: Optional[int] = None) -> Dict[str, Any]:
+          val_total: Optional[int] = None, sync_bn: bool = False) -> Dict[str, Any]:
     """Meta-train ``model`` (a FewShotModel) and write ``run_dir/{last,best}.pt`` and
     ``run_dir/metrics.jsonl``. ``spec`` (``config``, ``backbone``, ``head`` dicts) goes into
     every checkpoint so that ``evaluate`` can rebuild the model.
@@ -131,6 +130,10 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         restore_rng(ck.get("rng"))
         resumed_sums = torch.tensor(p.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
     train_model: nn.Module = model
+    if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
+        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -9,9 +9,8 @@ import torch
 
 from metasparse.engine import checkpoint as C
 from metasparse.engine.evaluate import evaluate_episodes
-from metasparse.engine.model import FewShotModel
 
-from .helpers import PrototypeHead, tiny_model, tiny_streams
+from .helpers import tiny_model, tiny_streams
 
 
 def _payload():
