@@ -101,3 +101,13 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="support_labels"):
         GroupSparseSVMHead()(Q, S, labels + 10, k)
     assert isinstance(build_head("svm-cs"), SVMHead) and isinstance(build_head("r2d2"), RidgeHead)
+
+
+def test_non_finite_query_raises():
+    Q, S, labels, k = episode()
+    for bad in (float("nan"), float("inf")):
+        Qb = Q.clone()
+        Qb[1, 3, 2] = bad
+        for head in (GroupSparseSVMHead(lambda_ratio=0.9), RidgeHead(), ProtoNetHead()):
+            with pytest.raises(ValueError, match="query"):
+                head.double()(Qb, S, labels, k)
