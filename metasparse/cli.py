@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -304,7 +305,7 @@ def cmd_train(args) -> int:
     res = run_training(config, out, device=args.device, resume=args.resume, num_workers=args.num_workers,
                        progress=not args.no_progress, tensorboard=args.tensorboard,
                        stop_after_steps=args.stop_after_steps, sync_bn=args.sync_bn)
-    if not res.get("stopped") and res.get("best"):
+    if not res.get("stopped") and res.get("best") and os.environ.get("RANK", "0") == "0":
         b = res["best"]
         if b.get("val_accuracy") is not None:
             print(f"best validation accuracy {100 * b['val_accuracy']:.2f} +- {100 * b['val_ci95']:.2f}% "
