@@ -52,7 +52,7 @@ for spec in "${RUNS[@]}"; do ckpts+=("$OUT/${spec%%|*}/best.pt"); done
 $MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" $EVAL_FLAGS
 
 echo
-echo "== $DATASET, 5-way, mean +- 95% CI over 1000 episodes (compare with anchors.md)"
+echo "== $DATASET, 5-way, mean +- 95% CI over the meta-test episodes (compare with anchors.md)"
 python3 - "$OUT" "${RUNS[@]}" <<'PYEOF'
 import json, sys
 out, runs = sys.argv[1], [r.split("|")[0] for r in sys.argv[2:]]
