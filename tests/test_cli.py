@@ -71,7 +71,9 @@ def test_train_outputs_and_exact_resume(trained):
 def test_sigkill_then_resume_matches_uninterrupted(data_root, tmp_path, trained):
     full, _ = trained
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # same intra-op thread count as this process: CPU reductions (and so the weights)
+    # depend on it, and the reference run was trained here
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "metasparse", *_train_args(data_root, out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
