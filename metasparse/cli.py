@@ -155,6 +155,11 @@ _TRAIN_KEYS = {  # flag dest -> config key (None: settings key)
 _SETTINGS_KEYS = ("epochs", "batches_per_epoch", "optimizer", "lr", "weight_decay", "label_smoothing", "seed",
                   "checkpoint_every", "log_every")
 
+def _given(value, default):
+    """The flag's value when it was given (0 included, so that it is rejected), else the default."""
+    return default if value is None else value
+
+
 def resolve_train_config(args) -> Dict[str, Any]:
     """Dataset defaults overridden by the flags that were given."""
     d = dataset_defaults(args.dataset)
@@ -166,10 +171,11 @@ def resolve_train_config(args) -> Dict[str, Any]:
         "head": head,
         "head_options": _head_options(head, args.lambda_ratio, args.solver,
                                       _json_arg(args.head_options, "--head-options")),
-        "way": args.way or d["way"], "train_shot": args.train_shot or d["train_shot"],
-        "query": args.query or d["query"], "episodes_per_batch": args.episodes_per_batch or d["episodes_per_batch"],
+        "way": _given(args.way, d["way"]), "train_shot": _given(args.train_shot, d["train_shot"]),
+        "query": _given(args.query, d["query"]),
+        "episodes_per_batch": _given(args.episodes_per_batch, d["episodes_per_batch"]),
         "val_episodes": d["val_episodes"] if args.val_episodes is None else args.val_episodes,
-        "val_shot": args.val_shot or d["val_shot"], "val_query": args.val_query or d["val_query"],
+        "val_shot": _given(args.val_shot, d["val_shot"]), "val_query": _given(args.val_query, d["val_query"]),
         "test_query": d["test_query"], "test_episodes": d["test_episodes"],
         "amp": bool(args.amp), "head_dtype": args.head_dtype or "float32",
     }
@@ -341,9 +347,12 @@ def _episode_sets(args, config, source, shots: List[int], seed: int):
                 raise CLIError(f"{flag} contradicts --episodes-file (the file defines the episodes); drop one of them")
         fx = fixed.load_episodes(args.episodes_file, source)
         return {fx.shot: FixedStream(fx, source, args.batch_size)}, len(fx), fx.way
-    way = args.way or config["way"]
-    query = args.query or config.get("test_query", 15)
-    n = args.episodes or config.get("test_episodes", 1000)
+    way = _given(args.way, config["way"])
+    query = _given(args.query, config.get("test_query", 15))
+    n = _given(args.episodes, config.get("test_episodes", 1000))
+    for flag, val in (("--way", way), ("--query", query)):
+        if val < 1:
+            raise CLIError(f"{flag} must be >= 1, got {val}")
     if n < 1:
         raise CLIError(f"--episodes must be >= 1, got {n}")
     sets = {}

@@ -205,3 +205,17 @@ def test_train_synthetic_with_tensorboard_and_evaluate(tmp_path):
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert main(["evaluate", "--checkpoint", str(out), "--shot", "2", "--out", str(tmp_path / "e.json"), *EVAL]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["results"]["2"]["n_features"] == 6
+
+
+def test_zero_counts_are_rejected_not_replaced_by_defaults(trained, tmp_path, capsys):
+    """`--way 0` etc. must be an error, not silently the dataset default (0 is falsy)."""
+    full, _ = trained
+    for flag in ("--way", "--train-shot", "--query", "--episodes-per-batch", "--val-shot", "--val-query"):
+        msg = _err(capsys, ["train", "--dataset", "synthetic", flag, "0", "--out", str(tmp_path / "z"),
+                            "--no-progress", "--device", "cpu"])
+        assert f"{flag} must be >= 1, got 0" in msg, msg
+    assert not (tmp_path / "z" / "last.pt").exists()
+    for flag in ("--episodes", "--way", "--query"):
+        msg = _err(capsys, ["evaluate", "--checkpoint", str(full / "best.pt"), "--shot", "1",
+                            *[a for a in EVAL if a not in ("--episodes", "6", "--query", "2")], flag, "0"])
+        assert f"{flag} must be >= 1, got 0" in msg, msg
