@@ -62,9 +62,22 @@ def test_pure_function_of_seed_epoch_index(make_images):
 
 def test_batch_seed_is_fixed():
     # pinned values: a change of the hash would silently change every saved experiment
-    assert batch_seed(0, 0, 0) == batch_seed(0, 0, 0)
+    from episodes.sampler import _splitmix64
+    assert _splitmix64(0) == 0xE220A8397B1DCDAF               # first SplitMix64 output for state 0 (Vigna)
+    assert [batch_seed(0, 0, 0), batch_seed(1, 2, 3), batch_seed(2 ** 70, -1, 5)] == [
+        1279368494785126216, 7510213797696614745, 8631133743404783499]
     assert len({batch_seed(s, e, i) for s in range(3) for e in range(3) for i in range(3)}) == 27
     assert 0 <= batch_seed(2 ** 70, -1, 5) < 2 ** 63
+
+
+def test_episodes_are_pinned(make_images):
+    # "same seed, same episodes on any machine": the exact indices of one batch (torch's CPU generator
+    # is platform independent); a change here changes every experiment's episodes
+    src = make_images(n_classes=8, per_class=10, size=4)
+    cls, sup, qry = EpisodeSampler(src, 3, 2, 1, 2, seed=5).sample_indices(1, 4)
+    assert cls.tolist() == [[2, 6, 0], [6, 4, 5]]
+    assert sup.tolist() == [[17, 13, 75, 58, 31, 55], [58, 75, 20, 62, 47, 35]]
+    assert qry.tolist() == [[70, 3, 10], [50, 73, 2]]
 
 
 def test_same_episodes_across_worker_counts(make_images):
