@@ -20,6 +20,7 @@ import torch
 
 from metasparse.backbones import build_backbone
 from metasparse.cli import build_head
+from metasparse.engine.checkpoint import atomic_write_text
 from metasparse.engine.model import FewShotModel
 from metasparse.engine.train import smoothed_cross_entropy
 
@@ -89,8 +90,7 @@ def main():
         print(f"{label:26s} {row['episodes_per_s']:8.1f} episodes/s  {dt * 1000:8.1f} ms/batch  "
               f"features used {100 * row['features_used']:.1f}%", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": rows}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "results": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
