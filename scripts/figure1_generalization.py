@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -38,24 +36,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from episodes.sources.synthetic import make_mixing, sample_sparse_tasks  # noqa: E402
+from metasparse.engine.checkpoint import atomic_write_bytes as atomic_write  # noqa: E402
+from metasparse.plots import save_figure  # noqa: E402
 
 METHODS = ("disentangled-lasso", "entangled-lasso", "disentangled-ridge", "entangled-ridge")
 RIDGE_ALPHAS = np.logspace(-3, 4, 36)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def fit_and_score(method: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -149,11 +136,7 @@ def plot_figure1(results, path: Path) -> None:
     axes[0][0].set_ylabel("test $R^2$")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def parse_args(argv=None):

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +56,8 @@ if str(ROOT) not in sys.path:
 from episodes.sources.synthetic import (Mixing, make_mixing, sample_sparse_tasks,  # noqa: E402
                                         satisfies_assumption7)
 from metasparse.backbones import build_backbone  # noqa: E402
+from metasparse.engine.checkpoint import atomic_write_bytes as atomic_write  # noqa: E402
+from metasparse.plots import save_figure  # noqa: E402
 from metasparse.metrics.disentanglement import dci, linear_r2, match_factors  # noqa: E402
 from metasparse.solvers.group_lasso import ridge_regression, solve_group_lasso  # noqa: E402
 
@@ -109,28 +109,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- helpers
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def make_world(settings: Settings) -> Mixing:

@@ -24,7 +24,16 @@ if [ ! -x "$PY" ]; then
   echo "[setup] creating $VENV"
   python3 -m venv "$VENV"
 fi
-PIP=("$PY" -m pip --disable-pip-version-check)
+# pip, minus the noise of this machine's local index mirrors ("Location ... is ignored")
+pip_q() {
+  local rc=0 log
+  log=$(mktemp)
+  "$PY" -m pip --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+  grep -v "^WARNING: Location '.*' is ignored" "$log" || true
+  rm -f "$log"
+  return $rc
+}
+PIP=(pip_q)
 "${PIP[@]}" install -q --upgrade "pip>=23" "setuptools>=68" wheel
 
 echo "[setup] torch 2.14.1 / torchvision 0.29.1"

@@ -20,7 +20,7 @@ import io
 import os
 import pickle
 import warnings
-from typing import Any, Callable, Dict, Tuple
+from typing import Any
 
 __all__ = ["RestrictedUnpickler", "UnsafePickleError", "load_pickle", "loads_pickle", "ALLOWED_GLOBALS"]
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..solvers.lambda_max import lambda_max as compute_lambda_max
 from ..solvers.objectives import (
-    as_episode_vector, dual_features, fenchel_young_gap, one_hot, primal_objective, row_norms,
+    as_episode_vector, fenchel_young_gap, one_hot, primal_objective, row_norms,
 )
 from ..solvers.svm_dual import GroupSparseSVMDual
 from .base import Head, HeadFit

@@ -31,7 +31,7 @@ import torch
 
 from .implicit import GramSVMWeights, ImplicitDual
 from .objectives import (
-    as_episode_vector, crammer_singer_loss, dual_features, fenchel_young_gap, group_soft_threshold, row_norms,
+    as_episode_vector, crammer_singer_loss, dual_features, fenchel_young_gap, row_norms,
     weights_from_features,
 )
 from .simplex import project_simplex
@@ -346,7 +346,6 @@ class GroupSparseSVMDual:
                                 t = torch.where(acc, torch.ones_like(t), t)
                                 V, S, W = torch.where(a3, V_t, V), torch.where(a3, S_t, S), torch.where(a3, W_t, W)
                                 P, gap = torch.where(acc, P_t, P), torch.where(acc, gap_t, gap)
-                                lin_old = lin
                                 lin = V if ws_idx is None else V.gather(
                                     2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
                                 lin_prev = torch.where(a3, lin, lin_prev)

@@ -1,5 +1,4 @@
 """Training engine: exact resume, metrics log, label smoothing, DDP equivalence (2 gloo processes)."""
-import json
 import os
 import socket
 
