@@ -26,7 +26,11 @@ from metasparse.engine.train import smoothed_cross_entropy
 
 HEADS = [("group-sparse-svm (dual)", "group-sparse-svm", {"lambda_ratio": 0.01}),
          ("svm (dual)", "svm", {"solver": "dual"}),
-         ("svm (qpth)", "svm", {"solver": "qpth"})]
+         ("svm (qpth)", "svm", {"solver": "qpth"}),
+         # the dual heads with torch's intra-op thread count inside the solver
+         # (cpu_threads=None; the default is 1 thread on CPU, metasparse.solvers.threads)
+         ("group-sparse-svm (dual, torch threads)", "group-sparse-svm", {"lambda_ratio": 0.01, "cpu_threads": None}),
+         ("svm (dual, torch threads)", "svm", {"solver": "dual", "cpu_threads": None})]
 
 
 def sync(device):
@@ -46,12 +50,16 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--widths", type=int, nargs=4, default=[64, 160, 320, 640])
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for the backbone")
-    ap.add_argument("--heads", nargs="+", default=None, help="subset of: gs-svm svm-dual svm-qpth")
+    ap.add_argument("--heads", nargs="+", default=None, help="subset of: gs-svm svm-dual svm-qpth gs-svm-tt svm-dual-tt "
+                    "(-tt: the solver keeps torch's thread count, cpu_threads=None)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     device = torch.device(args.device)
-    keys = {"gs-svm": 0, "svm-dual": 1, "svm-qpth": 2}
-    heads = [HEADS[keys[h]] for h in args.heads] if args.heads else HEADS
+    keys = {"gs-svm": 0, "svm-dual": 1, "svm-qpth": 2, "gs-svm-tt": 3, "svm-dual-tt": 4}
+    bad = [h for h in args.heads or [] if h not in keys]
+    if bad:
+        ap.error(f"--heads: unknown {bad}, expected some of {sorted(keys)}")
+    heads = [HEADS[keys[h]] for h in args.heads] if args.heads else HEADS[:3]
     b, n, k, q, s = args.episodes_per_batch, args.way, args.shot, args.query, args.image_size
     g = torch.Generator().manual_seed(0)
     support = torch.randn(b, n * k, 3, s, s, generator=g).to(device)
@@ -68,7 +76,7 @@ def main():
         try:
             head = build_head(name, opts)
         except Exception as e:  # e.g. qpth missing
-            print(f"{label:26s} unavailable: {e}")
+            print(f"{label:40s} unavailable: {e}")
             continue
         model = FewShotModel(backbone, head, amp=args.amp).to(device).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -87,8 +95,8 @@ def main():
         dt = (time.perf_counter() - t0) / args.batches
         row = {"head": label, "episodes_per_s": b / dt, "s_per_batch": dt, "features_used": sum(used) / len(used)}
         rows.append(row)
-        print(f"{label:26s} {row['episodes_per_s']:8.1f} episodes/s  {dt * 1000:8.1f} ms/batch  "
-              f"features used {100 * row['features_used']:.1f}%", flush=True)
+        print(f"{label:40s} {row['episodes_per_s']:8.1f} episodes/s  {dt * 1000:8.1f} ms/batch  "
+              f"features used {100 * row['features_used']:.1f}%  threads {torch.get_num_threads()}", flush=True)
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "results": rows}, indent=1) + "\n")
 

@@ -57,14 +57,18 @@ class GroupSparseSVMHead(Head):
         ``"cvxpylayers"`` (exact, slow reference).
     learn_lambda1 / learn_lambda2: make ``lambda_ratio`` (or ``lambda1``) and
         ``lambda2`` learnable (stored as log-parameters, so they stay positive).
-    tol, max_iter, backward: passed to :class:`~metasparse.solvers.GroupSparseSVMDual`.
+    tol, max_iter, backward, cpu_threads: passed to
+        :class:`~metasparse.solvers.GroupSparseSVMDual` (``cpu_threads``, default 1: the
+        intra-op threads of the solve, its backward and lambda_max on CPU; ``None``
+        keeps torch's setting, see :mod:`metasparse.solvers.threads`).
     """
 
     def __init__(self, lambda_ratio: Optional[float] = None, lambda2: float = 1.0,
                  dual_reg: float = 1.0, solver: str = "dual", *, lambda1: Optional[float] = None,
                  learn_lambda1: bool = False, learn_lambda2: bool = False, tol: float = 1e-5,
                  max_iter: int = 2000, backward: str = "implicit", init_scale: float = 1.0,
-                 learn_scale: bool = True, lambda_max_rtol: float = 5e-3):
+                 learn_scale: bool = True, lambda_max_rtol: float = 5e-3,
+                 cpu_threads: Optional[int] = 1):
         super().__init__(init_scale, learn_scale)
         if lambda_ratio is not None and lambda1 is not None:
             raise ValueError("GroupSparseSVMHead: give exactly one of lambda_ratio and lambda1")
@@ -94,7 +98,8 @@ class GroupSparseSVMHead(Head):
             self.log_lambda2 = nn.Parameter(torch.tensor(math.log(lambda2), dtype=torch.float64))
         else:
             self.register_buffer("lambda2_value", torch.tensor(lambda2, dtype=torch.float64))
-        self.solver = GroupSparseSVMDual(tol=tol, max_iter=max_iter, backward=backward)
+        self.solver = GroupSparseSVMDual(tol=tol, max_iter=max_iter, backward=backward,
+                                         cpu_threads=cpu_threads)
         self.lambda_max_rtol = float(lambda_max_rtol)
         self._cvxpylayer = None
 
@@ -120,7 +125,8 @@ class GroupSparseSVMHead(Head):
         rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")
         lmax, Lam0 = None, None
         if self.relative:
-            lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol)
+            lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol,
+                                            cpu_threads=self.solver.cpu_threads)
             l1 = self._lambda1_param(support) * lmax
         else:
             l1 = self._lambda1_param(support).expand(B)
@@ -176,14 +182,15 @@ class SVMHead(GroupSparseSVMHead):
 
     def __init__(self, C_reg: float = 0.1, solver: str = "dual", *, max_iters: int = 15,
                  learn_lambda2: bool = False, tol: float = 1e-5, max_iter: int = 2000,
-                 backward: str = "implicit", init_scale: float = 1.0, learn_scale: bool = True):
+                 backward: str = "implicit", init_scale: float = 1.0, learn_scale: bool = True,
+                 cpu_threads: Optional[int] = 1):
         C_reg = _positive("C_reg", C_reg)
         if solver not in _SOLVERS + ("qpth",):
             raise ValueError(f"solver: expected one of {_SOLVERS + ('qpth',)}, got {solver!r}")
         super().__init__(lambda1=0.0, lambda2=1.0 / C_reg, dual_reg=1.0,
                          solver="dual" if solver == "qpth" else solver, learn_lambda2=learn_lambda2,
                          tol=tol, max_iter=max_iter, backward=backward, init_scale=init_scale,
-                         learn_scale=learn_scale)
+                         learn_scale=learn_scale, cpu_threads=cpu_threads)
         self.solver_name = solver
         self.C_reg = C_reg
         self.max_iters = int(max_iters)

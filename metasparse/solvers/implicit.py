@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 
 from .objectives import dual_features, dual_gradient, row_norms
+from .threads import solver_threads
 
 __all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual", "GramSVMWeights"]
 
@@ -150,17 +151,19 @@ class ImplicitDual(torch.autograd.Function):
     """Identity on the (detached) solution ``Lam*`` whose backward is :func:`implicit_dual_vjp`."""
 
     @staticmethod
-    def forward(ctx, Lam, X, lambda1, lambda2, Y, dual_reg, K=None):
+    def forward(ctx, Lam, X, lambda1, lambda2, Y, dual_reg, K=None, cpu_threads=None):
         ctx.save_for_backward(Lam, X, lambda1, lambda2, Y, dual_reg)
         ctx.K = K            # optional precomputed Gram matrix X X^T (lambda1 = 0)
+        ctx.cpu_threads = cpu_threads
         return Lam.clone()
 
     @staticmethod
     def backward(ctx, grad_Lam):
         Lam, X, l1, l2, Y, rho = ctx.saved_tensors
         need = ctx.needs_input_grad[1:4]
-        gX, g1, g2 = implicit_dual_vjp(Lam, X, Y, l1, l2, rho, grad_Lam, need=need, K=ctx.K)
-        return None, gX, g1, g2, None, None, None
+        with solver_threads(X.device, ctx.cpu_threads):
+            gX, g1, g2 = implicit_dual_vjp(Lam, X, Y, l1, l2, rho, grad_Lam, need=need, K=ctx.K)
+        return None, gX, g1, g2, None, None, None, None
 
 
 class GramSVMWeights(torch.autograd.Function):
@@ -176,14 +179,20 @@ class GramSVMWeights(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, X, lambda2, Lam, K, Y, dual_reg):
+    def forward(ctx, X, lambda2, Lam, K, Y, dual_reg, cpu_threads=None):
         G = Y - Lam
         W = ((G.transpose(1, 2) @ X) / lambda2[:, None, None]).transpose(1, 2)
         ctx.save_for_backward(X, lambda2, Lam, K, Y, dual_reg, W)
+        ctx.cpu_threads = cpu_threads
         return W
 
     @staticmethod
     def backward(ctx, gW):
+        with solver_threads(gW.device, ctx.cpu_threads):
+            return GramSVMWeights._backward(ctx, gW) + (None,)
+
+    @staticmethod
+    def _backward(ctx, gW):
         X, l2, Lam, K, Y, rho, W = ctx.saved_tensors
         B, n, k = Lam.shape
         inv = (1.0 / l2)[:, None, None]

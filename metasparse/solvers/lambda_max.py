@@ -26,12 +26,13 @@ with ``A`` the dual optima at ``W = 0``:
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from .objectives import as_episode_vector, dual_features, row_norms
 from .simplex import project_simplex
+from .threads import solver_threads
 
 __all__ = ["lambda_max", "project_wrong_classes", "project_group_l1_ball"]
 
@@ -135,15 +136,16 @@ def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, check_every: int = 10):
 
 
 def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float = 5e-3,
-               max_iter: int = 5000) -> Tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int = 5000, cpu_threads: Optional[int] = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""Per-episode ``lambda_max`` (B,) and a dual point ``Lam0`` (B, n, k) achieving it.
 
     ``rho > 0``: closed form.  ``rho = 0``: certified upper bound within ``rtol`` of the
     exact value (see the module docstring; a warning-free fallback returns the best
     bound found after ``max_iter`` iterations).  Not differentiated (a per-episode
-    constant for the backward pass).
+    constant for the backward pass).  ``cpu_threads``: intra-op threads on CPU (see
+    :mod:`metasparse.solvers.threads`; ``None`` keeps torch's setting).
     """
-    with torch.no_grad():
+    with torch.no_grad(), solver_threads(X.device, cpu_threads):
         X = X.detach()
         B, n, _ = X.shape
         Y = Y.to(X.dtype)

@@ -35,6 +35,7 @@ from .objectives import (
     weights_from_features,
 )
 from .simplex import project_simplex
+from .threads import solver_threads
 
 __all__ = ["DualSolution", "GroupSparseSVMDual", "lipschitz_constant", "default_dual_init"]
 
@@ -159,7 +160,7 @@ class GroupSparseSVMDual:
 
     def __init__(self, tol: float = 1e-5, max_iter: int = 2000, check_every: int = 10,
                  backward: str = "implicit", patience: int = 20, working_set: bool = True,
-                 ws_margin: float = 0.2, newton: bool = True):
+                 ws_margin: float = 0.2, newton: bool = True, cpu_threads: Optional[int] = 1):
         if backward not in ("implicit", "unrolled"):
             raise ValueError(f"backward: expected 'implicit' or 'unrolled', got {backward!r}")
         if not tol > 0:
@@ -175,6 +176,9 @@ class GroupSparseSVMDual:
         self.ws_margin = float(ws_margin)
         self.newton = bool(newton)
         self.max_newton = 3
+        if cpu_threads is not None and int(cpu_threads) < 1:
+            raise ValueError(f"cpu_threads: expected None or an int >= 1, got {cpu_threads}")
+        self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -198,6 +202,10 @@ class GroupSparseSVMDual:
         ``dual_reg >= 0`` (floats or (B,) tensors), ``init`` (B, n, k) warm start (any
         point; it is projected onto the simplex rows).
         """
+        with solver_threads(X.device, self.cpu_threads):
+            return self._run(X, Y, lambda1, lambda2, dual_reg, init)
+
+    def _run(self, X, Y, lambda1, lambda2, dual_reg, init):
         self._check(X, Y)
         B = X.shape[0]
         Y = Y.to(X.dtype)
@@ -233,13 +241,13 @@ class GroupSparseSVMDual:
             if needs_grad and K is not None and not l1.requires_grad:
                 # lambda1 = 0: W and its implicit backward in one function (one fused
                 # gradient for X instead of three rank-k outer products)
-                W = GramSVMWeights.apply(X, l2, Lam, K, Y, rho)
+                W = GramSVMWeights.apply(X, l2, Lam, K, Y, rho, self.cpu_threads)
                 with torch.no_grad():
                     rel = gap / torch.clamp(P.abs(), min=1e-12 * X.shape[1])
                 return DualSolution(dual=Lam, weights=W, gap=gap.detach(), rel_gap=rel,
                                     n_iter=n_iter, primal=P.detach())
             if needs_grad:
-                Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, K)
+                Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, K, self.cpu_threads)
 
         W = weights_from_features(dual_features(X, Y, Lam), l1, l2)
         if W_val is not None and self.backward != "unrolled":
