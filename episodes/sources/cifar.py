@@ -142,7 +142,9 @@ def _read_archive(archive_path: str):
     try:
         tar = tarfile.open(archive_path, "r:*")
     except tarfile.TarError as e:
-        raise ValueError(f"{archive_path}: not a tar archive ({e})") from None
+        # one line: tarfile's message lists every compression method tried, one per line
+        raise ValueError(f"{archive_path}: not a readable tar archive (expected the official "
+                         f"cifar-100-python.tar.gz)") from None
     parts = {}
     with tar:
         for m in tar.getmembers():

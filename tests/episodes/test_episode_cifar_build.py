@@ -69,3 +69,9 @@ def test_build_errors(tmp_path):
         build_cifar_fs_fc100(bad, tmp_path, "fc100")
     with pytest.raises(ValueError, match="unknown dataset 'cifar10'"):
         build_cifar_fs_fc100(bad, tmp_path, "cifar10")
+    not_tar = tmp_path / "not-a-tar.tar.gz"
+    not_tar.write_bytes(b"\x80\x02}q\x00.")                      # e.g. a pickle passed by mistake
+    with pytest.raises(ValueError) as err:
+        build_cifar_fs_fc100(not_tar, tmp_path, "cifar-fs")
+    msg = str(err.value)
+    assert "not-a-tar.tar.gz: not a readable tar archive" in msg and "\n" not in msg   # one-line error
