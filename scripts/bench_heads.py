@@ -9,11 +9,18 @@ Compares, in the same run and on the same features:
     SVClassifier, MetaOptNet's solver, one episode at a time, max_iters=15);
   * iterations and final relative duality gap of the custom solver.
 
-Features are synthetic non-negative "ResNet-like" vectors (ReLU of Gaussians plus a
-shared non-negative component; unnormalised, entries O(0.1-1)): the
-solver's iteration count depends on the conditioning of X X^T.
+Features (``--features``): ``synthetic`` non-negative "ResNet-like" vectors (ReLU of
+Gaussians plus a shared non-negative component; unnormalised, entries O(0.1-1)), or
+``resnet12``: a randomly initialised full-width ResNet-12 (train mode, as in
+scripts/train_throughput.py) applied to random ``--image-size`` images (d = 640 *
+(image_size / 16)^2, e.g. 2560 at 32x32; ``--dims`` is then ignored).  Real ResNet
+features have norms ~90 and a Gram matrix whose top eigenvalue (the shared mean
+direction) is ~60x the next: harder for the first-order solver than the synthetic
+ones.  The solver's iteration count depends on the conditioning of X X^T.
+``--cpu-threads`` is the dual heads' ``cpu_threads`` (0: torch's own thread count).
 
     .venv/bin/python scripts/bench_heads.py --out runs/bench_heads
+    .venv/bin/python scripts/bench_heads.py --features resnet12 --image-size 32 --shots 5 --query 6
 """
 from __future__ import annotations
 
@@ -36,6 +43,23 @@ def features(B, n, d, generator, device, dtype):
     x = torch.relu(torch.randn(B, n, d, generator=generator)) * 0.3
     x = x + torch.relu(torch.randn(B, 1, d, generator=generator)) * 0.5
     return x.to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def resnet12_batch(B, way, shot, query, image_size, seed, device, dtype):
+    """Support / query features of a random full-width ResNet-12 (train mode) on random images."""
+    from metasparse.backbones import build_backbone
+    torch.manual_seed(seed)
+    net = build_backbone("resnet12", widths=[64, 160, 320, 640], dropblock_size=5 if image_size >= 64 else 2)
+    net = net.to(device).train()
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for m in (way * shot, way * query):
+        imgs = torch.randn(B * m, 3, image_size, image_size, generator=g).to(device)
+        feats.append(net(imgs).reshape(B, m, -1).to(dtype))
+    labels = torch.arange(way).repeat(shot)[None].expand(B, -1).contiguous().to(device)
+    qlabels = torch.arange(way).repeat(query)[None].expand(B, -1).contiguous().to(device)
+    return feats[1], feats[0], labels, qlabels
 
 
 def make_batch(B, way, shot, query, d, seed, device, dtype):
@@ -90,25 +114,36 @@ def main(argv=None):
     p.add_argument("--cvxpy-episodes", type=int, default=1)
     p.add_argument("--cvxpy-max-d", type=int, default=640)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--features", choices=["synthetic", "resnet12"], default="synthetic")
+    p.add_argument("--image-size", type=int, default=32, help="--features resnet12: input images")
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="dual heads' cpu_threads (intra-op threads of the solve on CPU; 0: torch's setting)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.float32
     rows = []
-    configs = [(s, d) for s in args.shots for d in args.dims]
+    threads = None if args.cpu_threads == 0 else args.cpu_threads
+    resnet = args.features == "resnet12"
+    configs = [(s, d) for s in args.shots for d in ([None] if resnet else args.dims)]
     for shot, d in tqdm(configs, desc="configs"):
         n = args.way * shot
-        qry, support, labels, qlabels = make_batch(args.episodes, args.way, shot, args.query, d, 0, device, dtype)
+        if resnet:
+            qry, support, labels, qlabels = resnet12_batch(args.episodes, args.way, shot, args.query,
+                                                           args.image_size, 0, device, dtype)
+            d = support.shape[-1]
+        else:
+            qry, support, labels, qlabels = make_batch(args.episodes, args.way, shot, args.query, d, 0, device, dtype)
         row = {"n_support": n, "d": d, "episodes": args.episodes}
         gs = GroupSparseSVMHead(lambda_ratio=args.lambda_ratio, lambda2=args.lambda2,
-                                dual_reg=args.dual_reg, tol=args.tol).to(device)
+                                dual_reg=args.dual_reg, tol=args.tol, cpu_threads=threads).to(device)
         fwd_bwd(gs, qry, support, labels, qlabels, args.way, device, 1)          # warm-up
         t, out = fwd_bwd(gs, qry, support, labels, qlabels, args.way, device, args.repeats)
         row.update(gs_dual_s=t, gs_dual_cpu=fwd_bwd.cpu, gs_iters_max=int(out.fit.n_iter.max()),
                    gs_rel_gap_max=float(out.fit.rel_gap.max()),
                    gs_unused=float(out.fit.unused_fraction.mean()))
-        svm = SVMHead(C_reg=1.0 / args.lambda2, tol=args.tol).to(device)
+        svm = SVMHead(C_reg=1.0 / args.lambda2, tol=args.tol, cpu_threads=threads).to(device)
         fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, 1)
         t, out = fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, args.repeats)
         row.update(svm_dual_s=t, svm_dual_cpu=fwd_bwd.cpu, svm_iters_max=int(out.fit.n_iter.max()),
@@ -135,7 +170,7 @@ def main(argv=None):
                f"threads {torch.get_num_threads()}, device {device}"
                + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     md = [f"Machine: {machine}; B={args.episodes} episodes, {args.way}-way, {args.query} queries/class, "
-          f"float32, lambda_ratio={args.lambda_ratio}, lambda2={args.lambda2}, dual_reg={args.dual_reg}, "
+          f"float32, {args.features} features, solver cpu_threads={threads}, lambda_ratio={args.lambda_ratio}, lambda2={args.lambda2}, dual_reg={args.dual_reg}, "
           f"tol={args.tol}. Times: median forward+backward seconds per batch.", "",
           "| n_support | d | GS dual s (cpu s) | iters | max rel gap | unused | GS cvxpylayers s, scaled (cpu s) "
           "| speedup wall (cpu) | SVM dual s (cpu s) | iters | max rel gap | SVM qpth s (cpu s) | speedup wall (cpu) |",
