@@ -10,7 +10,12 @@
   and a fake ``cifar-100-python.tar.gz`` (Python 2 pickles ``train``, ``test``, ``meta``).
 
 Every writer returns what it wrote so tests can compare.  Reusable by other test suites
-(e.g. end-to-end CLI tests): ``from tests.fixtures_formats import write_metaoptnet_miniimagenet``.
+(e.g. end-to-end CLI tests) and scripts: put ``tests/`` on ``sys.path`` *after* the repository
+root and ``from fixtures_formats import write_metaoptnet_miniimagenet`` (as
+``tests/episodes/conftest.py`` and ``scripts/gpu_check.sh`` do).  ``tests.fixtures_formats``
+does not work: learn2learn 0.2.0 installs a top-level ``tests`` package into site-packages,
+and ``tests/episodes/`` (no ``__init__.py``) shadows the ``episodes`` package if ``tests/``
+comes first on the path.
 """
 from __future__ import annotations
 
