@@ -153,14 +153,9 @@ class GroupSparseSVMDual:
         returned ``rel_gap`` then tells how far it got).
     working_set, ws_margin: iterate on the features with ``||V_j|| > (1 - ws_margin)
         lambda1`` at the last gap check (feature mode; see :meth:`_iterate`).
-    newton: rho > 0: when the active face of the simplices is unchanged between two
-        gap checks, try the Newton step of the dual on that face (kept only if the gap
-        drops).  lambda1 = 0 (MetaOptNet's SVM-CS): the exact step of the quadratic
-        dual, at most 3 tries.  lambda1 > 0: the step with the rows of W active at the
-        current point fixed, for the episodes whose face is stable (per episode; the
-        active rows need not be settled: on ResNet features, whose Gram matrix has
-        one eigenvalue ~60x the others, waiting for them cost ~3x the iterations),
-        at most 50 tries, waiting 1, 2, 4, 8 checks after a try that helped no episode.
+    newton: lambda1 = 0 and rho > 0 (MetaOptNet's SVM-CS): when the active face of the
+        simplices is unchanged between two gap checks, try (at most 3 times) the exact
+        Newton step of the quadratic dual on that face; kept only if the gap drops.
     """
 
     def __init__(self, tol: float = 1e-5, max_iter: int = 2000, check_every: int = 10,
@@ -180,8 +175,7 @@ class GroupSparseSVMDual:
         self.working_set = bool(working_set)
         self.ws_margin = float(ws_margin)
         self.newton = bool(newton)
-        self.max_newton = 3             # Gram mode (lambda1 = 0)
-        self.max_newton_features = 50   # feature mode (lambda1 > 0)
+        self.max_newton = 3
         if cpu_threads is not None and int(cpu_threads) < 1:
             raise ValueError(f"cpu_threads: expected None or an int >= 1, got {cpu_threads}")
         self.cpu_threads = None if cpu_threads is None else int(cpu_threads)
@@ -317,7 +311,7 @@ class GroupSparseSVMDual:
         ws_idx, ws_size = None, d            # None: all features
         W_last = None
         newton_f = (use_ws or mixed) and self.newton and bool((rho > 0).all())
-        face_prev, n_newton, n_check, next_try, backoff = None, 0, 0, 0, 0
+        face_prev, feat_prev, n_newton = None, None, 0
         all_active = True
         for it in range(self.max_iter + 1):
             if it % self.check_every == 0 or it == self.max_iter:
@@ -346,21 +340,14 @@ class GroupSparseSVMDual:
                         P, gap = full.objectives(Lam, V, S, W)
                         if newton_f:
                             face = Lam > 0
+                            feat = (V * V).sum(-2) > (l1 * l1)[:, None]
                             pending = active & (gap > self.tol * torch.clamp(P.abs(), min=floor))
-                            cand = pending if face_prev is None else (
-                                pending & (face == face_prev).all(-1).all(-1))
-                            n_check += 1
-                            if (face_prev is not None and n_check >= next_try
-                                    and n_newton < self.max_newton_features and bool(cand.any())):
-                                # episodes whose face is stable: D is smooth near Lam with
-                                # the active rows fixed; try Newton there (kept only where
-                                # the gap drops).  After a try that helps no episode, wait
-                                # 1, 2, 4, 8, 8, ... checks before the next one.
+                            if (n_newton < self.max_newton and face_prev is not None and bool(pending.any())
+                                    and bool((face == face_prev).all()) and bool((feat == feat_prev).all())):
+                                # stable face and active rows: D is smooth there, try Newton
                                 n_newton += 1
                                 Lam_t, V_t, S_t, W_t, P_t, gap_t = self._newton_features(full, Lam, S)
-                                acc = cand & (gap_t < gap)
-                                backoff = 0 if bool(acc.any()) else min(max(2 * backoff, 1), 8)
-                                next_try = n_check + backoff
+                                acc = pending & (gap_t < gap)
                                 a3 = acc[:, None, None]
                                 Lam = torch.where(a3, Lam_t, Lam)
                                 Lam_prev = torch.where(a3, Lam, Lam_prev)
@@ -371,7 +358,8 @@ class GroupSparseSVMDual:
                                     2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
                                 lin_prev = torch.where(a3, lin, lin_prev)
                                 face = Lam > 0
-                            face_prev = face
+                                feat = (V * V).sum(-2) > (l1 * l1)[:, None]
+                            face_prev, feat_prev = face, feat
                         W_last = W
                     else:
                         S, W = ora.scores(lin.detach())
@@ -445,7 +433,7 @@ class GroupSparseSVMDual:
         floor = 1e-12 * n
         all_active, P_out, gap_out, done = True, None, None, None
         newton = self.newton and bool((rho > 0).all())
-        face_prev, n_newton, n_check, next_try, backoff = None, 0, 0, 0, 0
+        face_prev, n_newton = None, 0
         for it in range(self.max_iter + 1):
             if it % self.check_every == 0 or it == self.max_iter:
                 lin = ora.lin(Lam)
