@@ -1,4 +1,4 @@
-"""Suite-wide guard: no test may touch the network.
+"""Suite-wide settings: one torch thread per test process, and no test may touch the network.
 
 Every socket ``connect`` to a non-loopback address, and every host-name lookup of a
 host other than localhost, raises in the test process (tests build small files in the
@@ -6,9 +6,18 @@ real formats instead of downloading data). Loopback stays allowed: the DDP test 
 to itself over 127.0.0.1 (its spawned workers do not load this file anyway).
 """
 import ipaddress
+import os
 import socket
 
 import pytest
+import torch
+
+# One intra-op thread per test process: `make test` runs 2 xdist workers on 2 cores, and tiny
+# ops in OpenMP regions on oversubscribed cores each cost a time slice (gradcheck of the ridge
+# solution: 0.7 s with 1 thread, 40-60 s with the default under load). Tests that compare runs
+# across processes pass torch.get_num_threads() on (tests/test_cli.py). Override with
+# METASPARSE_TEST_THREADS=N.
+torch.set_num_threads(int(os.environ.get("METASPARSE_TEST_THREADS", "1")))
 
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
 
