@@ -81,7 +81,8 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated files, forbidden globals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
         raise ValueError(f"{path}: not a loadable metasparse checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a metasparse checkpoint (expected a dict with format={FORMAT!r}; "
