@@ -138,6 +138,37 @@ class _Oracle:
         return P, gap
 
 
+class _StoppingRule:
+    r"""Per-episode stopping of the batched iterations.
+
+    An episode stops when its relative duality gap ``(P - D) / max(|P|, floor) <= tol``,
+    or when its best gap has not improved by 1% in ``patience`` checks (a rounding
+    floor, e.g. float32 on badly conditioned X). Stopped episodes are frozen: the
+    objective values reported for them are those of their returned point.
+    """
+
+    def __init__(self, B: int, tol: float, patience: int, dtype, device):
+        self.tol, self.patience = tol, patience
+        self.active = torch.ones(B, dtype=torch.bool, device=device)
+        self.best = torch.full((B,), torch.inf, dtype=dtype, device=device)
+        self.since = torch.zeros(B, dtype=torch.int64, device=device)
+        self.P = self.gap = None
+
+    def update(self, rel: torch.Tensor, P: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """Record a check; returns the new ``active`` mask."""
+        done = ~self.active
+        improved = rel < 0.99 * self.best
+        self.best = torch.where(improved, rel, self.best)
+        self.since = torch.where(improved, torch.zeros_like(self.since), self.since + 1)
+        self.active = self.active & ~(rel <= self.tol) & (self.since < self.patience)
+        if self.P is None:
+            self.P, self.gap = P, gap
+        else:
+            self.P = torch.where(done, self.P, P)
+            self.gap = torch.where(done, self.gap, gap)
+        return self.active
+
+
 class GroupSparseSVMDual:
     r"""Batched FISTA-with-restart solver of the group-sparse SVM dual.
 
@@ -303,11 +334,10 @@ class GroupSparseSVMDual:
         lin = ora.lin(Lam)
         Lam_prev, lin_prev = Lam, lin
         t = torch.ones(B, dtype=Lam.dtype, device=X.device)
-        active = torch.ones(B, dtype=torch.bool, device=X.device)
+        stop = _StoppingRule(B, self.tol, self.patience, Lam.dtype, X.device)
+        active = stop.active
         n_iter = torch.zeros(B, dtype=torch.int64, device=X.device)
         floor = 1e-12 * n
-        best = torch.full((B,), torch.inf, dtype=Lam.dtype, device=X.device)
-        since = torch.zeros(B, dtype=torch.int64, device=X.device)
         ws_idx, ws_size = None, d            # None: all features
         W_last = None
         newton_f = (use_ws or mixed) and self.newton and bool((rho > 0).all())
@@ -364,20 +394,7 @@ class GroupSparseSVMDual:
                     else:
                         S, W = ora.scores(lin.detach())
                         P, gap = ora.objectives(Lam.detach(), lin.detach(), S, W)
-                    rel = gap / torch.clamp(P.abs(), min=floor)
-                    # stagnation (rounding floor, e.g. float32 on badly conditioned X):
-                    # stop an episode whose best gap has not improved by 1% in
-                    # `patience` checks
-                    improved = rel < 0.99 * best
-                    best = torch.where(improved, rel, best)
-                    since = torch.where(improved, torch.zeros_like(since), since + 1)
-                    active = active & ~(rel <= self.tol) & (since < self.patience)
-                    if it == 0:
-                        P_out, gap_out = P, gap
-                    else:   # frozen episodes keep the values of their returned point
-                        P_out = torch.where(done, P_out, P)
-                        gap_out = torch.where(done, gap_out, gap)
-                    done = ~active
+                    active = stop.update(gap / torch.clamp(P.abs(), min=floor), P, gap)
                 n_active = int(active.sum())
                 all_active = n_active == B
                 if it == self.max_iter or n_active == 0:
@@ -403,7 +420,7 @@ class GroupSparseSVMDual:
                 lin = torch.where(mlin, lin_new, lin)
             n_iter = n_iter + active.to(torch.int64)
         W_last = None if W_last is None else W_last.to(out_dtype).contiguous()
-        return Lam.to(out_dtype), n_iter, P_out.to(out_dtype), gap_out.to(out_dtype), W_last
+        return Lam.to(out_dtype), n_iter, stop.P.to(out_dtype), stop.gap.to(out_dtype), W_last
 
     def _iterate_gram(self, K, Y, l2, rho, init):
         r"""lambda1 = 0 everywhere, no autograd: the FISTA step in Gram space is affine,
@@ -426,12 +443,11 @@ class GroupSparseSVMDual:
         Lam = default_dual_init(Y, l2, rho) if init is None else init
         Lam_prev = Lam
         t = torch.ones(B, dtype=dt, device=K.device)
-        active = torch.ones(B, dtype=torch.bool, device=K.device)
+        stop = _StoppingRule(B, self.tol, self.patience, dt, K.device)
+        active = stop.active
         n_iter = torch.zeros(B, dtype=torch.int64, device=K.device)
-        best = torch.full((B,), torch.inf, dtype=dt, device=K.device)
-        since = torch.zeros(B, dtype=torch.int64, device=K.device)
         floor = 1e-12 * n
-        all_active, P_out, gap_out, done = True, None, None, None
+        all_active = True
         newton = self.newton and bool((rho > 0).all())
         face_prev, n_newton = None, 0
         for it in range(self.max_iter + 1):
@@ -456,16 +472,7 @@ class GroupSparseSVMDual:
                     rel = gap / torch.clamp(P.abs(), min=floor)
                     face = Lam > 0
                 face_prev = face
-                improved = rel < 0.99 * best
-                best = torch.where(improved, rel, best)
-                since = torch.where(improved, torch.zeros_like(since), since + 1)
-                active = active & ~(rel <= self.tol) & (since < self.patience)
-                if P_out is None:
-                    P_out, gap_out = P, gap
-                else:
-                    P_out = torch.where(done, P_out, P)
-                    gap_out = torch.where(done, gap_out, gap)
-                done = ~active
+                active = stop.update(rel, P, gap)
                 n_active = int(active.sum())
                 all_active = n_active == B
                 if it == self.max_iter or n_active == 0:
@@ -483,7 +490,7 @@ class GroupSparseSVMDual:
                 Lam_prev = torch.where(m3, Lam, Lam_prev)
                 Lam = torch.where(m3, Lam_new, Lam)
             n_iter = n_iter + active.to(torch.int64)
-        return Lam, n_iter, P_out, gap_out
+        return Lam, n_iter, stop.P, stop.gap
 
     @staticmethod
     def _newton_gram(K, Y, l2, rho, Lam, S, ora):
