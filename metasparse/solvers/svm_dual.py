@@ -50,6 +50,7 @@ class DualSolution:
     rel_gap: torch.Tensor   # gap / max(P(W*), 1e-12 n), (B,)
     n_iter: torch.Tensor    # iterations used per episode, (B,) int64
     primal: torch.Tensor    # P(W*), (B,)
+    converged: torch.Tensor = None  # (B,) bool: rel_gap <= tol (False: the solve stopped short)
 
 
 def lipschitz_constant(X: torch.Tensor, lambda2: torch.Tensor, dual_reg: torch.Tensor,
@@ -276,7 +277,7 @@ class GroupSparseSVMDual:
                 with torch.no_grad():
                     rel = gap / torch.clamp(P.abs(), min=1e-12 * X.shape[1])
                 return DualSolution(dual=Lam, weights=W, gap=gap.detach(), rel_gap=rel,
-                                    n_iter=n_iter, primal=P.detach())
+                                    n_iter=n_iter, primal=P.detach(), converged=rel <= self.tol)
             if needs_grad:
                 Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, K, self.cpu_threads)
 
@@ -286,7 +287,8 @@ class GroupSparseSVMDual:
             W = W + (W_val - W).detach()
         P, gap = P.detach(), gap.detach()      # evaluated at the returned Lam by _iterate
         rel = gap / torch.clamp(P.abs(), min=1e-12 * X.shape[1])
-        return DualSolution(dual=Lam, weights=W, gap=gap, rel_gap=rel, n_iter=n_iter, primal=P)
+        return DualSolution(dual=Lam, weights=W, gap=gap, rel_gap=rel, n_iter=n_iter, primal=P,
+                            converged=rel <= self.tol)
 
     # ----------------------------------------------------------------- FISTA
     def _iterate(self, X, Y, l1, l2, rho, init, K=None):
