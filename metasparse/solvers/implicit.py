@@ -212,3 +212,95 @@ class GramSVMWeights(torch.autograd.Function):
             c = (rho / l2)[:, None, None]
             gl2 = -((gW * W).sum((-1, -2)) + (u * (S + c * G)).sum((-1, -2))) / l2
         return gX, gl2, None, None, None, None
+
+
+class GroupSparseWeights(torch.autograd.Function):
+    r"""``W* = BST_rows(X^T (Y - Lam*), lambda1) / lambda2`` with its exact implicit backward,
+    for the working-set solver (:mod:`metasparse.solvers.newton`).
+
+    Only the active rows ``A`` (``||v_j|| > lambda1``, ``v_j = (X^T G)_j``, ``G = Y - Lam*``)
+    carry a gradient.  With ``J_j = a_j I + c_j v_j v_j^T`` the Jacobian of block
+    soft-thresholding on row j (``a_j = 1 - lambda1/||v_j||``, ``c_j = lambda1/||v_j||^3``),
+    the cotangent ``gW`` gives ``gLam = -X_A J (gW)_A / lambda2``; ``u`` solves the face
+    system ``(Pi_T M Pi_T) u = Pi_T gLam`` (module docstring; the Hessian of the active
+    rows, float64, in the face basis of the Newton solver), and
+
+        grad_X[:, A]  = u W_A^T + G (J (gW + X^T u)_A)^T / lambda2     (zero elsewhere)
+        grad_lambda2  = -(<gW, W> + <u, X W + (rho/lambda2) G>) / lambda2
+        grad_lambda1  = -sum_{j in A} <(gW + X^T u)_j, v_j/||v_j||> / lambda2.
+    """
+
+    @staticmethod
+    def forward(ctx, X, lambda1, lambda2, Lam, Y, dual_reg, rows, cpu_threads=None):
+        """``rows`` (B, m) feature indices containing every non-zero row of W* (the
+        working set); ``Lam`` the dual solution (any float dtype)."""
+        from .newton import _column_norms
+        B, n, d = X.shape
+        dt = torch.promote_types(Lam.dtype, X.dtype)
+        XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1])).to(dt)
+        Vt = (Y.to(dt) - Lam.to(dt)).transpose(1, 2) @ XF
+        nrm = _column_norms(Vt)
+        l1, l2 = lambda1.to(dt), lambda2.to(dt)
+        factor = torch.clamp(1.0 - l1[:, None] / torch.clamp(nrm, min=torch.finfo(dt).tiny), min=0.0)
+        WF = (Vt * (factor / l2[:, None]).unsqueeze(1)).transpose(1, 2)            # (B, m, k)
+        W = torch.zeros(B, d, Y.shape[-1], dtype=X.dtype, device=X.device)
+        W.scatter_(1, rows[..., None].expand(B, rows.shape[1], Y.shape[-1]), WF.to(X.dtype))
+        ctx.save_for_backward(X, lambda1, lambda2, Lam, Y, dual_reg, rows)
+        ctx.cpu_threads = cpu_threads
+        return W
+
+    @staticmethod
+    def backward(ctx, gW):
+        with solver_threads(gW.device, ctx.cpu_threads):
+            return GroupSparseWeights._backward(ctx, gW) + (None, None, None, None, None)
+
+    @staticmethod
+    def _backward(ctx, gW):
+        from .newton import DualHessian, _column_norms, _expand_tangent, _face_basis, _on_face, _reduce, _spd_solve
+        X, l1, l2, Lam, Y, rho, rows = ctx.saved_tensors
+        B, n, d = X.shape
+        k = Y.shape[-1]
+        dt = torch.promote_types(Lam.dtype, torch.float64)
+        Ld, Yd, l1d, l2d, rhod = Lam.to(dt), Y.to(dt), l1.to(dt), l2.to(dt), rho.to(dt)
+        G = Yd - Ld
+        # active rows of the working set
+        XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1])).to(dt)
+        Vt = G.transpose(1, 2) @ XF
+        nrm = _column_norms(Vt)
+        M = DualHessian.at(XF, Vt, nrm, l1d, l2d, rhod)
+        M.solve_dtype = dt
+        on_rows = nrm > l1d[:, None]
+        mA = M.XA.shape[-1]
+        sel = torch.where(on_rows, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
+        idxA = rows.gather(1, sel)                                                  # (B, mA)
+        oA = on_rows.gather(1, sel)
+        XA, VA, c = M.XA, M.VA, M.c                                                 # VA (B, k, mA)
+        nA = _column_norms(VA)
+        safe = torch.where(oA, nA, torch.ones_like(nA))
+        a = torch.where(oA, 1.0 - l1d[:, None] / safe, torch.zeros_like(nA))
+        WA = VA * (a / l2d[:, None]).unsqueeze(1)                                   # (B, k, mA)
+        gWA = gW.gather(1, idxA[..., None].expand(B, mA, k)).to(dt).transpose(1, 2)   # (B, k, mA)
+
+        def J(Z):   # block soft-thresholding Jacobian, per column j: a_j z + c_j v_j <v_j, z>
+            return a.unsqueeze(1) * Z + (c * (VA * Z).sum(1)).unsqueeze(1) * VA
+
+        inv = (1.0 / l2d)[:, None, None]
+        gLam = -(XA @ J(gWA).transpose(1, 2)) * inv                                # (B, n, k)
+        ref, cls, _ = _face_basis(Ld)
+        on = (Ld > 0).gather(2, cls)
+        b = (_reduce(gLam, ref, cls) * on).reshape(B, n * (k - 1))
+        z = _spd_solve(_on_face(M.reduced(ref, cls), on), b).reshape(B, n, k - 1) * on
+        u = _expand_tangent(z, ref, cls, k)                                         # (B, n, k)
+        XtU = u.transpose(1, 2) @ XA                                                # (B, k, mA)
+        gX = gl1 = gl2 = None
+        if ctx.needs_input_grad[0]:
+            gXA = u @ WA + (G @ J(gWA + XtU)) * inv                                 # (B, n, mA)
+            gX = torch.zeros_like(X).scatter_(2, idxA[:, None, :].expand(B, n, mA), gXA.to(X.dtype))
+        if ctx.needs_input_grad[1]:
+            unit = VA / safe.unsqueeze(1) * oA.unsqueeze(1)
+            gl1 = (-((gWA + XtU) * unit).sum((1, 2)) / l2d).to(l1.dtype)
+        if ctx.needs_input_grad[2]:
+            S = XA @ WA.transpose(1, 2)
+            cc = (rhod / l2d)[:, None, None]
+            gl2 = (-((gWA * WA).sum((1, 2)) + (u * (S + cc * G)).sum((1, 2))) / l2d).to(l2.dtype)
+        return gX, gl1, gl2

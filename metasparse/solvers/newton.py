@@ -223,6 +223,7 @@ class DualHessian:
     c: torch.Tensor
     Ka: torch.Tensor
     l2: torch.Tensor
+    solve_dtype: torch.dtype = torch.float32
 
     @classmethod
     def at(cls, XF, Vt, nrm, l1, l2, rho) -> "DualHessian":
@@ -257,10 +258,10 @@ class DualHessian:
         C = (torch.nn.functional.one_hot(cls, k) - torch.nn.functional.one_hot(ref, k)[:, :, None, :]).to(self.Ka.dtype)
         Cf = C.reshape(B, n * km, k)
         R = (Cf @ (self.VA * self.c.sqrt()[:, None, :])).reshape(B, n, km, -1) * self.XA[:, :, None, :]
-        R = R.reshape(B, n * km, -1)
+        R = R.reshape(B, n * km, -1).to(self.solve_dtype)
         pattern = (Cf @ Cf.transpose(1, 2)).reshape(B, n, km, n, km)
-        H = R @ R.transpose(1, 2) + (self.Ka[:, :, None, :, None] * pattern).reshape(B, n * km, n * km)
-        return H / self.l2[:, None, None]
+        H = R @ R.transpose(1, 2) + (self.Ka[:, :, None, :, None] * pattern).reshape(B, n * km, n * km).to(R.dtype)
+        return H / self.l2[:, None, None].to(R.dtype)
 
 
 def _on_face(H: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
@@ -270,17 +271,25 @@ def _on_face(H: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
 
 
 def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``H x = b`` for symmetric H (Cholesky; eigendecomposition pseudo-inverse for
-    episodes where H is numerically singular, e.g. ``rho = 0``)."""
+    """Solve ``H x = b`` for symmetric positive (semi)definite H: Cholesky in H's dtype;
+    episodes where it fails are redone in float64, then (numerically singular H, e.g.
+    ``rho = 0``) with the eigendecomposition pseudo-inverse."""
     L, info = torch.linalg.cholesky_ex(H)
     x = torch.cholesky_solve(b[..., None], L)[..., 0]
     bad = info != 0
-    if bool(bad.any()):
-        w, Qm = torch.linalg.eigh(H[bad])
-        thr = w.abs().amax(-1, keepdim=True) * (H.shape[-1] * torch.finfo(H.dtype).eps * 10.0)
+    if not bool(bad.any()):
+        return x
+    Hb, bb = H[bad].double(), b[bad].double()
+    L, info = torch.linalg.cholesky_ex(Hb)
+    xb = torch.cholesky_solve(bb[..., None], L)[..., 0]
+    sing = info != 0
+    if bool(sing.any()):
+        w, Qm = torch.linalg.eigh(Hb[sing])
+        thr = w.abs().amax(-1, keepdim=True) * (H.shape[-1] * torch.finfo(w.dtype).eps * 10.0)
         inv = torch.where(w > thr, 1.0 / torch.where(w > thr, w, torch.ones_like(w)), torch.zeros_like(w))
-        x = x.clone()
-        x[bad] = (Qm @ (inv[..., None] * (Qm.transpose(-1, -2) @ b[bad][..., None])))[..., 0]
+        xb[sing] = (Qm @ (inv[..., None] * (Qm.transpose(-1, -2) @ bb[sing][..., None])))[..., 0]
+    x = x.clone()
+    x[bad] = xb.to(x.dtype)
     return x
 
 
@@ -311,7 +320,7 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         on = face.gather(2, cls)
         rhs = ev.g - M.apply(anchor - Lam)
         b = (_reduce(rhs, ref, cls) * on).reshape(B, n * (k - 1))
-        z = _spd_solve(_on_face(H, on), b).reshape(B, n, k - 1) * on
+        z = _spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
         x = anchor + _expand_tangent(z, ref, cls, k)
         if it == face_iters:
             break
@@ -384,6 +393,18 @@ class WorkingSetNewton:
         Lam_N, Lp = newton_direction(state.prob, state.Lam, ev)
         Lam, _ = projected_search(state.prob, state.Lam, Lam_N, Lp)
         return NewtonState(Lam=Lam, prob=state.prob)
+
+    def finalize(self, state: NewtonState):
+        """One projected-gradient step from the returned point, and its (objective, gap).
+
+        At the optimum it is a fixed point, except that entries the Newton arithmetic
+        left at ~1e-17 instead of 0 come out exactly 0: the implicit backward reads the
+        face of the simplices from the zeros.
+        """
+        ev = evaluate(state.prob, state.Lam)
+        Lam = project_simplex(state.Lam + state.prob.eta[:, None, None] * ev.g)
+        ev = evaluate(state.prob, Lam)
+        return NewtonState(Lam=Lam, prob=state.prob), ev.P, ev.gap
 
     def check(self, state: NewtonState):
         prob = state.prob

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import metasparse.solvers.implicit as implicit
+import metasparse.solvers.newton as newton
 from metasparse.heads import GroupSparseSVMHead
 from metasparse.solvers import GroupSparseSVMDual
 from metasparse.solvers.threads import solver_threads
@@ -39,20 +40,25 @@ def test_cpu_threads_validated():
 
 @pytest.mark.parametrize("lambda1", [0.0, 0.5])
 def test_solve_and_implicit_backward_use_cpu_threads(two_threads, monkeypatch, lambda1):
+    # lambda1 = 0: Gram FISTA + implicit.dual_hessian in the backward; lambda1 > 0: the
+    # Newton solver and its backward both go through newton._spd_solve
     seen = []
-    real = implicit.dual_hessian
+    module, name = (implicit, "dual_hessian") if lambda1 == 0 else (newton, "_spd_solve")
+    real = getattr(module, name)
 
     def spy(*a, **kw):
         seen.append(torch.get_num_threads())
         return real(*a, **kw)
 
-    monkeypatch.setattr(implicit, "dual_hessian", spy)
+    monkeypatch.setattr(module, name, spy)
     X, labels, Y = make_problem()
     X = X.clone().requires_grad_(True)
     solver = GroupSparseSVMDual(tol=1e-8)
     sol = solver.run(X, Y, lambda1, 1.0, 1.0)
     assert torch.get_num_threads() == 2
-    sol.weights.sum().backward()               # implicit backward (runs dual_hessian)
+    n_forward = len(seen)
+    sol.weights.sum().backward()               # implicit backward
+    assert len(seen) > n_forward or lambda1 == 0
     assert seen and all(s == 1 for s in seen)
     assert torch.get_num_threads() == 2
     # same solution with torch's thread setting (only the thread count differs)
