@@ -3,7 +3,9 @@
 The CLI only parses flags and builds the three things the engine takes: a backbone, a
 head and episode streams (see ``docs/cli.md`` for every command with example output).
 Errors in user input (missing files, contradictory flags, a checkpoint that does not
-fit) end with one line ``metasparse <command>: error: ...`` and exit status 2.
+fit) end with one line ``metasparse <command>: error: ...`` and exit status 2; a training
+step whose inner solver stopped short of its tolerance under ``--strict-solver`` ends
+with such a line and exit status 1 (the run's ``last.pt`` stays resumable).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 from .engine.checkpoint import atomic_write_text, load_checkpoint
 from .engine.config import DATASETS, HEADS, TrainSettings, dataset_defaults
+from .heads.base import SolverConvergenceError
 
 __all__ = ["main", "build_parser"]
 
@@ -190,6 +193,7 @@ def resolve_train_config(args) -> Dict[str, Any]:
         v = getattr(args, k, None)
         if v is not None:
             setattr(s, k, v)
+    s.strict_solver = bool(getattr(args, "strict_solver", None))
     for k in ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query"):
         if int(cfg[k]) < 1:
             raise CLIError(f"--{k.replace('_', '-')} must be >= 1, got {cfg[k]}")
@@ -302,21 +306,34 @@ def cmd_train(args) -> int:
             config["data_root"] = str(args.data_root)
         if args.epochs is not None:
             config["settings"]["epochs"] = args.epochs
+        if args.strict_solver is not None:   # does not change the computation: may differ on resume
+            config["settings"]["strict_solver"] = args.strict_solver
     else:
         if args.dataset is None:
             raise CLIError("--dataset is required (one of " + ", ".join(DATASETS) + ")")
         if out.exists() and ((out / "config.json").exists() or (out / "last.pt").exists()):
             raise CLIError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")
         config = resolve_train_config(args)
-    res = run_training(config, out, device=args.device, resume=args.resume, num_workers=args.num_workers,
-                       progress=not args.no_progress, tensorboard=args.tensorboard,
-                       stop_after_steps=args.stop_after_steps, sync_bn=args.sync_bn)
+    try:
+        res = run_training(config, out, device=args.device, resume=args.resume, num_workers=args.num_workers,
+                           progress=not args.no_progress, tensorboard=args.tensorboard,
+                           stop_after_steps=args.stop_after_steps, sync_bn=args.sync_bn)
+    except SolverConvergenceError as e:
+        raise SolverConvergenceError(f"{e}; {_strict_resume_hint(out)}") from None
     if not res.get("stopped") and res.get("best") and os.environ.get("RANK", "0") == "0":
         b = res["best"]
         if b.get("val_accuracy") is not None:
             print(f"best validation accuracy {100 * b['val_accuracy']:.2f} +- {100 * b['val_ci95']:.2f}% "
                   f"at epoch {b['epoch']}; checkpoints in {out}/best.pt and {out}/last.pt")
     return 0
+
+
+def _strict_resume_hint(out: Path) -> str:
+    """How to go on after a --strict-solver stop (its step made no update, last.pt is intact)."""
+    if (out / "last.pt").is_file():
+        return (f"{out}/last.pt is the last good checkpoint: continue with --resume --no-strict-solver, "
+                f"or start a new run with a larger max_iter in --head-options")
+    return f"no checkpoint was written yet: delete {out} and start again with a larger max_iter in --head-options"
 
 
 # ----------------------------------------------------------------------------- evaluate / compare
@@ -537,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, help="also save last.pt every N batches (default 200)")
     t.add_argument("--log-every", type=int, help="metrics.jsonl step record every N batches (default 10)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    t.add_argument("--strict-solver", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop with an error (exit status 1) at the first step where an episode's solver "
+                        "stops short of its tolerance, instead of one warning per epoch")
     t.add_argument("--sync-bn", action="store_true", help="with torchrun on GPUs: batch-norm statistics over all ranks")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
@@ -595,6 +615,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         msg = str(e).strip().strip('"') or type(e).__name__
         print(f"metasparse {args.command}: error: {msg.splitlines()[0]}", file=sys.stderr)
         return 2
+    except SolverConvergenceError as e:
+        print(f"metasparse {args.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"metasparse {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -108,7 +108,9 @@ def test_evaluate_json_head_swap_and_episode_files(trained, tmp_path):
     # head swap at test time, and a stronger group-Lasso penalty uses fewer features
     out3 = tmp_path / "ridge.json"
     assert main(["evaluate", "--checkpoint", ck, "--shot", "2", "--head", "ridge", "--out", str(out3), *EVAL]) == 0
-    assert json.loads(out3.read_text())["head"] == "ridge"
+    ridge = json.loads(out3.read_text())
+    assert ridge["head"] == "ridge" and "max_rel_gap" not in ridge["results"]["2"]   # nothing to converge
+    assert r2["max_rel_gap"] >= 0 and 0 <= r2["unconverged_episodes"] <= 6
     out4 = tmp_path / "sparse.json"
     assert main(["evaluate", "--checkpoint", ck, "--shot", "2", "--lambda-ratio", "0.9", "--out", str(out4),
                  *EVAL]) == 0
@@ -129,6 +131,7 @@ def test_compare_outputs(trained, tmp_path):
         p = r["paired_vs_reference"]
         assert {"mean_diff", "ci95", "t_pvalue", "wilcoxon_pvalue"} <= set(p)
         assert len(r["per_episode_accuracy"]) == 6 and len(r["feature_usage"]) == 32
+        assert r["max_rel_gap"] >= 0 and 0 <= r["unconverged_episodes"] <= 6
     # the resumed run equals the uninterrupted one: zero paired difference for the same head
     same = [r for r in rows if r["name"] == "cut:group-sparse-svm(r=0.05)"][0]
     assert same["paired_vs_reference"]["mean_diff"] == 0.0
@@ -219,3 +222,36 @@ def test_zero_counts_are_rejected_not_replaced_by_defaults(trained, tmp_path, ca
         msg = _err(capsys, ["evaluate", "--checkpoint", str(full / "best.pt"), "--shot", "1",
                             *[a for a in EVAL if a not in ("--episodes", "6", "--query", "2")], flag, "0"])
         assert f"{flag} must be >= 1, got 0" in msg, msg
+
+
+def test_strict_solver_exits_with_one_line_and_the_run_stays_resumable(tmp_path, capsys):
+    """A head whose solver stops short (one iteration, no smoothing): --strict-solver ends the run
+    with one line and exit status 1 at that step; last.pt stays the last good checkpoint and
+    resumes without the flag."""
+    from metasparse.heads import SolverConvergenceWarning
+    out = tmp_path / "strict"
+    src = '{"n_factors": 6, "factors_per_class": 2, "n_classes": [6, 4, 4], "examples_per_class": 20}'
+    head = '{"lambda1": 0.01, "dual_reg": 0.0, "max_iter": 1}'
+    args = ["train", "--dataset", "synthetic", "--source-options", src, "--head", "group-sparse-svm",
+            "--head-options", head, "--epochs", "1",
+            "--batches-per-epoch", "2", "--val-episodes", "0", "--way", "3", "--query", "3",
+            "--episodes-per-batch", "2", "--checkpoint-every", "1", "--out", str(out), "--no-progress",
+            "--device", "cpu"]
+    assert main([*args, "--stop-after-steps", "1"]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--out", str(out), "--resume", "--strict-solver", "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.count("\n") == 0, err
+    assert err.startswith("metasparse train: error: epoch 1/1, batch 2/2: ") and "episodes stopped short" in err
+    assert "--resume --no-strict-solver" in err
+    assert load_checkpoint(out / "last.pt")["progress"]["global_step"] == 1
+    with pytest.warns(SolverConvergenceWarning, match=r"epoch 1/1: \d of 4 episodes stopped short"):
+        assert main(["train", "--out", str(out), "--resume", "--no-strict-solver", "--no-progress",
+                     "--device", "cpu"]) == 0
+    epoch = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert epoch["kind"] == "epoch" and 0 < epoch["train_unconverged_fraction"] <= 1
+    ev = tmp_path / "e.json"
+    with pytest.warns(SolverConvergenceWarning, match=r"2-shot: \d+ of 6 episodes"):
+        assert main(["evaluate", "--checkpoint", str(out), "--shot", "2", "--out", str(ev), *EVAL]) == 0
+    r = json.loads(ev.read_text())["results"]["2"]
+    assert r["unconverged_episodes"] > 0 and r["max_rel_gap"] > 1e-5

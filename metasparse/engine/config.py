@@ -46,6 +46,7 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 200                  # also save last.pt every this many batches (0: epoch end only)
     log_every: int = 10                          # metrics.jsonl step records every this many batches
+    strict_solver: bool = False                  # an episode whose solve stops short of tol: error, not warning
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

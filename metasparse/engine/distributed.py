@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "init_distributed", "resolve_device", "shard_bounds", "all_reduce_mean",
-           "gather_objects", "barrier", "cleanup"]
+           "all_reduce_sum", "all_reduce_max", "gather_objects", "barrier", "cleanup"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -73,12 +73,33 @@ def shard_bounds(n: int, rank: int, world: int):
     return lo, lo + base + (1 if rank < extra else 0)
 
 
+def _all_reduce(values: torch.Tensor, op, ctx: DistContext) -> torch.Tensor:
+    """``values`` reduced with ``op`` over ranks, on the rank's device (NCCL reduces CUDA
+    tensors only) and returned on the device of ``values``."""
+    out = values.to(ctx.device, copy=True)
+    dist.all_reduce(out, op=op)
+    return out.to(values.device)
+
+
 def all_reduce_mean(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Elementwise mean over ranks."""
     if not ctx.enabled:
         return values
-    values = values.clone()
-    dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values / ctx.world_size
+    return _all_reduce(values, dist.ReduceOp.SUM, ctx) / ctx.world_size
+
+
+def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Elementwise sum over ranks (exact for counts)."""
+    if not ctx.enabled:
+        return values
+    return _all_reduce(values, dist.ReduceOp.SUM, ctx)
+
+
+def all_reduce_max(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Elementwise maximum over ranks."""
+    if not ctx.enabled:
+        return values
+    return _all_reduce(values, dist.ReduceOp.MAX, ctx)
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> List[Any]:

@@ -11,12 +11,24 @@ followed by an SGD step on the backbone and the head's parameters (logit scale).
 Reproducibility: the randomness of step ``(epoch, i)`` (augmentation, dropout,
 DropBlock) is seeded from ``(seed, epoch, i)`` and the episodes are a pure function of
 the same triple, so a run killed at any point and resumed from ``last.pt`` (weights,
-optimizer, progress, RNG states) ends with the same weights as an uninterrupted run.
+optimizer, progress, RNG states, the epoch's running statistics) ends with the same
+weights and writes the same ``metrics.jsonl`` as an uninterrupted run.
+
+Inner-solver convergence: when the head reports ``fit.converged`` (the SVM heads), every
+step record carries ``max_rel_gap`` (worst relative duality gap of the batch, all ranks)
+and ``unconverged_fraction``, every epoch record ``train_max_rel_gap`` and
+``train_unconverged_fraction``; an epoch in which some episode missed the tolerance ends
+with one :class:`~metasparse.heads.SolverConvergenceWarning`, or, with
+``settings.strict_solver``, the step raises :class:`~metasparse.heads.SolverConvergenceError`
+(before its update, so ``last.pt`` stays the last good checkpoint). Heads that report
+nothing (ridge, ProtoNet) get none of these keys.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Protocol
 
@@ -26,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..heads.base import SolverConvergenceError, SolverConvergenceWarning, unconverged_message
 from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainSettings, lr_factor
-from .distributed import DistContext, all_reduce_mean, barrier, shard_bounds
+from .distributed import DistContext, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier, shard_bounds
 from .evaluate import apply_transform, evaluate_episodes
 
 __all__ = ["EpisodeStream", "train", "smoothed_cross_entropy", "step_seed", "read_jsonl"]
@@ -90,6 +103,81 @@ class _MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+# running statistics of an epoch (checkpointed as ``progress["epoch_sums"]``): sums of the
+# batch-mean loss, accuracy and unused fraction, the number of batches, then the number of
+# episodes whose head reported convergence, how many of them missed the tolerance, and
+# the worst relative gap among them
+_LOSS, _ACC, _UNUSED, _BATCHES, _EPISODES, _UNCONVERGED, _MAX_GAP = range(7)
+
+
+def _fresh_sums() -> torch.Tensor:
+    sums = torch.zeros(7, dtype=torch.float64)
+    sums[_MAX_GAP] = -math.inf
+    return sums
+
+
+def _restore_sums(saved) -> torch.Tensor:
+    """``epoch_sums`` of a checkpoint; an older 4-entry list (no solver statistics) keeps
+    the fresh solver entries, which then cover the steps after the resume only."""
+    sums = _fresh_sums()
+    saved = torch.tensor(saved, dtype=torch.float64)
+    sums[:saved.numel()] = saved
+    return sums
+
+
+def _step_convergence(fit, ctx: DistContext) -> Optional[torch.Tensor]:
+    """``[worst rel_gap, episodes, unconverged episodes]`` of the step over all ranks, or
+    None when the head reports no convergence."""
+    converged = getattr(fit, "converged", None)
+    if converged is None:
+        return None
+    with torch.no_grad():
+        gap = fit.rel_gap.detach().double().cpu()
+        worst = gap.max().reshape(1) if gap.numel() else torch.full((1,), -math.inf, dtype=torch.float64)
+        counts = torch.tensor([converged.numel(), int((~converged).sum())], dtype=torch.float64)
+    return torch.cat([all_reduce_max(worst, ctx), all_reduce_sum(counts, ctx)])
+
+
+def _add_step(sums: torch.Tensor, stats: torch.Tensor, conv: Optional[torch.Tensor]) -> None:
+    """Add one step's (loss, accuracy, unused) means and solver statistics to ``sums``."""
+    sums[_LOSS:_BATCHES] += stats
+    sums[_BATCHES] += 1
+    if conv is not None:
+        sums[_EPISODES] += conv[1]
+        sums[_UNCONVERGED] += conv[2]
+        sums[_MAX_GAP] = torch.maximum(sums[_MAX_GAP], conv[0])
+
+
+def _step_convergence_keys(conv: Optional[torch.Tensor]) -> Dict[str, float]:
+    if conv is None:
+        return {}
+    return {"max_rel_gap": float(conv[0]), "unconverged_fraction": float(conv[2] / max(float(conv[1]), 1.0))}
+
+
+def _epoch_convergence_keys(sums: torch.Tensor) -> Dict[str, float]:
+    if sums[_EPISODES] == 0:
+        return {}
+    return {"train_max_rel_gap": float(sums[_MAX_GAP]),
+            "train_unconverged_fraction": float(sums[_UNCONVERGED] / sums[_EPISODES])}
+
+
+def _strict_error(conv: torch.Tensor, tol: Optional[float], epoch: int, i: int,
+                  s: TrainSettings) -> SolverConvergenceError:
+    """The error of ``strict_solver`` for step ``(epoch, i)``, whose solve missed the tolerance."""
+    return SolverConvergenceError(
+        f"epoch {epoch + 1}/{s.epochs}, batch {i + 1}/{s.batches_per_epoch}: "
+        + unconverged_message(int(conv[2]), int(conv[1]), float(conv[0]), tol)
+        + " (strict_solver: stopped before this step's update)")
+
+
+def _warn_unconverged(sums: torch.Tensor, tol: Optional[float], epoch: int, s: TrainSettings) -> None:
+    """One warning for the epoch when some of its episodes missed the tolerance."""
+    if sums[_UNCONVERGED] > 0:
+        warnings.warn(SolverConvergenceWarning(
+            f"epoch {epoch + 1}/{s.epochs}: " + unconverged_message(
+                int(sums[_UNCONVERGED]), int(sums[_EPISODES]), float(sums[_MAX_GAP]), tol)), stacklevel=2)
+
+
 def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0,
@@ -118,8 +206,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
     opt = _make_optimizer(model.parameters(), s)
     start_epoch, start_step, global_step = 0, 0, 0
     best: Optional[Dict[str, Any]] = None
-    resumed_sums = torch.zeros(4, dtype=torch.float64)
-    sums = torch.zeros(4, dtype=torch.float64)
+    resumed_sums = _fresh_sums()
+    sums = _fresh_sums()
     if resume:
         ck = load_checkpoint(run_dir / "last.pt", map_location=device)
         model.load_state_dict(ck["model"])
@@ -128,7 +216,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
         best = ck.get("best")
         restore_rng(ck.get("rng"))
-        resumed_sums = torch.tensor(p.get("epoch_sums", [0.0] * 4), dtype=torch.float64)
+        resumed_sums = _restore_sums(p.get("epoch_sums", [0.0] * 4))
     train_model: nn.Module = model
     if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
         if device.type != "cuda":
@@ -152,7 +240,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         save_checkpoint(run_dir / name, {
             **spec, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "progress": {"epoch": epoch, "step": step, "global_step": global_step,
-                         "epoch_sums": sums.tolist() if step else [0.0] * 4},
+                         "epoch_sums": (sums if step else _fresh_sums()).tolist()},
             "best": best, "rng": capture_rng(), "settings": s.to_dict()})
 
     steps_this_call = 0
@@ -164,8 +252,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             g["lr"] = lr
         model.train()
         first = start_step if epoch == start_epoch else 0
-        # running sums of loss, acc, unused, count over this epoch's batches
-        sums = resumed_sums.clone() if (epoch == start_epoch and first) else torch.zeros(4, dtype=torch.float64)
+        sums = resumed_sums.clone() if (epoch == start_epoch and first) else _fresh_sums()
+        tol = None   # the solver tolerance the head's fits report
         bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
                    disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
         stream = train_stream.iter_epoch(epoch, first)
@@ -178,6 +266,11 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
             local = batch[lo:hi]
             logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
+            conv = _step_convergence(fit, ctx)
+            tol = getattr(fit, "tol", None)
+            if s.strict_solver and conv is not None and conv[2] > 0:
+                bar.close()
+                raise _strict_error(conv, tol, epoch, i, s)
             loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, batch {i}; lower --lr or check the data")
@@ -191,16 +284,18 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
                 unused = fit.unused_fraction.double().mean() if getattr(fit, "unused_fraction", None) is not None \
                     else torch.zeros((), dtype=torch.float64)
                 stats = all_reduce_mean(torch.stack([loss.detach().double().cpu(), acc.cpu(), unused.cpu()]), ctx)
-            sums += torch.cat([stats, torch.ones(1, dtype=torch.float64)])
+            _add_step(sums, stats, conv)
             bar.update(1)
             bar.set_postfix(loss=f"{stats[0]:.3f}", acc=f"{100 * stats[1]:.1f}%", used=f"{100 * (1 - stats[2]):.1f}%")
             if s.log_every and (i + 1) % s.log_every == 0:
-                log.write({"kind": "step", "epoch": epoch + 1, "batch": i + 1, "global_step": global_step, "lr": lr,
-                           "loss": float(stats[0]), "accuracy": float(stats[1]), "unused_fraction": float(stats[2])})
+                step_record = {"kind": "step", "epoch": epoch + 1, "batch": i + 1, "global_step": global_step,
+                               "lr": lr, "loss": float(stats[0]), "accuracy": float(stats[1]),
+                               "unused_fraction": float(stats[2]), **_step_convergence_keys(conv)}
+                log.write(step_record)
                 if writer:
-                    writer.add_scalar("train/loss", float(stats[0]), global_step)
-                    writer.add_scalar("train/accuracy", float(stats[1]), global_step)
-                    writer.add_scalar("train/unused_fraction", float(stats[2]), global_step)
+                    for key in ("loss", "accuracy", "unused_fraction", "max_rel_gap", "unconverged_fraction"):
+                        if key in step_record:
+                            writer.add_scalar(f"train/{key}", step_record[key], global_step)
             if s.checkpoint_every and (i + 1) % s.checkpoint_every == 0 and i + 1 < s.batches_per_epoch:
                 checkpoint("last.pt", epoch, i + 1)
             if stop_after_steps is not None and steps_this_call >= stop_after_steps:
@@ -209,10 +304,13 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
                 barrier(ctx)
                 return {"stopped": True, "global_step": global_step}
         bar.close()
-        n = max(float(sums[3]), 1.0)
+        if ctx.is_main:
+            _warn_unconverged(sums, tol, epoch, s)
+        n = max(float(sums[_BATCHES]), 1.0)
         record = {"kind": "epoch", "epoch": epoch + 1, "global_step": global_step, "lr": lr,
-                  "train_loss": float(sums[0] / n), "train_accuracy": float(sums[1] / n),
-                  "train_unused_fraction": float(sums[2] / n), "elapsed_s": round(time.time() - t0, 2)}
+                  "train_loss": float(sums[_LOSS] / n), "train_accuracy": float(sums[_ACC] / n),
+                  "train_unused_fraction": float(sums[_UNUSED] / n), **_epoch_convergence_keys(sums),
+                  "elapsed_s": round(time.time() - t0, 2)}
         if val_episodes is not None:
             res = evaluate_episodes(model, val_episodes, device, eval_transform, ctx=ctx, progress=progress,
                                     desc=f"val {epoch + 1}", total=val_total)
@@ -220,6 +318,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             last_val = summ
             record.update({"val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"], "val_loss": summ["loss"],
                            "val_features_used_fraction": summ["features_used_fraction"]})
+            record.update({f"val_{k}": summ[k] for k in ("max_rel_gap", "unconverged_episodes") if k in summ})
             improved = best is None or summ["accuracy"] > best["val_accuracy"]
             if improved:
                 best = {"epoch": epoch + 1, "val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"]}

@@ -1,11 +1,11 @@
 """Differentiable few-shot heads (support features -> classifier -> query logits)."""
-from .base import Head, HeadFit, HeadOutput
+from .base import Head, HeadFit, HeadOutput, SolverConvergenceError, SolverConvergenceWarning
 from .group_sparse_svm import GroupSparseSVMHead, SVMHead
 from .protonet import ProtoNetHead
 from .ridge import RidgeHead
 
 __all__ = ["Head", "HeadFit", "HeadOutput", "GroupSparseSVMHead", "SVMHead", "RidgeHead",
-           "ProtoNetHead", "build_head", "HEADS"]
+           "ProtoNetHead", "build_head", "HEADS", "SolverConvergenceWarning", "SolverConvergenceError"]
 
 HEADS = {
     "group_sparse_svm": GroupSparseSVMHead,

@@ -1,4 +1,5 @@
-"""Common pieces of the few-shot heads: input checks, the learnable logit scale, results."""
+"""Common pieces of the few-shot heads: input checks, the learnable logit scale, results,
+and the warning / error raised when an iterative head stops short of its tolerance."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,24 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["HeadFit", "HeadOutput", "Head"]
+__all__ = ["HeadFit", "HeadOutput", "Head", "SolverConvergenceWarning", "SolverConvergenceError",
+           "unconverged_message"]
+
+
+class SolverConvergenceWarning(RuntimeWarning):
+    """Some episodes' inner solve stopped short of its tolerance (iteration cap or stagnation):
+    their classifier, logits and gradients are those of an approximate solution."""
+
+
+class SolverConvergenceError(RuntimeError):
+    """Raised instead of :class:`SolverConvergenceWarning` when training with ``strict_solver``."""
+
+
+def unconverged_message(n_bad: int, n_total: int, worst_rel_gap: float, tol: Optional[float]) -> str:
+    """``"3 of 80 episodes stopped short of the solver tolerance (...)"`` with a hint."""
+    bound = f" > tol {tol:g}" if tol is not None else ""
+    return (f"{n_bad} of {n_total} episodes stopped short of the solver tolerance (worst relative "
+            f"duality gap {worst_rel_gap:.3g}{bound}); raise the head's max_iter or its tol")
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -26,6 +44,12 @@ class HeadFit:
     linear in the query); ``active`` (B, d) bool: features whose row of W is non-zero.
     SVM heads also fill ``dual`` (B, n_support, n_way), ``lambda1`` (B,), ``gap`` (B,)
     (duality gap at the returned point), ``rel_gap``, ``n_iter`` and ``lambda_max``.
+
+    Heads that solve their problem iteratively (the SVM heads, every solver) also fill
+    ``converged`` (B,) bool, with ``rel_gap``: True when the episode's ``rel_gap <= tol``
+    (``tol`` the relative-gap tolerance it was judged against), False when the solve
+    stopped short (iteration cap or stagnation), so its W is an approximate solution.
+    ``None`` (both) for closed-form heads (ridge, ProtoNet).
     """
 
     weights: Optional[torch.Tensor]
@@ -36,6 +60,8 @@ class HeadFit:
     rel_gap: Optional[torch.Tensor] = None
     n_iter: Optional[torch.Tensor] = None
     lambda_max: Optional[torch.Tensor] = None
+    converged: Optional[torch.Tensor] = None
+    tol: Optional[float] = None
 
     @property
     def unused_fraction(self) -> torch.Tensor:

@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from ..solvers.lambda_max import lambda_max as compute_lambda_max
-from ..solvers.objectives import (
-    as_episode_vector, fenchel_young_gap, one_hot, primal_objective, row_norms,
-)
+from ..solvers.objectives import as_episode_vector, dual_objective, one_hot, primal_objective, row_norms
+from ..solvers.simplex import project_simplex
 from ..solvers.svm_dual import GroupSparseSVMDual
 from .base import Head, HeadFit
 
@@ -61,6 +60,11 @@ class GroupSparseSVMHead(Head):
         :class:`~metasparse.solvers.GroupSparseSVMDual` (``cpu_threads``, default 1: the
         intra-op threads of the solve, its backward and lambda_max on CPU; ``None``
         keeps torch's setting, see :mod:`metasparse.solvers.threads`).
+
+    ``fit.converged`` (B,) is the solver's per-episode ``rel_gap <= tol`` (episodes with
+    ``lambda1 >= lambda_max``, set to ``W* = 0`` exactly, count as converged); with
+    ``solver="cvxpylayers"`` it compares ``P(W) - D(proj(Lam))`` at the returned pair
+    (relative) with ``tol``.
     """
 
     def __init__(self, lambda_ratio: Optional[float] = None, lambda2: float = 1.0,
@@ -133,7 +137,7 @@ class GroupSparseSVMHead(Head):
         if self.solver_name == "cvxpylayers":
             return self._fit_cvxpylayers(support, Y, l1, l2, rho, lmax)
         sol = self.solver.run(support, Y, l1, l2, rho, init=Lam0)
-        W, dual, gap, rel = sol.weights, sol.dual, sol.gap, sol.rel_gap
+        W, dual, gap, rel, conv = sol.weights, sol.dual, sol.gap, sol.rel_gap, sol.converged
         if lmax is not None:
             # lambda1 >= lambda_max (a certified upper bound): W* = 0 exactly, and Lam0 is
             # a zero-gap dual certificate; rounding in the solver cannot leave 1e-17 rows
@@ -143,22 +147,31 @@ class GroupSparseSVMHead(Head):
                 dual = torch.where(zero[:, None, None], Lam0, dual)
                 gap = torch.where(zero, torch.zeros_like(gap), gap)
                 rel = torch.where(zero, torch.zeros_like(rel), rel)
+                conv = conv | zero
         return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=dual,
                        lambda1=l1.detach(), gap=gap, rel_gap=rel, n_iter=sol.n_iter,
-                       lambda_max=lmax)
+                       lambda_max=lmax, converged=conv, tol=self.solver.tol)
 
     def _fit_cvxpylayers(self, X, Y, l1, l2, rho, lmax) -> HeadFit:
         from ..solvers.cvxpy_reference import CvxpyLayerDual
         if self._cvxpylayer is None:
             self._cvxpylayer = CvxpyLayerDual(self.dual_reg)
-        Lam, W = self._cvxpylayer(X, Y, l1, l2)
+        Lam, W = self._cvxpylayer(X, Y, l1, l2)   # W has the exact zero rows of the primal-dual link
+        return self._certified_fit(X, Y, W, Lam, l1, l2, rho, lmax)
+
+    def _certified_fit(self, X, Y, W, Lam, l1, l2, rho, lmax) -> HeadFit:
+        """The fit of an external solver's ``(W, Lam)`` with the duality gap
+        ``P(W) - D(proj(Lam))`` (float64; projecting ``Lam`` onto the simplex rows keeps it an
+        upper bound of ``P(W) - P*`` for a not yet feasible iterate) and ``rel_gap <= tol``."""
         with torch.no_grad():
-            Wd = W.detach()
-            # exact zeros as the primal-dual link gives; the gap of the returned pair
-            gap = fenchel_young_gap(X.detach() @ Wd, Y, Lam.detach(), rho / l2.detach())
-            P = primal_objective(Wd, X.detach(), Y, l1.detach(), l2.detach(), rho)
-        return HeadFit(weights=W, active=row_norms(Wd) > 0, dual=Lam, lambda1=l1.detach(), gap=gap,
-                       rel_gap=gap / P.clamp(min=1e-12), n_iter=None, lambda_max=lmax)
+            Xd, Yd, l1d, l2d, rhod = (v.detach().double() for v in (X, Y, l1, l2, rho))
+            P = primal_objective(W.detach().double(), Xd, Yd, l1d, l2d, rhod)
+            D = dual_objective(project_simplex(Lam.detach().double()), Xd, Yd, l1d, l2d, rhod)
+            gap = (P - D).clamp(min=0.0)
+            rel = gap / P.clamp(min=1e-12)
+        return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=Lam, lambda1=l1.detach(),
+                       gap=gap.to(W.dtype), rel_gap=rel.to(W.dtype), n_iter=None, lambda_max=lmax,
+                       converged=rel <= self.solver.tol, tol=self.solver.tol)
 
 
 @contextlib.contextmanager
@@ -178,6 +191,9 @@ class SVMHead(GroupSparseSVMHead):
     ``dual_reg = 1``.  ``solver="dual"`` (default) uses the batched custom solver,
     ``"qpth"`` learn2learn's ``SVClassifier`` with ``max_iters`` interior-point
     iterations (MetaOptNet trains with 15), ``"cvxpylayers"`` the cvxpy reference.
+    With ``"qpth"`` (and ``"cvxpylayers"``) the fit's ``gap`` is ``P(W) - D(proj(Lam))``
+    at the returned pair and ``converged`` is ``rel_gap <= tol``; 15 interior-point
+    iterations are typically far below the default ``tol = 1e-5``, fewer may not be.
     """
 
     def __init__(self, C_reg: float = 0.1, solver: str = "dual", *, max_iters: int = 15,
@@ -216,5 +232,6 @@ class SVMHead(GroupSparseSVMHead):
         W = support.transpose(1, 2) @ alpha
         Y = one_hot(support_labels, n_way, support.dtype)
         Cv = torch.as_tensor(C, dtype=support.dtype, device=support.device)
-        return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=Y - alpha / Cv,
-                       lambda1=torch.zeros(B, dtype=support.dtype, device=support.device))
+        zero = torch.zeros(B, dtype=support.dtype, device=support.device)
+        rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")
+        return self._certified_fit(support, Y, W, Y - alpha / Cv, zero, self._lambda2(B, support), rho, None)

@@ -44,10 +44,31 @@ class PrototypeHead(nn.Module):
         return Out(logits, Fit(protos.abs().amax(1) > 0.05))
 
 
-def tiny_model(seed=0, dropout=0.0):
+@dataclass
+class GapFit(Fit):
+    rel_gap: torch.Tensor
+    converged: torch.Tensor
+    tol: float
+
+
+class GapReportingHead(PrototypeHead):
+    """The PrototypeHead reporting a made-up per-episode "relative gap" (|first support
+    feature|) and ``converged = rel_gap <= tol``: some episodes of some batches "miss" the
+    tolerance, independently of any solver, to test the engine's bookkeeping."""
+
+    tol = 0.3
+
+    def predict(self, query, support, support_labels, n_way):
+        out = super().predict(query, support, support_labels, n_way)
+        gap = support[:, 0, 0].detach().abs()
+        return Out(out.logits, GapFit(out.fit.active, gap, gap <= self.tol, self.tol))
+
+
+def tiny_model(seed=0, dropout=0.0, head=None):
+    """MLP backbone (6 -> 16 -> 6 features) + ``head`` (default: the PrototypeHead above)."""
     torch.manual_seed(seed)
     bb = build_backbone("mlp", in_dim=6, out_dim=6, hidden=(16,), dropout=dropout)
-    return FewShotModel(bb, PrototypeHead())
+    return FewShotModel(bb, head if head is not None else PrototypeHead())
 
 
 def tiny_streams(batches=4, episodes_per_batch=4, val=8):
