@@ -313,7 +313,7 @@ class GroupSparseSVMDual:
             Lam0 = default_dual_init(Y, l2.detach(), rho) if init is None else init
             solver = WorkingSetNewton(X.detach(), Y, l1.detach(), l2.detach(), rho)
             res = engine.run(solver, solver.init_state(Lam0), tol=self.tol, max_iter=self.max_iter,
-                             check_every=2, patience=self.patience, floor=1e-12 * n)
+                             check_every=1, patience=self.patience, floor=1e-12 * n)
             state, P, gap = solver.finalize(res.state)
             # the certificate of the finalized point (a projected-gradient step from the
             # returned one: never worse in D, equal at the optimum up to rounding)
