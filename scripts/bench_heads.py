@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from metasparse.heads import GroupSparseSVMHead, SVMHead  # noqa: E402
 
 
@@ -99,6 +100,42 @@ def fwd_bwd(head, qry, support, labels, qlabels, way, device, repeats):
     return times[len(times) // 2], out
 
 
+def timed(fn, qry, support, labels, qlabels, way, device, repeats):
+    """Median forward+backward seconds of a baseline ``fn(query, support, labels, way) -> (logits, W)``."""
+    times, W = [], None
+    for _ in range(repeats):
+        s = support.clone().requires_grad_()
+        q = qry.clone().requires_grad_()
+        sync(device)
+        t0 = time.perf_counter()
+        logits, W = fn(q, s, labels, way)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, way), qlabels.reshape(-1)).backward()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], W.detach()
+
+
+def published_baselines(args, qry, support, labels, qlabels, device, gs_out, svm_out):
+    """Rows for the published heads on the same features, and every head's relative error of
+    W* against an exact float64 solve (:func:`head_baselines.exact_solution`)."""
+    from head_baselines import exact_solution, metaoptnet_svm_cs, paper_pgd_head, relative_w_error
+    way, row = args.way, {}
+    ref_gs = exact_solution(support, labels, way, args.lambda_ratio, args.lambda2, args.dual_reg)
+    ref_svm = exact_solution(support, labels, way, 0.0, args.lambda2, args.dual_reg)
+    err = lambda W, ref: float(relative_w_error(W.detach().double(), ref).max())
+    row["gs_w_err"] = err(gs_out.fit.weights, ref_gs)
+    row["svm_w_err"] = err(svm_out.fit.weights, ref_svm)
+    t, W = timed(lambda q, s, l, w: metaoptnet_svm_cs(q, s, l, w, C_reg=1.0 / args.lambda2),
+                 qry, support, labels, qlabels, way, device, args.repeats)
+    row.update(metaoptnet_qpth_s=t, metaoptnet_qpth_w_err=err(W, ref_svm))
+    for steps in args.pgd_steps:
+        t, W = timed(lambda q, s, l, w: paper_pgd_head(q, s, l, w, n_steps=steps, lambda_ratio=args.lambda_ratio,
+                                                        lambda2=args.lambda2, dual_reg=args.dual_reg),
+                     qry, support, labels, qlabels, way, device, 1)
+        row[f"paper_pgd{steps}_s"], row[f"paper_pgd{steps}_w_err"] = t, err(W, ref_gs)
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--episodes", type=int, default=8)
@@ -114,6 +151,13 @@ def main(argv=None):
     p.add_argument("--cvxpy-episodes", type=int, default=1)
     p.add_argument("--cvxpy-max-d", type=int, default=640)
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--published", action="store_true",
+                   help="also run the published heads (scripts/head_baselines.py): MetaOptNet's SVM-CS "
+                        "with qpth batched over the episodes, and the paper's projected-gradient head "
+                        "with torchopt implicit differentiation (pip install metasparse[bench]); "
+                        "accuracy as the relative error of W* against an exact solve")
+    p.add_argument("--pgd-steps", type=int, nargs="+", default=[5, 100, 1000],
+                   help="--published: step counts of the paper's head (its default is 5)")
     p.add_argument("--features", choices=["synthetic", "resnet12"], default="synthetic")
     p.add_argument("--image-size", type=int, default=32, help="--features resnet12: input images")
     p.add_argument("--cpu-threads", type=int, default=1,
@@ -140,14 +184,21 @@ def main(argv=None):
                                 dual_reg=args.dual_reg, tol=args.tol, cpu_threads=threads).to(device)
         fwd_bwd(gs, qry, support, labels, qlabels, args.way, device, 1)          # warm-up
         t, out = fwd_bwd(gs, qry, support, labels, qlabels, args.way, device, args.repeats)
+        rel = out.fit.rel_gap.detach().double()
         row.update(gs_dual_s=t, gs_dual_cpu=fwd_bwd.cpu, gs_iters_max=int(out.fit.n_iter.max()),
-                   gs_rel_gap_max=float(out.fit.rel_gap.max()),
+                   gs_rel_gap_max=float(rel.max()), gs_rel_gap_median=float(rel.median()),
+                   gs_rel_gaps=[float(v) for v in rel],
+                   gs_converged=int(out.fit.converged.sum()) if out.fit.converged is not None else None,
                    gs_unused=float(out.fit.unused_fraction.mean()))
+        gs_out = out
         svm = SVMHead(C_reg=1.0 / args.lambda2, tol=args.tol, cpu_threads=threads).to(device)
         fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, 1)
         t, out = fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, args.repeats)
         row.update(svm_dual_s=t, svm_dual_cpu=fwd_bwd.cpu, svm_iters_max=int(out.fit.n_iter.max()),
-                   svm_rel_gap_max=float(out.fit.rel_gap.max()))
+                   svm_rel_gap_max=float(out.fit.rel_gap.max()),
+                   gs_over_svm=row["gs_dual_s"] / t, gs_over_svm_cpu=row["gs_dual_cpu"] / fwd_bwd.cpu)
+        if args.published:
+            row.update(published_baselines(args, qry, support, labels, qlabels, device, gs_out, out))
         if not args.no_baselines:
             qp = SVMHead(C_reg=1.0 / args.lambda2, solver="qpth", max_iters=15).to(device)
             t, out_qp = fwd_bwd(qp, qry, support, labels, qlabels, args.way, device, args.repeats)
@@ -184,6 +235,26 @@ def main(argv=None):
                   f"{r['svm_dual_s']:.3f} ({r['svm_dual_cpu']:.3f}) | {r['svm_iters_max']} | "
                   f"{r['svm_rel_gap_max']:.1e} | {f(r, 'svm_qpth_s', '%.3f')} ({f(r, 'svm_qpth_cpu', '%.3f')}) | "
                   f"{f(r, 'svm_speedup', '%.1fx')} ({f(r, 'svm_speedup_cpu', '%.1fx')}) |")
+    md += ["", "Group-sparse head vs SVM head, same features, same run (forward + backward):", "",
+           "| n_support | d | GS s | SVM s | GS / SVM (wall) | GS / SVM (cpu) | GS converged | GS rel gap median | GS rel gap max |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['n_support']} | {r['d']} | {r['gs_dual_s']:.3f} | {r['svm_dual_s']:.3f} | "
+                  f"{r['gs_over_svm']:.2f}x | {r['gs_over_svm_cpu']:.2f}x | {r['gs_converged']}/{r['episodes']} | "
+                  f"{r['gs_rel_gap_median']:.1e} | {r['gs_rel_gap_max']:.1e} |")
+    if any("gs_w_err" in r for r in rows):
+        steps = args.pgd_steps
+        md += ["", "Published heads on the same features (max over episodes of ||W - W*|| / ||W*||, W* an exact "
+               "float64 solve; seconds forward + backward):", "",
+               "| n_support | d | ours GS err | ours SVM err | MetaOptNet qpth batched s (err) | "
+               + " | ".join(f"paper PGD {k} steps s (err)" for k in steps) + " |",
+               "|---|---|---|---|---|" + "---|" * len(steps)]
+        for r in rows:
+            if "gs_w_err" not in r:
+                continue
+            md.append(f"| {r['n_support']} | {r['d']} | {r['gs_w_err']:.1e} | {r['svm_w_err']:.1e} | "
+                      f"{r['metaoptnet_qpth_s']:.3f} ({r['metaoptnet_qpth_w_err']:.1e}) | "
+                      + " | ".join(f"{r[f'paper_pgd{k}_s']:.3f} ({r[f'paper_pgd{k}_w_err']:.1e})" for k in steps) + " |")
     text = "\n".join(md)
     print(text)
     if args.out:
