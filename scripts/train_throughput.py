@@ -30,7 +30,9 @@ HEADS = [("group-sparse-svm (dual)", "group-sparse-svm", {"lambda_ratio": 0.01})
          # the dual heads with torch's intra-op thread count inside the solver
          # (cpu_threads=None; the default is 1 thread on CPU, metasparse.solvers.threads)
          ("group-sparse-svm (dual, torch threads)", "group-sparse-svm", {"lambda_ratio": 0.01, "cpu_threads": None}),
-         ("svm (dual, torch threads)", "svm", {"solver": "dual", "cpu_threads": None})]
+         ("svm (dual, torch threads)", "svm", {"solver": "dual", "cpu_threads": None}),
+         # near-free head: the step time of the backbone alone, for the heads' share
+         ("protonet", "protonet", {})]
 
 
 def sync(device):
@@ -51,11 +53,12 @@ def main():
     ap.add_argument("--widths", type=int, nargs=4, default=[64, 160, 320, 640])
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for the backbone")
     ap.add_argument("--heads", nargs="+", default=None, help="subset of: gs-svm svm-dual svm-qpth gs-svm-tt svm-dual-tt "
-                    "(-tt: the solver keeps torch's thread count, cpu_threads=None)")
+                    "protonet (-tt: the solver keeps torch's thread count, cpu_threads=None; protonet: "
+                    "the backbone-only reference for the heads' share of a step)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     device = torch.device(args.device)
-    keys = {"gs-svm": 0, "svm-dual": 1, "svm-qpth": 2, "gs-svm-tt": 3, "svm-dual-tt": 4}
+    keys = {"gs-svm": 0, "svm-dual": 1, "svm-qpth": 2, "gs-svm-tt": 3, "svm-dual-tt": 4, "protonet": 5}
     bad = [h for h in args.heads or [] if h not in keys]
     if bad:
         ap.error(f"--heads: unknown {bad}, expected some of {sorted(keys)}")
@@ -97,6 +100,14 @@ def main():
         rows.append(row)
         print(f"{label:40s} {row['episodes_per_s']:8.1f} episodes/s  {dt * 1000:8.1f} ms/batch  "
               f"features used {100 * row['features_used']:.1f}%  threads {torch.get_num_threads()}", flush=True)
+    base = next((r["s_per_batch"] for r in rows if r["head"] == "protonet"), None)
+    if base is not None:
+        # share of a training step spent in the head (solve + its backward), estimated as
+        # the step time beyond the near-free ProtoNet head's
+        for r in rows:
+            if r["head"] != "protonet":
+                r["head_share"] = max(0.0, r["s_per_batch"] - base) / r["s_per_batch"]
+                print(f"{r['head']:40s} head share of the step {100 * r['head_share']:.1f}%")
     if args.json:
         atomic_write_text(args.json, json.dumps({"args": vars(args), "results": rows}, indent=1) + "\n")
 
