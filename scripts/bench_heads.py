@@ -46,18 +46,65 @@ def features(B, n, d, generator, device, dtype):
     return x.to(device=device, dtype=dtype)
 
 
+def class_images(templates, labels, generator):
+    """Images of a synthetic class-structured world: the class template, randomly shifted
+    by up to 1/8 of the size, plus pixel noise (so that meta-training has something to learn)."""
+    m = labels.shape[0]
+    size = templates.shape[-1]
+    imgs = templates[labels]
+    shift = torch.randint(-size // 8, size // 8 + 1, (2,), generator=generator)
+    imgs = torch.roll(imgs, shifts=(int(shift[0]), int(shift[1])), dims=(-2, -1))
+    return imgs + 0.5 * torch.randn(m, *imgs.shape[1:], generator=generator)
+
+
+def meta_train(net, steps, way, shot, query, image_size, seed, device):
+    """A short meta-training of ``net`` (MetaOptNet's SGD settings, SVM head) on episodes
+    of a 64-class synthetic world (:func:`class_images`); returns the template bank."""
+    from metasparse.engine.model import FewShotModel
+    from metasparse.heads import SVMHead
+    g = torch.Generator().manual_seed(seed + 1)
+    # smooth random templates: low-resolution noise upsampled to the image size
+    low = torch.randn(64, 3, 6, 6, generator=g)
+    templates = torch.nn.functional.interpolate(low, size=image_size, mode="bilinear", align_corners=False)
+    model = FewShotModel(net, SVMHead(C_reg=0.1)).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    for _ in tqdm(range(steps), desc="meta-training the backbone", leave=False):
+        classes = torch.randperm(64, generator=g)[:way]
+        ys = torch.arange(way).repeat(shot)
+        yq = torch.arange(way).repeat(query)
+        s = class_images(templates, classes[ys], g)
+        q = class_images(templates, classes[yq], g)
+        logits, _ = model(s[None].to(device), ys[None].to(device), q[None].to(device), way)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, way), yq.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return templates
+
+
 @torch.no_grad()
-def resnet12_batch(B, way, shot, query, image_size, seed, device, dtype):
-    """Support / query features of a random full-width ResNet-12 (train mode) on random images."""
+def resnet12_batch(B, way, shot, query, image_size, seed, device, dtype, train_steps=0):
+    """Support / query features of a full-width ResNet-12 (train mode): randomly initialised
+    on random images, or (``train_steps > 0``) after that many meta-training steps, on
+    images of the world it was trained on."""
     from metasparse.backbones import build_backbone
     torch.manual_seed(seed)
     net = build_backbone("resnet12", widths=[64, 160, 320, 640], dropblock_size=5 if image_size >= 64 else 2)
     net = net.to(device).train()
+    templates = None
+    if train_steps:
+        with torch.enable_grad():
+            templates = meta_train(net, train_steps, way, shot, query, image_size, seed, device)
     g = torch.Generator().manual_seed(seed)
     feats = []
     for m in (way * shot, way * query):
-        imgs = torch.randn(B * m, 3, image_size, image_size, generator=g).to(device)
-        feats.append(net(imgs).reshape(B, m, -1).to(dtype))
+        if templates is None:
+            imgs = torch.randn(B * m, 3, image_size, image_size, generator=g)
+        else:
+            classes = torch.stack([torch.randperm(64, generator=g)[:way] for _ in range(B)])
+            labels = classes[:, torch.arange(way).repeat(m // way)].reshape(-1)
+            imgs = class_images(templates, labels, g)
+        feats.append(net(imgs.to(device)).reshape(B, m, -1).to(dtype))
     labels = torch.arange(way).repeat(shot)[None].expand(B, -1).contiguous().to(device)
     qlabels = torch.arange(way).repeat(query)[None].expand(B, -1).contiguous().to(device)
     return feats[1], feats[0], labels, qlabels
@@ -160,6 +207,9 @@ def main(argv=None):
                    help="--published: step counts of the paper's head (its default is 5)")
     p.add_argument("--features", choices=["synthetic", "resnet12"], default="synthetic")
     p.add_argument("--image-size", type=int, default=32, help="--features resnet12: input images")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="--features resnet12: meta-train the backbone this many steps first (5-way, "
+                        "SVM head, synthetic class-structured images), then take the features of that world")
     p.add_argument("--cpu-threads", type=int, default=1,
                    help="dual heads' cpu_threads (intra-op threads of the solve on CPU; 0: torch's setting)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +225,7 @@ def main(argv=None):
         n = args.way * shot
         if resnet:
             qry, support, labels, qlabels = resnet12_batch(args.episodes, args.way, shot, args.query,
-                                                           args.image_size, 0, device, dtype)
+                                                           args.image_size, 0, device, dtype, args.train_steps)
             d = support.shape[-1]
         else:
             qry, support, labels, qlabels = make_batch(args.episodes, args.way, shot, args.query, d, 0, device, dtype)
@@ -221,7 +271,7 @@ def main(argv=None):
                f"threads {torch.get_num_threads()}, device {device}"
                + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     md = [f"Machine: {machine}; B={args.episodes} episodes, {args.way}-way, {args.query} queries/class, "
-          f"float32, {args.features} features, solver cpu_threads={threads}, lambda_ratio={args.lambda_ratio}, lambda2={args.lambda2}, dual_reg={args.dual_reg}, "
+          f"float32, {args.features} features{f' after {args.train_steps} meta-training steps' if args.train_steps else ''}, solver cpu_threads={threads}, lambda_ratio={args.lambda_ratio}, lambda2={args.lambda2}, dual_reg={args.dual_reg}, "
           f"tol={args.tol}. Times: median forward+backward seconds per batch.", "",
           "| n_support | d | GS dual s (cpu s) | iters | max rel gap | unused | GS cvxpylayers s, scaled (cpu s) "
           "| speedup wall (cpu) | SVM dual s (cpu s) | iters | max rel gap | SVM qpth s (cpu s) | speedup wall (cpu) |",
