@@ -32,6 +32,8 @@ from typing import Optional, Union
 
 import torch
 
+from .objectives import bst_factor
+
 __all__ = ["GroupLassoSolution", "group_lasso_lambda_max", "solve_group_lasso", "ridge_regression",
            "block_soft_threshold"]
 
@@ -95,8 +97,9 @@ def group_lasso_lambda_max(features: torch.Tensor, targets: torch.Tensor, fit_in
 
 def block_soft_threshold(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Row-wise ``BST(v, t) = max(0, 1 - t/||v||) v`` for v (B, d, k), t broadcastable to (B, 1, 1)."""
-    norm = v.norm(dim=-1, keepdim=True)
-    return v * torch.clamp(1 - t / norm.clamp_min(torch.finfo(v.dtype).tiny), min=0)
+    t = torch.as_tensor(t, dtype=v.dtype, device=v.device).reshape(-1)
+    factor = bst_factor(v.norm(dim=-1), t.expand(v.shape[0]) if t.numel() == 1 else t)
+    return v * factor.unsqueeze(-1)
 
 
 def _resolve_lam(lam, lambda_ratio, features, targets, fit_intercept) -> torch.Tensor:

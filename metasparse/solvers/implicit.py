@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from .objectives import dual_features, dual_gradient, row_norms
+from .objectives import bst_factor, bst_jacobian, dual_features, dual_gradient, row_norms
 from .threads import solver_threads
 
 __all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual", "GramSVMWeights"]
@@ -53,9 +53,7 @@ def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:
             X = X.gather(2, idx[:, None, :].expand(B, n, m))
             V = V.gather(1, idx[..., None].expand(B, m, k))
             nrm, on = nrm.gather(1, idx), on.gather(1, idx)
-        safe = torch.where(on, nrm, torch.ones_like(nrm))
-        a = torch.where(on, 1.0 - lambda1[:, None] / safe, torch.zeros_like(nrm))
-        c = torch.where(on, lambda1[:, None] / safe ** 3, torch.zeros_like(nrm))
+        a, c, _ = bst_jacobian(nrm, lambda1)
         Ka = (X * a[:, None, :]) @ X.transpose(1, 2)            # (B, n, n)
         M = Ka[:, :, None, :, None] * eye_k[None, None, :, None, :]
         M = M.expand(B, n, k, n, k).clone()
@@ -241,8 +239,7 @@ class GroupSparseWeights(torch.autograd.Function):
         Vt = (Y.to(dt) - Lam.to(dt)).transpose(1, 2) @ XF
         nrm = _column_norms(Vt)
         l1, l2 = lambda1.to(dt), lambda2.to(dt)
-        factor = torch.clamp(1.0 - l1[:, None] / torch.clamp(nrm, min=torch.finfo(dt).tiny), min=0.0)
-        WF = (Vt * (factor / l2[:, None]).unsqueeze(1)).transpose(1, 2)            # (B, m, k)
+        WF = (Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)).transpose(1, 2)            # (B, m, k)
         W = torch.zeros(B, d, Y.shape[-1], dtype=X.dtype, device=X.device)
         W.scatter_(1, rows[..., None].expand(B, rows.shape[1], Y.shape[-1]), WF.to(X.dtype))
         ctx.save_for_backward(X, lambda1, lambda2, Lam, Y, dual_reg, rows)
@@ -276,8 +273,8 @@ class GroupSparseWeights(torch.autograd.Function):
         oA = on_rows.gather(1, sel)
         XA, VA, c = M.XA, M.VA, M.c                                                 # VA (B, k, mA)
         nA = _column_norms(VA)
+        a, _, _ = bst_jacobian(nA, l1d)
         safe = torch.where(oA, nA, torch.ones_like(nA))
-        a = torch.where(oA, 1.0 - l1d[:, None] / safe, torch.zeros_like(nA))
         WA = VA * (a / l2d[:, None]).unsqueeze(1)                                   # (B, k, mA)
         gWA = gW.gather(1, idxA[..., None].expand(B, mA, k)).to(dt).transpose(1, 2)   # (B, k, mA)
 

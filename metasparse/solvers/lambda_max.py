@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .objectives import as_episode_vector, dual_features, row_norms
+from .objectives import as_episode_vector, dual_features, row_norms, zero_weight_dual
 from .simplex import project_simplex
 from .threads import solver_threads
 
@@ -152,8 +152,7 @@ def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float 
         l2 = as_episode_vector(lambda2, B, X, "lambda2").detach()
         rho = as_episode_vector(dual_reg, B, X, "dual_reg").detach()
         pos = rho > 0
-        ratio = torch.where(pos, l2 / torch.where(pos, rho, torch.ones_like(rho)), torch.zeros_like(l2))
-        Lam0 = project_simplex(Y + ratio[:, None, None] * (1.0 - Y))
+        Lam0 = zero_weight_dual(Y, l2, rho)
         lmax = _norms_like_solver(X, Y, Lam0).amax(-1)
         if not bool(pos.all()):
             zero = ~pos

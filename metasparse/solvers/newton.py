@@ -61,7 +61,7 @@ from typing import Tuple
 
 import torch
 
-from .objectives import fenchel_young_gap
+from .objectives import bst_factor, bst_jacobian, fenchel_young_gap
 from .simplex import project_simplex
 
 __all__ = ["RestrictedProblem", "Evaluation", "DualHessian", "evaluate", "newton_direction", "projected_search",
@@ -123,8 +123,7 @@ def evaluate(prob: RestrictedProblem, Lam: torch.Tensor) -> Evaluation:
     Y, l1, l2, c = prob.Y, prob.l1, prob.l2, prob.c
     Vt = (Y - Lam).transpose(1, 2) @ prob.XF
     nrm = _column_norms(Vt)
-    factor = torch.clamp(1.0 - l1[:, None] / torch.clamp(nrm, min=torch.finfo(nrm.dtype).tiny), min=0.0)
-    Wt = Vt * (factor / l2[:, None]).unsqueeze(1)
+    Wt = Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)
     S = prob.XF @ Wt.transpose(1, 2)
     g = (1.0 - Y) + S + c[:, None, None] * (Y - Lam)
     D = _dual_value(Lam, Y, nrm, l1, l2, c)
@@ -233,10 +232,7 @@ class DualHessian:
         sel = torch.where(on, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
         XA = XF.gather(2, sel[:, None, :].expand(B, n, mA))
         VA = Vt.gather(2, sel[:, None, :].expand(B, Vt.shape[1], mA))
-        nA, oA = nrm.gather(1, sel), on.gather(1, sel)
-        safe = torch.where(oA, nA, torch.ones_like(nA))
-        a = torch.where(oA, 1.0 - l1[:, None] / safe, torch.zeros_like(nA))
-        c = torch.where(oA, l1[:, None] / safe ** 3, torch.zeros_like(nA))
+        a, c, _ = bst_jacobian(nrm.gather(1, sel), l1)
         Ka = (XA * a[:, None, :]) @ XA.transpose(1, 2) + torch.diag_embed(rho[:, None].expand(B, n))
         return cls(XA=XA, VA=VA, c=c, Ka=Ka, l2=l2)
 

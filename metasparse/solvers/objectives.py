@@ -25,7 +25,8 @@ import torch
 from .simplex import project_simplex
 
 __all__ = [
-    "as_episode_vector", "one_hot", "row_norms", "group_soft_threshold",
+    "as_episode_vector", "one_hot", "row_norms", "bst_factor", "bst_jacobian", "zero_weight_dual",
+    "group_soft_threshold",
     "crammer_singer_loss", "fenchel_young_gap", "primal_objective", "dual_objective", "dual_features",
     "weights_from_dual", "weights_from_features", "dual_gradient",
 ]
@@ -58,6 +59,42 @@ def row_norms(V: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 
 
+def bst_factor(norms: torch.Tensor, lambda1: torch.Tensor) -> torch.Tensor:
+    r"""Row factor of block soft-thresholding, ``max(0, 1 - lambda1/||v||)`` (0 at v = 0),
+    from the row norms (B, m) and ``lambda1`` (B,); no autograd subtleties (see
+    :func:`group_soft_threshold` for the differentiable form)."""
+    tiny = torch.finfo(norms.dtype).tiny
+    return torch.clamp(1.0 - lambda1[:, None] / torch.clamp(norms, min=tiny), min=0.0)
+
+
+def bst_jacobian(norms: torch.Tensor, lambda1: torch.Tensor):
+    r"""Coefficients of the Jacobian of block soft-thresholding on a row,
+    ``a I + c v v^T`` with ``a = 1 - lambda1/||v||``, ``c = lambda1/||v||^3`` on active rows
+    (``||v|| > lambda1``) and ``a = c = 0`` elsewhere.  Returns ``(a, c, active)``, each
+    shaped like ``norms`` (B, m)."""
+    on = norms > lambda1[:, None]
+    safe = torch.where(on, norms, torch.ones_like(norms))
+    a = torch.where(on, 1.0 - lambda1[:, None] / safe, torch.zeros_like(norms))
+    c = torch.where(on, lambda1[:, None] / safe ** 3, torch.zeros_like(norms))
+    return a, c, on
+
+
+def zero_weight_dual(Y: torch.Tensor, lambda2: torch.Tensor, dual_reg: torch.Tensor) -> torch.Tensor:
+    r"""The dual optimum at ``W = 0``: ``proj_simplex(Y + (lambda2/rho) Delta)`` per row for
+    rho > 0; for rho = 0 (where the optimal set is ``{Lam_{i y_i} = 0}``) the uniform
+    distribution over the wrong classes.  ``lambda_max`` and the solvers' default
+    starting point both use it."""
+    Delta = 1.0 - Y
+    k = Y.shape[-1]
+    if k == 1:
+        return Y.clone()
+    pos = dual_reg > 0
+    ratio = torch.where(pos, lambda2 / torch.where(pos, dual_reg, torch.ones_like(dual_reg)),
+                        torch.zeros_like(lambda2))
+    smooth = project_simplex(Y + ratio[:, None, None] * Delta)
+    return torch.where(pos[:, None, None], smooth, Delta / (k - 1))
+
+
 def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor, scale=None) -> torch.Tensor:
     r"""Row-wise block soft-thresholding ``BST(v, t) = max(0, 1 - t/||v||) v`` (0 at v = 0).
 
@@ -67,9 +104,7 @@ def group_soft_threshold(V: torch.Tensor, lambda1: torch.Tensor, scale=None) -> 
     """
     if not (torch.is_grad_enabled() and (V.requires_grad or lambda1.requires_grad
                                          or (isinstance(scale, torch.Tensor) and scale.requires_grad))):
-        nrm = torch.linalg.vector_norm(V, dim=-1)
-        tiny = torch.finfo(V.dtype).tiny
-        factor = torch.clamp(1.0 - lambda1[:, None] / torch.clamp(nrm, min=tiny), min=0.0)
+        factor = bst_factor(torch.linalg.vector_norm(V, dim=-1), lambda1)
         if scale is not None:
             factor = factor * scale[:, None]
         return V * factor.unsqueeze(-1)

@@ -33,13 +33,13 @@ from . import engine
 from .implicit import GramSVMWeights, GroupSparseWeights, ImplicitDual
 from .newton import WorkingSetNewton
 from .objectives import (
-    as_episode_vector, crammer_singer_loss, dual_features, fenchel_young_gap, row_norms,
+    as_episode_vector, bst_factor, zero_weight_dual, crammer_singer_loss, dual_features, fenchel_young_gap, row_norms,
     weights_from_features,
 )
 from .simplex import project_simplex
 from .threads import solver_threads
 
-__all__ = ["DualSolution", "GroupSparseSVMDual", "lipschitz_constant", "default_dual_init"]
+__all__ = ["DualSolution", "GroupSparseSVMDual", "lipschitz_constant"]
 
 
 @dataclass
@@ -69,21 +69,6 @@ def lipschitz_constant(X: torch.Tensor, lambda2: torch.Tensor, dual_reg: torch.T
         L = (sig2 * (1.0 + 1e-5) + dual_reg) / lambda2
         floor = 1e-12 / lambda2
         return torch.maximum(L, floor)
-
-
-def default_dual_init(Y: torch.Tensor, lambda2: torch.Tensor, dual_reg: torch.Tensor) -> torch.Tensor:
-    r"""The dual optimum at ``W = 0``: ``proj_simplex(Y + (lambda2/rho) Delta)`` for rho > 0,
-    the uniform distribution over the wrong classes for rho = 0."""
-    Delta = 1.0 - Y
-    k = Y.shape[-1]
-    uniform = Delta / max(k - 1, 1)
-    if k == 1:
-        return Y.clone()
-    pos = dual_reg > 0
-    ratio = torch.where(pos, lambda2 / torch.where(pos, dual_reg, torch.ones_like(dual_reg)),
-                        torch.zeros_like(lambda2))
-    smooth = project_simplex(Y + ratio[:, None, None] * Delta)
-    return torch.where(pos[:, None, None], smooth, uniform)
 
 
 class _Oracle:
@@ -120,9 +105,7 @@ class _Oracle:
         """(S = X W, W (B, d, k) or None)."""
         if self.gram:
             return lin / self.l2[:, None, None], None
-        nrm = (lin * lin).sum(-2).sqrt()                                 # (B, d)
-        tiny = torch.finfo(lin.dtype).tiny
-        factor = torch.clamp(1.0 - self.l1[:, None] / torch.clamp(nrm, min=tiny), min=0.0)
+        factor = bst_factor((lin * lin).sum(-2).sqrt(), self.l1)             # (B, d)
         Wt = lin * (factor * self.inv_l2[:, None]).unsqueeze(-2)         # (B, k, d)
         S = (self.X @ Wt.to(self.X.dtype).transpose(1, 2)).to(Wt.dtype)
         return S, Wt.transpose(1, 2)
@@ -310,7 +293,7 @@ class GroupSparseSVMDual:
         weights with their implicit backward (:class:`GroupSparseWeights`)."""
         n = X.shape[1]
         with torch.no_grad():
-            Lam0 = default_dual_init(Y, l2.detach(), rho) if init is None else init
+            Lam0 = zero_weight_dual(Y, l2.detach(), rho) if init is None else init
             solver = WorkingSetNewton(X.detach(), Y, l1.detach(), l2.detach(), rho)
             res = engine.run(solver, solver.init_state(Lam0), tol=self.tol, max_iter=self.max_iter,
                              check_every=1, patience=self.patience, floor=1e-12 * n)
@@ -377,7 +360,7 @@ class GroupSparseSVMDual:
         full = _Oracle(X, Y, l1, l2, rho, gram=gram, K=K)
         ora = full if not mixed else _Oracle(Xit, Y, l1, l2, rho, gram=False)
         eta = (1.0 / lipschitz_constant(None, l2.detach(), rho, K=K))[:, None, None]
-        Lam = default_dual_init(Y, l2.detach(), rho) if init is None else init
+        Lam = zero_weight_dual(Y, l2.detach(), rho) if init is None else init
         lin = ora.lin(Lam)
         Lam_prev, lin_prev = Lam, lin
         t = torch.ones(B, dtype=Lam.dtype, device=X.device)
@@ -487,7 +470,7 @@ class GroupSparseSVMDual:
         Mp = (1.0 - eta * c)[:, None, None] * eye - Kp
         C0 = eta[:, None, None] * ((1.0 - Y) + c[:, None, None] * Y) + Kp @ Y
         ora = _Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K)
-        Lam = default_dual_init(Y, l2, rho) if init is None else init
+        Lam = zero_weight_dual(Y, l2, rho) if init is None else init
         Lam_prev = Lam
         t = torch.ones(B, dtype=dt, device=K.device)
         stop = _StoppingRule(B, self.tol, self.patience, dt, K.device)
