@@ -4,10 +4,10 @@ r"""One run loop for the batched iterative solvers (in the spirit of jaxopt's
 A solver is an object with
 
 * ``update(state) -> state``: one iteration for every episode of the batch;
-* ``check(state) -> (state, objective, gap)``: a per-episode certificate at the
-  current point (``gap >= 0``; ``inf`` when the point cannot be certified yet).  It may
-  also refresh the state (rebuild a working set, try a Newton step), which is why it
-  returns one.
+* ``check(state, active) -> (state, objective, gap)``: a per-episode certificate at
+  the current point (``gap >= 0``; ``inf`` when the point cannot be certified yet).  It
+  may also refresh the state (rebuild a working set, try a Newton step), which is why
+  it returns one; it must not move the point of an episode that is not ``active``.
 
 :func:`run` calls ``check`` every ``check_every`` iterations and stops an episode when
 
@@ -96,9 +96,10 @@ def run(solver, state, *, tol: float, max_iter: int, check_every: int = 1, patie
     rule = None
     n_iter = None
     all_active = True
+    active = None
     for it in range(max_iter + 1):
         if it % check_every == 0 or it == max_iter:
-            state, objective, gap = solver.check(state)
+            state, objective, gap = solver.check(state, active)
             if rule is None:
                 B = objective.shape[0]
                 rule = StoppingRule(B, tol, patience, objective.dtype, objective.device, floor)

@@ -402,7 +402,7 @@ class WorkingSetNewton:
         ev = evaluate(state.prob, Lam)
         return NewtonState(Lam=Lam, prob=state.prob), ev.P, ev.gap
 
-    def check(self, state: NewtonState):
+    def check(self, state: NewtonState, active=None):
         prob = state.prob
         if state.fresh:      # built from this point's norms: certify from the next check on
             ev = evaluate(prob, state.Lam)

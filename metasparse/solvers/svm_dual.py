@@ -1,26 +1,24 @@
-r"""Batched accelerated solver for the (smoothed) dual of the group-sparse SVM.
+r"""Batched solver for the (smoothed) dual of the group-sparse SVM.
 
-Maximises (paper.md section 3; notation in :mod:`metasparse.solvers.objectives`)
+Maximises (notation in :mod:`metasparse.solvers.objectives`)
 
     D(Lam) = <Lam, Delta> - 1/(2 lambda2) sum_j max(0, ||(X^T (Y - Lam))_j|| - lambda1)^2
              - rho/(2 lambda2) ||Lam - Y||^2      s.t. every row of Lam in the simplex
 
-by FISTA (projected accelerated gradient) with the gradient-based adaptive restart
-of O'Donoghue & Candes (2015), step ``1/L`` with the exact Lipschitz constant
-``L = (||X||_2^2 + rho) / lambda2`` (``||X||_2^2`` = largest eigenvalue of the n x n
-Gram matrix ``K = X X^T``).  All episodes of a batch advance in the same tensor
-operations; an episode whose relative duality gap is below ``tol`` is frozen
-(masked) while the others continue.
+for every episode of a batch, and returns ``W* = BST(X^T (Y - Lam*), lambda1)/lambda2``
+with the per-episode duality gap and a ``converged`` flag.  Methods (one run loop,
+:mod:`metasparse.solvers.engine`):
 
-Cost per iteration: with ``lambda1 = 0`` everywhere the solver works in Gram space
-(``X W = K (Y - Lam) / lambda2``; O(n^2 k) per episode); with ``lambda1 > 0`` the
-block soft-thresholding needs the d rows of ``X^T (Y - Lam)`` (two n x d x k matmuls
-per iteration; the extrapolated point reuses them because ``Lam -> X^T(Y - Lam)`` is
-affine).
-
-Gradients: ``backward="implicit"`` (default) differentiates the optimality
-conditions at the returned point (:func:`metasparse.solvers.implicit.implicit_dual_vjp`),
-``backward="unrolled"`` backpropagates through the iterations.
+* lambda1 > 0, implicit backward: working-set semismooth Newton
+  (:mod:`metasparse.solvers.newton`), weights and backward by
+  :class:`~metasparse.solvers.implicit.GroupSparseWeights`;
+* lambda1 = 0 everywhere: FISTA in Gram space with Newton steps on a stable face
+  (:class:`~metasparse.solvers.fista.GramFISTA`), backward by
+  :class:`~metasparse.solvers.implicit.GramSVMWeights`;
+* ``method="fista"`` or ``backward="unrolled"``: FISTA in feature space
+  (:class:`~metasparse.solvers.fista.FeatureFISTA`), implicit backward by
+  :func:`~metasparse.solvers.implicit.implicit_dual_vjp` or autograd through the
+  iterations.
 """
 from __future__ import annotations
 
@@ -30,11 +28,11 @@ from typing import Optional
 import torch
 
 from . import engine
+from .fista import FeatureFISTA, GramFISTA, lipschitz_constant
 from .implicit import GramSVMWeights, GroupSparseWeights, ImplicitDual
 from .newton import WorkingSetNewton
 from .objectives import (
-    as_episode_vector, bst_factor, zero_weight_dual, crammer_singer_loss, dual_features, fenchel_young_gap, row_norms,
-    weights_from_features,
+    as_episode_vector, zero_weight_dual, dual_features, weights_from_features,
 )
 from .simplex import project_simplex
 from .threads import solver_threads
@@ -53,106 +51,6 @@ class DualSolution:
     n_iter: torch.Tensor    # iterations used per episode, (B,) int64
     primal: torch.Tensor    # P(W*), (B,)
     converged: torch.Tensor = None  # (B,) bool: rel_gap <= tol (False: the solve stopped short)
-
-
-def lipschitz_constant(X: torch.Tensor, lambda2: torch.Tensor, dual_reg: torch.Tensor,
-                       K: Optional[torch.Tensor] = None) -> torch.Tensor:
-    r"""``L = (sigma_max(X)^2 + rho) / lambda2`` per episode (exact, via eigvalsh of X X^T).
-
-    Slightly inflated (relative 1e-5 of ``sigma_max^2``) so rounding in the
-    eigenvalue never gives a step above ``1/L``; floored so all-zero features with
-    ``rho = 0`` still give a finite step.
-    """
-    with torch.no_grad():
-        K = X @ X.transpose(1, 2) if K is None else K
-        sig2 = torch.linalg.eigvalsh(K)[..., -1].clamp(min=0.0)
-        L = (sig2 * (1.0 + 1e-5) + dual_reg) / lambda2
-        floor = 1e-12 / lambda2
-        return torch.maximum(L, floor)
-
-
-class _Oracle:
-    r"""Affine state of a dual point and everything computed from it.
-
-    ``lin(Lam)`` is ``V = X^T (Y - Lam)`` (feature mode) or ``K (Y - Lam)`` (Gram mode,
-    only when lambda1 = 0); scores ``S = X W(Lam)`` and objectives follow from it.
-    """
-
-    def __init__(self, X, Y, lambda1, lambda2, dual_reg, gram: bool, K=None):
-        self.X, self.Y, self.l1, self.l2, self.rho = X, Y, lambda1, lambda2, dual_reg
-        self.c = dual_reg / lambda2
-        self.inv_l2 = 1.0 / lambda2
-        self.gram = gram
-        self.Delta = 1.0 - Y
-        if gram:
-            self.K = X @ X.transpose(1, 2) if K is None else K
-
-    def lin(self, Lam):
-        """Gram mode ``K (Y - Lam)`` (B, n, k); feature mode ``V^T = (Y - Lam)^T X`` (B, k, d)
-        (class-major: both products of an iteration are ~2x faster in this layout)."""
-        if self.gram:
-            return self.K @ (self.Y - Lam)
-        return ((self.Y - Lam).to(self.X.dtype).transpose(1, 2) @ self.X).to(Lam.dtype)
-
-    def lin_step(self, lin, Lam, Lam_new):
-        """``lin(Lam_new)``; with float32 X and a float64 state it is the increment
-        ``lin + (Lam - Lam_new)^T X`` (the small step survives the float32 matmul)."""
-        if self.gram or self.X.dtype == Lam.dtype:
-            return self.lin(Lam_new)
-        return lin + ((Lam - Lam_new).to(self.X.dtype).transpose(1, 2) @ self.X).to(lin.dtype)
-
-    def scores(self, lin):
-        """(S = X W, W (B, d, k) or None)."""
-        if self.gram:
-            return lin / self.l2[:, None, None], None
-        factor = bst_factor((lin * lin).sum(-2).sqrt(), self.l1)             # (B, d)
-        Wt = lin * (factor * self.inv_l2[:, None]).unsqueeze(-2)         # (B, k, d)
-        S = (self.X @ Wt.to(self.X.dtype).transpose(1, 2)).to(Wt.dtype)
-        return S, Wt.transpose(1, 2)
-
-    def gradient(self, Lam, S):
-        return self.Delta + S + self.c[:, None, None] * (self.Y - Lam)
-
-    def objectives(self, Lam, lin, S, W):
-        """(P(W(Lam)), P - D) per episode; the gap in the cancellation-free Fenchel-Young form."""
-        gap = fenchel_young_gap(S, self.Y, Lam, self.c)
-        loss = crammer_singer_loss(S, self.Y, self.c)
-        if self.gram:
-            G = self.Y - Lam
-            return loss + 0.5 * (G * S).sum((-1, -2)), gap   # lambda2/2 ||W||^2 = <G, S>/2
-        P = loss + self.l1 * row_norms(W).sum(-1) + 0.5 * self.l2 * (W * W).sum((-1, -2))
-        return P, gap
-
-
-class _StoppingRule:
-    r"""Per-episode stopping of the batched iterations.
-
-    An episode stops when its relative duality gap ``(P - D) / max(|P|, floor) <= tol``,
-    or when its best gap has not improved by 1% in ``patience`` checks (a rounding
-    floor, e.g. float32 on badly conditioned X). Stopped episodes are frozen: the
-    objective values reported for them are those of their returned point.
-    """
-
-    def __init__(self, B: int, tol: float, patience: int, dtype, device):
-        self.tol, self.patience = tol, patience
-        self.active = torch.ones(B, dtype=torch.bool, device=device)
-        self.best = torch.full((B,), torch.inf, dtype=dtype, device=device)
-        self.since = torch.zeros(B, dtype=torch.int64, device=device)
-        self.P = self.gap = None
-
-    def update(self, rel: torch.Tensor, P: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
-        """Record a check; returns the new ``active`` mask."""
-        done = ~self.active
-        improved = rel < 0.99 * self.best
-        self.best = torch.where(improved, rel, self.best)
-        self.since = torch.where(improved, torch.zeros_like(self.since), self.since + 1)
-        self.active = self.active & ~(rel <= self.tol) & (self.since < self.patience)
-        if self.P is None:
-            self.P, self.gap = P, gap
-        else:
-            self.P = torch.where(done, self.P, P)
-            self.gap = torch.where(done, self.gap, gap)
-        return self.active
 
 
 class GroupSparseSVMDual:
@@ -320,34 +218,27 @@ class GroupSparseSVMDual:
 
     # ----------------------------------------------------------------- FISTA
     def _iterate(self, X, Y, l1, l2, rho, init, K=None):
-        r"""FISTA with restart; returns (Lam, n_iter, P, gap) at the returned point.
-
-        Feature mode (some lambda1 > 0) iterates on a *working set* of features: at
-        every gap check the full ``V = X^T (Y - Lam)`` is formed, the gap is the exact
-        gap of the full problem, and the working set is rebuilt as the features with
-        ``||V_j|| > (1 - margin) lambda1`` whenever one outside it has crossed or it can
-        shrink by 20%.  Features outside have ``W_j = 0`` at the check, so the
-        iterations between checks are (in practice) exact; correctness never rests on
-        it because convergence is only declared on the full gap.
-        """
+        r"""FISTA (:mod:`metasparse.solvers.fista`) through the engine's run loop; returns
+        (Lam, n_iter, P, gap, W at the last check or None) at the returned point."""
         B, n, d = X.shape
         gram = not bool((l1 > 0).any())
         out_dtype = X.dtype
         if K is None:
             K = X.detach() @ X.detach().transpose(1, 2)
-        if gram and X.dtype != torch.float64 and not torch.is_grad_enabled():
-            # Gram mode costs O(n^2 k) per iteration: iterate in float64 on the
-            # float32 Gram matrix (float32 accumulation of K (Y - Lam) otherwise
-            # limits the attainable relative gap to ~1e-4 on 16000-d features).
-            K = K.double()
-            Y, l1, l2, rho = Y.double(), l1.double(), l2.double(), rho.double()
-            init = None if init is None else init.double()
-        if gram and not torch.is_grad_enabled():
-            Lam, n_iter, P, gap = self._iterate_gram(K, Y, l2, rho, init)
-            return Lam.to(out_dtype), n_iter, P.to(out_dtype), gap.to(out_dtype), None
-        use_ws = (not gram) and not torch.is_grad_enabled() and self.working_set
-        mixed = (not gram) and X.dtype != torch.float64 and not torch.is_grad_enabled()
-        Xit = X                                  # the features the iterations multiply by
+        grad = torch.is_grad_enabled()
+        if gram and not grad:
+            # Gram mode costs O(n^2 k) per iteration: iterate in float64 on the float32
+            # Gram matrix (float32 accumulation of K (Y - Lam) otherwise limits the
+            # attainable relative gap to ~1e-4 on 16000-d features)
+            Y64, l2_64, rho64 = Y.double(), l2.double(), rho.double()
+            solver = GramFISTA(K.double(), Y64, l2_64, rho64, self.tol, newton=self.newton)
+            state = solver.init_state(None if init is None else init.double())
+            res = engine.run(solver, state, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every,
+                             patience=self.patience, floor=1e-12 * n)
+            return (res.state.Lam.to(out_dtype), res.n_iter, res.objective.to(out_dtype), res.gap.to(out_dtype),
+                    None)
+        mixed = (not gram) and X.dtype != torch.float64 and not grad
+        X_check = X
         if mixed:
             # float32 features: iterate with a float64 state (Lam, V) and incremental
             # float32 matmuls; gap checks in float64.  Otherwise steps of size 1/L on
@@ -355,204 +246,11 @@ class GroupSparseSVMDual:
             # around 1e-4.
             Y, l1, l2, rho = Y.double(), l1.double(), l2.double(), rho.double()
             init = None if init is None else init.double()
-            K = K.double()
-            X = X.double()
-        full = _Oracle(X, Y, l1, l2, rho, gram=gram, K=K)
-        ora = full if not mixed else _Oracle(Xit, Y, l1, l2, rho, gram=False)
-        eta = (1.0 / lipschitz_constant(None, l2.detach(), rho, K=K))[:, None, None]
-        Lam = zero_weight_dual(Y, l2.detach(), rho) if init is None else init
-        lin = ora.lin(Lam)
-        Lam_prev, lin_prev = Lam, lin
-        t = torch.ones(B, dtype=Lam.dtype, device=X.device)
-        stop = _StoppingRule(B, self.tol, self.patience, Lam.dtype, X.device)
-        active = stop.active
-        n_iter = torch.zeros(B, dtype=torch.int64, device=X.device)
-        floor = 1e-12 * n
-        ws_idx, ws_size = None, d            # None: all features
-        W_last = None
-        newton_f = (use_ws or mixed) and self.newton and bool((rho > 0).all())
-        face_prev, feat_prev, n_newton = None, None, 0
-        all_active = True
-        for it in range(self.max_iter + 1):
-            if it % self.check_every == 0 or it == self.max_iter:
-                with torch.no_grad():
-                    if use_ws or mixed:
-                        # the full V (float64 in mixed mode) re-anchors the iteration state
-                        V = lin if (ws_idx is None and not mixed) else full.lin(Lam)
-                        if use_ws:
-                            nrm = (V * V).sum(-2).sqrt()                          # (B, d)
-                            need = nrm > (1.0 - self.ws_margin) * l1[:, None]
-                            m_need = max(int(need.sum(-1).max()), 1)
-                            outside = ws_idx is not None and bool(
-                                (need.sum(-1) > need.gather(1, ws_idx).sum(-1)).any())
-                            if outside or m_need < 0.8 * ws_size:
-                                ws_size = min(d, max(m_need + m_need // 8, 1))
-                                ws_idx = nrm.topk(ws_size, dim=-1).indices      # (B, m)
-                                Xw = Xit.gather(2, ws_idx[:, None, :].expand(B, n, ws_size))
-                                ora = _Oracle(Xw, Y, l1, l2, rho, gram=False)
-                                lin = V.gather(2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
-                                lin_prev = ora.lin_step(lin, Lam, Lam_prev)
-                        if ws_idx is None:
-                            lin = V
-                        else:
-                            lin = V.gather(2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
-                        S, W = full.scores(V)
-                        P, gap = full.objectives(Lam, V, S, W)
-                        if newton_f:
-                            face = Lam > 0
-                            feat = (V * V).sum(-2) > (l1 * l1)[:, None]
-                            pending = active & (gap > self.tol * torch.clamp(P.abs(), min=floor))
-                            if (n_newton < self.max_newton and face_prev is not None and bool(pending.any())
-                                    and bool((face == face_prev).all()) and bool((feat == feat_prev).all())):
-                                # stable face and active rows: D is smooth there, try Newton
-                                n_newton += 1
-                                Lam_t, V_t, S_t, W_t, P_t, gap_t = self._newton_features(full, Lam, S)
-                                acc = pending & (gap_t < gap)
-                                a3 = acc[:, None, None]
-                                Lam = torch.where(a3, Lam_t, Lam)
-                                Lam_prev = torch.where(a3, Lam, Lam_prev)
-                                t = torch.where(acc, torch.ones_like(t), t)
-                                V, S, W = torch.where(a3, V_t, V), torch.where(a3, S_t, S), torch.where(a3, W_t, W)
-                                P, gap = torch.where(acc, P_t, P), torch.where(acc, gap_t, gap)
-                                lin = V if ws_idx is None else V.gather(
-                                    2, ws_idx[:, None, :].expand(B, V.shape[1], ws_size))
-                                lin_prev = torch.where(a3, lin, lin_prev)
-                                face = Lam > 0
-                                feat = (V * V).sum(-2) > (l1 * l1)[:, None]
-                            face_prev, feat_prev = face, feat
-                        W_last = W
-                    else:
-                        S, W = ora.scores(lin.detach())
-                        P, gap = ora.objectives(Lam.detach(), lin.detach(), S, W)
-                    active = stop.update(gap / torch.clamp(P.abs(), min=floor), P, gap)
-                n_active = int(active.sum())
-                all_active = n_active == B
-                if it == self.max_iter or n_active == 0:
-                    break
-            t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            beta = ((t - 1.0) / t_next)[:, None, None]
-            Z = Lam + beta * (Lam - Lam_prev)
-            linZ = lin + beta.reshape(-1, *([1] * (lin.dim() - 1))) * (lin - lin_prev)
-            SZ, _ = ora.scores(linZ)
-            Lam_new = project_simplex(Z + eta * ora.gradient(Z, SZ))
-            lin_new = ora.lin_step(lin, Lam, Lam_new)
-            # adaptive restart: momentum pointing against the gradient mapping
-            restart = ((Z - Lam_new) * (Lam_new - Lam)).sum((-1, -2)) > 0
-            t = torch.where(restart, torch.ones_like(t), t_next).detach()
-            if all_active:   # common case: plain updates (restart only zeroes the momentum)
-                Lam_prev, lin_prev, Lam, lin = Lam, lin, Lam_new, lin_new
-            else:            # frozen (converged) episodes keep their point
-                m3 = active[:, None, None]
-                mlin = active.reshape(-1, *([1] * (lin.dim() - 1)))
-                Lam_prev = torch.where(m3, Lam, Lam_prev)
-                lin_prev = torch.where(mlin, lin, lin_prev)
-                Lam = torch.where(m3, Lam_new, Lam)
-                lin = torch.where(mlin, lin_new, lin)
-            n_iter = n_iter + active.to(torch.int64)
-        W_last = None if W_last is None else W_last.to(out_dtype).contiguous()
-        return Lam.to(out_dtype), n_iter, stop.P.to(out_dtype), stop.gap.to(out_dtype), W_last
-
-    def _iterate_gram(self, K, Y, l2, rho, init):
-        r"""lambda1 = 0 everywhere, no autograd: the FISTA step in Gram space is affine,
-
-            Lam+ = proj(Z + eta grad D(Z)) = proj(C0 + M' Z),
-            M' = (1 - eta rho/lambda2) I - (eta/lambda2) K,
-            C0 = eta (Delta + (rho/lambda2) Y) + (eta/lambda2) K Y,
-
-        one batched matmul-add per iteration (plus the projection and the restart test).
-        """
-        B, n, k = Y.shape
-        dt = K.dtype
-        eta = 1.0 / lipschitz_constant(None, l2, rho, K=K)                       # (B,)
-        c = rho / l2
-        Kp = (eta / l2)[:, None, None] * K
-        eye = torch.eye(n, dtype=dt, device=K.device)
-        Mp = (1.0 - eta * c)[:, None, None] * eye - Kp
-        C0 = eta[:, None, None] * ((1.0 - Y) + c[:, None, None] * Y) + Kp @ Y
-        ora = _Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K)
-        Lam = zero_weight_dual(Y, l2, rho) if init is None else init
-        Lam_prev = Lam
-        t = torch.ones(B, dtype=dt, device=K.device)
-        stop = _StoppingRule(B, self.tol, self.patience, dt, K.device)
-        active = stop.active
-        n_iter = torch.zeros(B, dtype=torch.int64, device=K.device)
-        floor = 1e-12 * n
-        all_active = True
-        newton = self.newton and bool((rho > 0).all())
-        face_prev, n_newton = None, 0
-        for it in range(self.max_iter + 1):
-            if it % self.check_every == 0 or it == self.max_iter:
-                lin = ora.lin(Lam)
-                S, _ = ora.scores(lin)
-                P, gap = ora.objectives(Lam, lin, S, None)
-                rel = gap / torch.clamp(P.abs(), min=floor)
-                face = Lam > 0
-                if (newton and n_newton < 3 and face_prev is not None and it > 0
-                        and bool(((rel > self.tol) & active).any())
-                        and bool((face == face_prev).all())):
-                    # the face is stable: one Newton step on it solves the QP there
-                    n_newton += 1
-                    Lam_try, P_try, gap_try = self._newton_gram(K, Y, l2, rho, Lam, S, ora)
-                    acc = active & (gap_try < gap)
-                    a3 = acc[:, None, None]
-                    Lam = torch.where(a3, Lam_try, Lam)
-                    Lam_prev = torch.where(a3, Lam, Lam_prev)
-                    t = torch.where(acc, torch.ones_like(t), t)
-                    P, gap = torch.where(acc, P_try, P), torch.where(acc, gap_try, gap)
-                    rel = gap / torch.clamp(P.abs(), min=floor)
-                    face = Lam > 0
-                face_prev = face
-                active = stop.update(rel, P, gap)
-                n_active = int(active.sum())
-                all_active = n_active == B
-                if it == self.max_iter or n_active == 0:
-                    break
-            t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            beta = ((t - 1.0) / t_next)[:, None, None]
-            Z = torch.lerp(Lam_prev, Lam, 1.0 + beta)          # Lam + beta (Lam - Lam_prev)
-            Lam_new = project_simplex(torch.baddbmm(C0, Mp, Z))
-            restart = ((Z - Lam_new) * (Lam_new - Lam)).sum((-1, -2)) > 0
-            t = torch.where(restart, torch.ones_like(t), t_next)
-            if all_active:
-                Lam_prev, Lam = Lam, Lam_new
-            else:
-                m3 = active[:, None, None]
-                Lam_prev = torch.where(m3, Lam, Lam_prev)
-                Lam = torch.where(m3, Lam_new, Lam)
-            n_iter = n_iter + active.to(torch.int64)
-        return Lam, n_iter, stop.P, stop.gap
-
-    @staticmethod
-    def _newton_gram(K, Y, l2, rho, Lam, S, ora):
-        r"""Newton step on the current face (lambda1 = 0, rho > 0): maximise the quadratic
-        dual on ``Lam + T``: ``(P M P) delta = P grad D(Lam)``, ``M = (K (x) I + rho I)/lambda2``;
-        the result is projected back onto the simplices and returned with its (P, gap)."""
-        from .implicit import _face_blocks, _solve_on_face
-        B, n, k = Lam.shape
-        eye_k = torch.eye(k, dtype=K.dtype, device=K.device)
-        M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).reshape(B, n * k, n * k)
-        M = (M + rho[:, None, None] * torch.eye(n * k, dtype=K.dtype, device=K.device)) / l2[:, None, None]
-        g = ora.gradient(Lam, S)
-        delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
-        Lam_try = project_simplex(Lam + delta)
-        lin = ora.lin(Lam_try)
-        S_try, _ = ora.scores(lin)
-        P, gap = ora.objectives(Lam_try, lin, S_try, None)
-        return Lam_try, P, gap
-
-    @staticmethod
-    def _newton_features(full, Lam, S):
-        r"""Newton step of the dual on the current face with the active rows of W fixed
-        (where D is smooth): ``(P M P) delta = P grad D(Lam)`` with ``M`` the dual Hessian
-        (:func:`metasparse.solvers.implicit.dual_hessian`), projected back onto the
-        simplices; returns the new point with its V, S, W, P, gap."""
-        from .implicit import _face_blocks, _solve_on_face, dual_hessian
-        B, n, k = Lam.shape
-        M = dual_hessian(Lam, full.X, full.Y, full.l1, full.l2, full.rho)
-        g = full.gradient(Lam, S)
-        delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
-        Lam_t = project_simplex(Lam + delta)
-        V_t = full.lin(Lam_t)
-        S_t, W_t = full.scores(V_t)
-        P_t, gap_t = full.objectives(Lam_t, V_t, S_t, W_t)
-        return Lam_t, V_t, S_t, W_t, P_t, gap_t
+            K, X_check = K.double(), X.double()
+        solver = FeatureFISTA(X, X_check, Y, l1, l2, rho, K, self.tol, self.working_set and not gram,
+                              self.ws_margin, self.newton)
+        res = engine.run(solver, solver.init_state(init), tol=self.tol, max_iter=self.max_iter,
+                         check_every=self.check_every, patience=self.patience, floor=1e-12 * n)
+        W_last = None if solver.W_last is None else solver.W_last.to(out_dtype).contiguous()
+        return (res.state.Lam.to(out_dtype), res.n_iter, res.objective.to(out_dtype), res.gap.to(out_dtype),
+                W_last)
