@@ -13,7 +13,16 @@ one feature across the k outputs; k = 1 is the Lasso).  This is sklearn's
 Solver: FISTA with gradient-based adaptive restart on the Gram form
 ``grad = G W - c + ridge W``, ``G = Fc^T Fc / n``, ``c = Fc^T Yc / n``, step ``1/L``
 with ``L = lambda_max(G) + ridge``, proximal step = row-wise block soft-thresholding
-``BST(v, t) = max(0, 1 - t/||v||) v``.  Runs without autograd.
+``BST(v, t) = max(0, 1 - t/||v||) v``, run by the engine of
+:mod:`metasparse.solvers.engine` (per-task freezing).  Runs without autograd.  A task
+stops when its relative duality gap is below ``tol``: with ``Z = c - G W`` and
+``h(W) = lam ||W||_{2,1} + (ridge/2) ||W||^2``, the gap of ``W`` is the Fenchel-Young gap
+
+    P(W) - D = h(W) + h*(Z) - <W, Z>,   h*(Z) = sum_j max(0, ||Z_j|| - lam)^2 / (2 ridge)
+
+for ``ridge > 0``; for ``ridge = 0`` the dual point ``theta = s (Yc - Fc W)/n`` is scaled
+into the feasible set (``s = min(1, lam / max_j ||Z_j||)``) and
+``gap = P(W) - [s (y2 - <c, W>) - s^2/2 (y2 - 2 <c, W> + <W, G W>)]``, ``y2 = ||Yc||^2/n``.
 
 Gradients (implicit function theorem on the active set ``A = {j : W[j,:] != 0}``):
 the solution satisfies ``r(W; G, c, lam) = G W - c + ridge W + lam W_j/||W_j|| = 0`` on
@@ -32,6 +41,7 @@ from typing import Optional, Union
 
 import torch
 
+from . import engine
 from .objectives import bst_factor
 
 __all__ = ["GroupLassoSolution", "group_lasso_lambda_max", "solve_group_lasso", "ridge_regression",
@@ -41,14 +51,16 @@ __all__ = ["GroupLassoSolution", "group_lasso_lambda_max", "solve_group_lasso", 
 @dataclass
 class GroupLassoSolution:
     """weights (B, d, k); intercept (B, k); active (B, d) bool rows != 0; lam (B,);
-    n_iter: FISTA iterations run; max_change: last max |W_{i+1} - W_i| / max(1, |W|)."""
+    n_iter: FISTA iterations of the slowest task; rel_gap (B,) relative duality gap of
+    the returned weights; converged (B,) bool ``rel_gap <= tol`` (None: closed form)."""
 
     weights: torch.Tensor
     intercept: torch.Tensor
     active: torch.Tensor
     lam: torch.Tensor
     n_iter: int = 0
-    max_change: float = 0.0
+    rel_gap: Optional[torch.Tensor] = None
+    converged: Optional[torch.Tensor] = None
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         """``features @ W + b``: (B, n, d) -> (B, n, k)."""
@@ -84,14 +96,14 @@ def _moments(features, targets, fit_intercept: bool):
         fc, yc = features, targets
     gram = fc.transpose(1, 2) @ fc / n
     corr = fc.transpose(1, 2) @ yc / n
-    return gram, corr, f_mean, y_mean
+    return gram, corr, f_mean, y_mean, (yc * yc).sum((1, 2)) / n
 
 
 def group_lasso_lambda_max(features: torch.Tensor, targets: torch.Tensor, fit_intercept: bool = True
                            ) -> torch.Tensor:
     """(B,) smallest ``lam`` with ``W = 0``: ``max_j ||(Fc^T Yc)[j, :]||_2 / n``."""
     features, targets = _check(features, targets)
-    _, corr, _, _ = _moments(features, targets, fit_intercept)
+    _, corr, _, _, _ = _moments(features, targets, fit_intercept)
     return corr.norm(dim=2).amax(1)
 
 
@@ -120,28 +132,54 @@ def _resolve_lam(lam, lambda_ratio, features, targets, fit_intercept) -> torch.T
     return lam_t.to(features.dtype).expand(b) if lam_t.dim() == 0 else lam_t.to(features.dtype)
 
 
-@torch.no_grad()
-def _fista(gram, corr, lam, ridge, max_iter, tol, init):
-    b, d, k = corr.shape
-    lip = torch.linalg.eigvalsh(gram)[:, -1] + ridge                   # (B,)
-    lip = lip.clamp_min(torch.finfo(gram.dtype).eps)[:, None, None]
-    thr = lam[:, None, None] / lip
-    w = torch.zeros_like(corr) if init is None else init.detach().clone()
-    v, t = w.clone(), torch.ones(b, 1, 1, dtype=gram.dtype, device=gram.device)
-    change, it = float("inf"), 0
-    for it in range(1, max_iter + 1):
-        grad = gram @ v - corr + ridge * v
-        w_new = block_soft_threshold(v - grad / lip, thr)
+@dataclass
+class _FISTAState:
+    W: torch.Tensor      # (B, d, k) current point
+    V: torch.Tensor      # (B, d, k) extrapolated point
+    t: torch.Tensor      # (B, 1, 1) momentum
+
+
+class GroupLassoFISTA:
+    """FISTA with adaptive restart on the Gram form, as an engine solver (module doc)."""
+
+    def __init__(self, gram, corr, y2, lam, ridge: float):
+        self.G, self.c, self.y2, self.lam, self.ridge = gram, corr, y2, lam, ridge
+        lip = torch.linalg.eigvalsh(gram)[:, -1] + ridge                           # (B,)
+        self.lip = lip.clamp_min(torch.finfo(gram.dtype).eps)[:, None, None]
+        self.thr = lam[:, None, None] / self.lip
+
+    def init_state(self, init=None) -> _FISTAState:
+        W = torch.zeros_like(self.c) if init is None else init.detach().clone()
+        return _FISTAState(W=W, V=W.clone(), t=torch.ones(W.shape[0], 1, 1, dtype=W.dtype, device=W.device))
+
+    def update(self, s: _FISTAState) -> _FISTAState:
+        grad = self.G @ s.V - self.c + self.ridge * s.V
+        W_new = block_soft_threshold(s.V - grad / self.lip, self.thr)
         # adaptive restart (O'Donoghue & Candes): reset momentum when it points uphill
-        restart = ((v - w_new) * (w_new - w)).sum((1, 2), keepdim=True) > 0
-        t = torch.where(restart, torch.ones_like(t), t)
+        restart = ((s.V - W_new) * (W_new - s.W)).sum((1, 2), keepdim=True) > 0
+        t = torch.where(restart, torch.ones_like(s.t), s.t)
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
-        v = w_new + ((t - 1) / t_new) * (w_new - w)
-        change = float(((w_new - w).abs().amax((1, 2)) / w_new.abs().amax((1, 2)).clamp_min(1.0)).max())
-        w, t = w_new, t_new
-        if change < tol:
-            break
-    return w, it, change
+        return _FISTAState(W=W_new, V=W_new + ((t - 1) / t_new) * (W_new - s.W), t=t_new)
+
+    def check(self, s: _FISTAState, active=None):
+        """(P(W), P - D) per task (module doc)."""
+        W = s.W
+        GW = self.G @ W
+        Z = self.c - GW
+        norms_w, norms_z = W.norm(dim=2), Z.norm(dim=2)
+        h = self.lam * norms_w.sum(1) + 0.5 * self.ridge * (W * W).sum((1, 2))
+        wgw, q = (W * GW).sum((1, 2)), (W * self.c).sum((1, 2))
+        P = 0.5 * wgw - q + 0.5 * self.y2 + h
+        if self.ridge > 0:
+            hstar = (torch.clamp(norms_z - self.lam[:, None], min=0.0) ** 2).sum(1) / (2 * self.ridge)
+            gap = h + hstar - (W * Z).sum((1, 2))
+        else:
+            zmax = norms_z.amax(1)
+            sc = torch.where(zmax > self.lam, self.lam / torch.clamp(zmax, min=torch.finfo(W.dtype).tiny),
+                             torch.ones_like(zmax))
+            D = sc * (self.y2 - q) - 0.5 * sc * sc * (self.y2 - 2 * q + wgw)
+            gap = P - D
+        return s, P, torch.clamp(gap, min=0.0)
 
 
 def _implicit_hessian(gram, w, lam, ridge, active):
@@ -166,20 +204,28 @@ def _implicit_hessian(gram, w, lam, ridge, active):
 
 def solve_group_lasso(features: torch.Tensor, targets: torch.Tensor, lam: Union[float, torch.Tensor, None] = None,
                       *, lambda_ratio: Union[float, torch.Tensor, None] = None, ridge: float = 0.0,
-                      fit_intercept: bool = True, max_iter: int = 1000, tol: float = 1e-7,
-                      init: Optional[torch.Tensor] = None) -> GroupLassoSolution:
+                      fit_intercept: bool = True, max_iter: int = 1000, tol: float = 1e-6,
+                      init: Optional[torch.Tensor] = None, check_every: int = 10,
+                      patience: int = 20) -> GroupLassoSolution:
     """Solve the batched group-Lasso (module doc); differentiable in ``features``,
     ``targets`` and ``lam`` when they require grad.
 
     features (B, n, d); targets (B, n) or (B, n, k); ``lam`` a float or (B,) tensor, or
     ``lambda_ratio`` = lam / lambda_max(task) (lambda_max treated as a constant).
+    A task stops at relative duality gap ``tol`` (checked every ``check_every``
+    iterations), after ``max_iter`` iterations, or when its gap has not improved by 1%
+    in ``patience`` checks; ``converged`` says which.
     """
     features, targets = _check(features, targets)
     if ridge < 0:
         raise ValueError(f"ridge must be >= 0, got {ridge}")
     lam_t = _resolve_lam(lam, lambda_ratio, features, targets, fit_intercept)
-    gram, corr, f_mean, y_mean = _moments(features, targets, fit_intercept)
-    w_star, n_iter, change = _fista(gram.detach(), corr.detach(), lam_t.detach(), ridge, max_iter, tol, init)
+    gram, corr, f_mean, y_mean, y2 = _moments(features, targets, fit_intercept)
+    with torch.no_grad():
+        solver = GroupLassoFISTA(gram.detach(), corr.detach(), y2.detach(), lam_t.detach(), ridge)
+        res = engine.run(solver, solver.init_state(init), tol=tol, max_iter=max_iter, check_every=check_every,
+                         patience=patience, floor=torch.finfo(gram.dtype).tiny)
+    w_star = res.state.W
     active = w_star.norm(dim=2) > 0
     needs_grad = torch.is_grad_enabled() and (gram.requires_grad or corr.requires_grad or lam_t.requires_grad)
     if needs_grad:
@@ -193,7 +239,8 @@ def solve_group_lasso(features: torch.Tensor, targets: torch.Tensor, lam: Union[
     else:
         weights = w_star
     intercept = (y_mean - f_mean @ weights)[:, 0, :]
-    return GroupLassoSolution(weights, intercept, active, lam_t.detach(), n_iter, change)
+    return GroupLassoSolution(weights, intercept, active, lam_t.detach(), int(res.n_iter.max()), res.rel_gap,
+                              res.converged)
 
 
 def ridge_regression(features: torch.Tensor, targets: torch.Tensor, lam: Union[float, torch.Tensor],
@@ -205,10 +252,10 @@ def ridge_regression(features: torch.Tensor, targets: torch.Tensor, lam: Union[f
     if (lam_t < 0).any():
         raise ValueError(f"ridge lam must be >= 0, got {lam}")
     lam_t = lam_t.to(features.dtype).expand(features.shape[0]) if lam_t.dim() == 0 else lam_t.to(features.dtype)
-    gram, corr, f_mean, y_mean = _moments(features, targets, fit_intercept)
+    gram, corr, f_mean, y_mean, _ = _moments(features, targets, fit_intercept)
     d = gram.shape[-1]
     eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
     weights = torch.linalg.solve(gram + lam_t[:, None, None] * eye, corr)
     intercept = (y_mean - f_mean @ weights)[:, 0, :]
     active = torch.ones(weights.shape[:2], dtype=torch.bool, device=weights.device)
-    return GroupLassoSolution(weights, intercept, active, lam_t.detach(), 0, 0.0)
+    return GroupLassoSolution(weights, intercept, active, lam_t.detach(), 0)
