@@ -26,10 +26,12 @@ with ``A`` the dual optima at ``W = 0``:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
+from . import engine
 from .objectives import as_episode_vector, dual_features, row_norms, zero_weight_dual
 from .simplex import project_simplex
 from .threads import solver_threads
@@ -89,50 +91,81 @@ def _lambda_max_hinge(X, Y, rtol: float, max_iter: int, working_set: int = 256):
         m = min(d, 2 * m)
 
 
-def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, check_every: int = 10):
-    B, n, d = X.shape
-    dtype = X.dtype
-    k = Y.shape[-1]
-    XtY = X.transpose(1, 2) @ Y
-    sig = torch.linalg.eigvalsh(X @ X.transpose(1, 2))[..., -1].clamp(min=0.0).sqrt()
-    sig = torch.where(sig > 0, sig, torch.ones_like(sig))
-    # balance the primal (Lam: entries O(1), n rows) and dual (U: unit group-l1) scales
-    omega = torch.full_like(sig, float(n) ** 0.5)
-    tau = (0.95 / sig * omega)[:, None, None]
-    sigma = (0.95 / sig / omega)[:, None, None]
+@dataclass
+class _PDHGState:
+    Lam: torch.Tensor         # (B, n, k) primal iterate (rows in A)
+    U: torch.Tensor           # (B, d, k) dual iterate (group-l1 ball)
+    sum_lam: torch.Tensor     # running sums since the last restart (ergodic averages)
+    sum_u: torch.Tensor
+    cnt: torch.Tensor         # (B,) iterations since the last restart
+    best_up: torch.Tensor     # (B,) best certified upper bound and its Lam
+    best_lam: torch.Tensor
+    best_lo: torch.Tensor     # (B,) best certified lower bound
+    restart_gap: torch.Tensor  # (B,) certified gap at the last restart
 
-    Lam = Lam_init
-    U = torch.zeros(B, d, k, dtype=dtype, device=X.device)
-    V = XtY - X.transpose(1, 2) @ Lam
-    best_up = row_norms(V).amax(-1)
-    best_lam = Lam.clone()
-    best_lo = torch.full_like(best_up, -torch.inf)
-    sum_lam, sum_u, cnt = torch.zeros_like(Lam), torch.zeros_like(U), 0
-    last_restart_gap = best_up.clone()
-    for it in range(1, max_iter + 1):
-        XU = X @ U
-        Lam_new = project_wrong_classes(Lam + tau * XU, Y)
-        Lam_bar = 2.0 * Lam_new - Lam
-        U = project_group_l1_ball(U + sigma * (XtY - X.transpose(1, 2) @ Lam_bar))
-        Lam = Lam_new
-        sum_lam, sum_u, cnt = sum_lam + Lam, sum_u + U, cnt + 1
-        if it % check_every == 0 or it == max_iter:
-            avg_lam, avg_u = sum_lam / cnt, sum_u / cnt
-            for L_c, U_c in ((Lam, U), (avg_lam, avg_u)):
-                up = row_norms(XtY - X.transpose(1, 2) @ L_c).amax(-1)
-                better = up < best_up
-                best_up = torch.where(better, up, best_up)
-                best_lam = torch.where(better[:, None, None], L_c, best_lam)
-                best_lo = torch.maximum(best_lo, _lower_bound(X @ U_c, Y))
-            gap = best_up - best_lo
-            if bool((gap <= rtol * best_up).all()):
-                break
-            # adaptive restart to the average when the certified gap has halved
-            if bool((gap <= 0.5 * last_restart_gap).any()):
-                Lam, U = avg_lam, avg_u
-                sum_lam, sum_u, cnt = torch.zeros_like(Lam), torch.zeros_like(U), 0
-                last_restart_gap = gap
-    return best_up, best_lam, best_lo
+
+class _HingePDHG:
+    r"""Primal-dual hybrid gradient (Chambolle-Pock) on the bilinear saddle point of the
+    module docstring, as an engine solver: ``update`` is one PDHG step, ``check``
+    evaluates the certified bounds at the iterate and at the ergodic average, and
+    restarts an episode at its average when its certified gap has halved."""
+
+    def __init__(self, X, Y):
+        B, n, d = X.shape
+        self.X, self.Y = X, Y
+        self.XtY = X.transpose(1, 2) @ Y
+        sig = torch.linalg.eigvalsh(X @ X.transpose(1, 2))[..., -1].clamp(min=0.0).sqrt()
+        sig = torch.where(sig > 0, sig, torch.ones_like(sig))
+        # balance the primal (Lam: entries O(1), n rows) and dual (U: unit group-l1) scales
+        omega = float(n) ** 0.5
+        self.tau = (0.95 / sig * omega)[:, None, None]
+        self.sigma = (0.95 / sig / omega)[:, None, None]
+
+    def init_state(self, Lam) -> _PDHGState:
+        B, n, d = self.X.shape
+        U = torch.zeros(B, d, self.Y.shape[-1], dtype=self.X.dtype, device=self.X.device)
+        up = row_norms(self.XtY - self.X.transpose(1, 2) @ Lam).amax(-1)
+        return _PDHGState(Lam=Lam, U=U, sum_lam=torch.zeros_like(Lam), sum_u=torch.zeros_like(U),
+                          cnt=torch.zeros_like(up), best_up=up, best_lam=Lam.clone(),
+                          best_lo=torch.full_like(up, -torch.inf), restart_gap=up.clone())
+
+    def update(self, s: _PDHGState) -> _PDHGState:
+        X = self.X
+        Lam = project_wrong_classes(s.Lam + self.tau * (X @ s.U), self.Y)
+        U = project_group_l1_ball(s.U + self.sigma * (self.XtY - X.transpose(1, 2) @ (2.0 * Lam - s.Lam)))
+        return _PDHGState(Lam=Lam, U=U, sum_lam=s.sum_lam + Lam, sum_u=s.sum_u + U, cnt=s.cnt + 1,
+                          best_up=s.best_up, best_lam=s.best_lam, best_lo=s.best_lo, restart_gap=s.restart_gap)
+
+    def check(self, s: _PDHGState, active=None):
+        X, Y = self.X, self.Y
+        cnt = torch.clamp(s.cnt, min=1.0)[:, None, None]
+        avg_lam, avg_u = s.sum_lam / cnt, s.sum_u / cnt
+        best_up, best_lam, best_lo = s.best_up, s.best_lam, s.best_lo
+        started = s.cnt > 0
+        for L_c, U_c in ((s.Lam, s.U), (avg_lam, avg_u)):
+            up = row_norms(self.XtY - X.transpose(1, 2) @ L_c).amax(-1)
+            better = started & (up < best_up)
+            best_up = torch.where(better, up, best_up)
+            best_lam = torch.where(better[:, None, None], L_c, best_lam)
+            best_lo = torch.where(started, torch.maximum(best_lo, _lower_bound(X @ U_c, Y)), best_lo)
+        gap = best_up - best_lo
+        # adaptive restart to the average where the certified gap has halved
+        rs = started & (gap <= 0.5 * s.restart_gap)
+        r3 = rs[:, None, None]
+        s = _PDHGState(Lam=torch.where(r3, avg_lam, s.Lam), U=torch.where(r3, avg_u, s.U),
+                       sum_lam=torch.where(r3, torch.zeros_like(s.sum_lam), s.sum_lam),
+                       sum_u=torch.where(r3, torch.zeros_like(s.sum_u), s.sum_u),
+                       cnt=torch.where(rs, torch.zeros_like(s.cnt), s.cnt), best_up=best_up, best_lam=best_lam,
+                       best_lo=best_lo, restart_gap=torch.where(rs, gap, s.restart_gap))
+        return s, best_up, gap
+
+
+def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, check_every: int = 10):
+    """Certified (upper, Lam, lower) on the features X by :class:`_HingePDHG`."""
+    solver = _HingePDHG(X, Y)
+    res = engine.run(solver, solver.init_state(Lam_init), tol=rtol, max_iter=max_iter, check_every=check_every,
+                     patience=max_iter + 1, floor=torch.finfo(X.dtype).tiny)
+    return res.state.best_up, res.state.best_lam, res.state.best_lo
 
 
 def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float = 5e-3,
