@@ -8,7 +8,9 @@
 #   3. learn2learn 0.2.0 built from its sdist with freshly generated Cython output
 #      (the C files shipped on PyPI do not compile on Python 3.11), then the
 #      packages it imports at run time (gym, requests, scipy, qpth)
-#   4. this package in editable mode with the [dev] extras
+#   4. this package in editable mode with the [dev] and [bench] extras ([bench]: torchopt
+#      0.7.x for scripts/head_baselines.py; it requires only torch>=1.13, so the pinned
+#      torch/torchvision and numpy<2 are left as they are)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -54,7 +56,7 @@ if ! "$PY" -c "import learn2learn" >/dev/null 2>&1; then
   "$PY" -c "import learn2learn" 
 fi
 
-echo "[setup] metasparse (editable, with dev extras)"
-"${PIP[@]}" install -q -e ".[dev]"
+echo "[setup] metasparse (editable, with dev and bench extras)"
+"${PIP[@]}" install -q -e ".[dev,bench]"
 touch "$STAMP"
 echo "[setup] done"
