@@ -235,8 +235,8 @@ class GroupSparseSVMDual:
             state = solver.init_state(None if init is None else init.double())
             res = engine.run(solver, state, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every,
                              patience=self.patience, floor=1e-12 * n)
-            return (res.state.Lam.to(out_dtype), res.n_iter, res.objective.to(out_dtype), res.gap.to(out_dtype),
-                    None)
+            state, P, gap = solver.finalize(res.state)
+            return state.Lam.to(out_dtype), res.n_iter, P.to(out_dtype), gap.to(out_dtype), None
         mixed = (not gram) and X.dtype != torch.float64 and not grad
         X_check = X
         if mixed:

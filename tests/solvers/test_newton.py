@@ -71,3 +71,26 @@ def test_working_set_gradient_matches_finite_differences():
     # only active features (non-zero rows of W*) receive a gradient
     active = sol.weights.detach().abs().sum(-1) > 0
     assert bool((g.abs().sum(1)[~active] == 0).all()) and bool((g.abs().sum(1)[active] > 0).any())
+
+
+def test_svm_gradient_exact_after_newton_at_tight_tolerance():
+    """lambda1 = 0 (Gram FISTA + Newton): the Newton step can leave ~1e-17 where the dual
+    is exactly 0; the returned point must have exact zeros, or the implicit backward
+    reads a wrong face (regression: gradients were 10-100% off at tol 1e-8)."""
+    from metasparse.heads import SVMHead
+    g = torch.Generator().manual_seed(1)
+    S = torch.randn(3, 10, 16, generator=g, dtype=torch.float64)
+    Q = torch.randn(3, 15, 16, generator=g, dtype=torch.float64)
+    labels = torch.arange(5).repeat(2)[None].expand(3, -1).contiguous()
+    head = SVMHead(C_reg=0.1, tol=1e-8)
+
+    def loss(Sx):
+        return head(Q, Sx, labels, 5).square().sum()
+
+    Sv = S.clone().requires_grad_()
+    grad, = torch.autograd.grad(loss(Sv), Sv)
+    eps = 1e-6
+    for seed in range(3):
+        D = torch.randn(S.shape, generator=torch.Generator().manual_seed(10 + seed), dtype=torch.float64)
+        fd = (loss(S + eps * D) - loss(S - eps * D)) / (2 * eps)
+        assert abs(float((grad * D).sum()) - float(fd)) <= 1e-5 * max(1.0, abs(float(fd)))
