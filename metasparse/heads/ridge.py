@@ -30,5 +30,7 @@ class RidgeHead(Head):
         Y = one_hot(support_labels, n_way, support.dtype)
         K = support @ support.transpose(1, 2)
         K = K + self.lambda_reg * torch.eye(n, dtype=support.dtype, device=support.device)
-        W = support.transpose(1, 2) @ torch.linalg.solve(K, Y)
+        # K is symmetric positive definite: Cholesky (differentiable; batched LU in
+        # torch 2.14.1 returns corrupt pivots on CPU with several threads for n >~ 200)
+        W = support.transpose(1, 2) @ torch.cholesky_solve(Y, torch.linalg.cholesky(K))
         return HeadFit(weights=W, active=(W.detach() != 0).any(-1))

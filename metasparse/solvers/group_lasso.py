@@ -234,7 +234,9 @@ def solve_group_lasso(features: torch.Tensor, targets: torch.Tensor, lam: Union[
         norm = w_star.norm(dim=2, keepdim=True).clamp_min(torch.finfo(w_star.dtype).tiny)
         resid = gram @ w_star - corr + ridge * w_star + lam_t[:, None, None] * w_star / norm
         resid = torch.where(mask.reshape(b, d, k), resid, torch.zeros_like(resid)).reshape(b, d * k, 1)
-        step = torch.linalg.solve(h, resid).reshape(b, d, k)
+        # h is symmetric positive definite: Cholesky (batched LU in torch 2.14.1 returns
+        # corrupt pivots on CPU with several threads for systems of ~200 and more)
+        step = torch.cholesky_solve(resid, torch.linalg.cholesky(h)).reshape(b, d, k)
         weights = torch.where(active[:, :, None], w_star - step, torch.zeros_like(step))
     else:
         weights = w_star
@@ -255,7 +257,7 @@ def ridge_regression(features: torch.Tensor, targets: torch.Tensor, lam: Union[f
     gram, corr, f_mean, y_mean, _ = _moments(features, targets, fit_intercept)
     d = gram.shape[-1]
     eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
-    weights = torch.linalg.solve(gram + lam_t[:, None, None] * eye, corr)
+    weights = torch.cholesky_solve(corr, torch.linalg.cholesky(gram + lam_t[:, None, None] * eye))
     intercept = (y_mean - f_mean @ weights)[:, 0, :]
     active = torch.ones(weights.shape[:2], dtype=torch.bool, device=weights.device)
     return GroupLassoSolution(weights, intercept, active, lam_t.detach(), 0)

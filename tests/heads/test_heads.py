@@ -111,3 +111,23 @@ def test_non_finite_query_raises():
         for head in (GroupSparseSVMHead(lambda_ratio=0.9), RidgeHead(), ProtoNetHead()):
             with pytest.raises(ValueError, match="query"):
                 head.double()(Qb, S, labels, k)
+
+
+def test_ridge_head_large_support_with_two_threads():
+    """Batched LU in torch 2.14.1 returns corrupt pivots on CPU with several threads for
+    n >~ 200; the ridge head solves its SPD system by Cholesky instead."""
+    import numpy as np
+    from metasparse.heads import RidgeHead
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        S = torch.randn(4, 250, 40, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 5, (4, 250), generator=g)
+        W = RidgeHead(lambda_reg=50.0).fit(S, labels, 5).weights
+    finally:
+        torch.set_num_threads(old)
+    for b in range(4):
+        X, Y = S[b].numpy(), np.eye(5)[labels[b].numpy()]
+        ref = X.T @ np.linalg.solve(X @ X.T + 50.0 * np.eye(250), Y)
+        assert np.allclose(W[b].numpy(), ref, atol=1e-10)
