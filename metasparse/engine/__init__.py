@@ -1,0 +1,1 @@
+"""Meta-training, meta-testing and head comparison (the engine behind the CLI)."""
