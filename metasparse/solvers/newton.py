@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -251,13 +251,15 @@ class DualHessian:
         """
         B, n, km = cls.shape
         k = km + 1
-        C = (torch.nn.functional.one_hot(cls, k) - torch.nn.functional.one_hot(ref, k)[:, :, None, :]).to(self.Ka.dtype)
+        dt = self.solve_dtype
+        C = (torch.nn.functional.one_hot(cls, k) - torch.nn.functional.one_hot(ref, k)[:, :, None, :]).to(dt)
         Cf = C.reshape(B, n * km, k)
-        R = (Cf @ (self.VA * self.c.sqrt()[:, None, :])).reshape(B, n, km, -1) * self.XA[:, :, None, :]
-        R = R.reshape(B, n * km, -1).to(self.solve_dtype)
+        R = (Cf @ (self.VA * self.c.sqrt()[:, None, :]).to(dt)).reshape(B, n, km, -1) * self.XA.to(dt)[:, :, None, :]
+        R = R.reshape(B, n * km, -1)
         pattern = (Cf @ Cf.transpose(1, 2)).reshape(B, n, km, n, km)
-        H = R @ R.transpose(1, 2) + (self.Ka[:, :, None, :, None] * pattern).reshape(B, n * km, n * km).to(R.dtype)
-        return H / self.l2[:, None, None].to(R.dtype)
+        H = torch.baddbmm((self.Ka.to(dt)[:, :, None, :, None] * pattern).reshape(B, n * km, n * km), R,
+                          R.transpose(1, 2))
+        return H / self.l2[:, None, None].to(dt)
 
 
 def _on_face(H: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
@@ -289,14 +291,14 @@ def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation, face_iters: int = 3
+def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation, face_iters: int = 1
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""``(Lam_N, Lam+)``: the maximiser of the quadratic model of D over the simplices
     (approximately) and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
 
     The model ``q(x) = g^T (x - Lam) - 1/2 (x - Lam)^T M (x - Lam)`` is maximised on the
     affine hull of a face (a dense solve in the basis of :func:`_face_basis`), starting
-    from the face of ``Lam+``; up to ``face_iters`` primal-dual active-set updates then
+    from the face of ``Lam+``; ``face_iters`` primal-dual active-set updates then
     drop the entries that came out negative and add the zero entries whose model
     gradient exceeds the row's multiplier ``mu_i`` (the value of ``grad q`` on the face),
     and solve again (same Hessian, new mask).  The reference class of each sample (the
@@ -356,6 +358,7 @@ class NewtonState:
     Lam: torch.Tensor
     prob: RestrictedProblem
     fresh: bool = False     # the working set was just built at Lam: no full pass needed
+    ev: Optional[Evaluation] = None   # evaluation at Lam on prob (set by check, used by update)
 
 
 class WorkingSetNewton:
@@ -385,7 +388,7 @@ class WorkingSetNewton:
         return NewtonState(Lam=Lam0, prob=prob, fresh=True)
 
     def update(self, state: NewtonState) -> NewtonState:
-        ev = evaluate(state.prob, state.Lam)
+        ev = state.ev if state.ev is not None else evaluate(state.prob, state.Lam)
         Lam_N, Lp = newton_direction(state.prob, state.Lam, ev)
         Lam, _ = projected_search(state.prob, state.Lam, Lam_N, Lp)
         return NewtonState(Lam=Lam, prob=state.prob)
@@ -406,11 +409,11 @@ class WorkingSetNewton:
         prob = state.prob
         if state.fresh:      # built from this point's norms: certify from the next check on
             ev = evaluate(prob, state.Lam)
-            return NewtonState(Lam=state.Lam, prob=prob), ev.P, torch.full_like(ev.gap, math.inf)
+            return NewtonState(Lam=state.Lam, prob=prob, ev=ev), ev.P, torch.full_like(ev.gap, math.inf)
         norms, viol = feature_violations(self.X, self.Y, state.Lam, prob)
         covered = torch.ones_like(viol[:, 0])
         if bool(viol.any()):
             prob, covered = grow_working_set(prob, self.X, norms, viol)
         ev = evaluate(prob, state.Lam)
         gap = torch.where(covered, ev.gap, torch.full_like(ev.gap, math.inf))
-        return NewtonState(Lam=state.Lam, prob=prob), ev.P, gap
+        return NewtonState(Lam=state.Lam, prob=prob, ev=ev), ev.P, gap
