@@ -172,6 +172,10 @@ def published_baselines(args, qry, support, labels, qlabels, device, gs_out, svm
     err = lambda W, ref: float(relative_w_error(W.detach().double(), ref).max())
     row["gs_w_err"] = err(gs_out.fit.weights, ref_gs)
     row["svm_w_err"] = err(svm_out.fit.weights, ref_svm)
+    # warm-up (imports, first-call allocations) outside the timings
+    metaoptnet_svm_cs(qry[:1], support[:1], labels[:1], way, C_reg=1.0 / args.lambda2)
+    paper_pgd_head(qry[:1], support[:1], labels[:1], way, n_steps=1, lambda_ratio=args.lambda_ratio,
+                   lambda2=args.lambda2, dual_reg=args.dual_reg)
     t, W = timed(lambda q, s, l, w: metaoptnet_svm_cs(q, s, l, w, C_reg=1.0 / args.lambda2),
                  qry, support, labels, qlabels, way, device, args.repeats)
     row.update(metaoptnet_qpth_s=t, metaoptnet_qpth_w_err=err(W, ref_svm))
