@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
+from .atomic import atomic_write
 from .sampler import EpisodeSampler, make_batch, resolve_transform
 from .sources.base import FewShotSource
 from .types import EpisodeBatch
@@ -101,20 +101,6 @@ def sample_fixed_episodes(source: FewShotSource, way: int, shot: int, query: int
                          torch.cat([p[2] for p in parts]), len(source), labels_fingerprint(source))
 
 
-def _atomic_write(path: str, write: Callable) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 _META = ("dataset", "split", "way", "shot", "query", "n_examples", "labels_sha1")
 _ARRAYS = ("class_ids", "support_index", "query_index")
 
@@ -126,10 +112,10 @@ def save_episodes(path, episodes: FixedEpisodes) -> None:
     meta = {k: getattr(episodes, k) for k in _META}
     if ext == ".json":
         doc = {"format": FORMAT, **meta, **{k: getattr(episodes, k).tolist() for k in _ARRAYS}}
-        _atomic_write(path, lambda f: f.write(json.dumps(doc, separators=(",", ":")).encode()))
+        atomic_write(path, lambda f: f.write(json.dumps(doc, separators=(",", ":")).encode()))
     elif ext == ".pt":
         doc = {"format": FORMAT, **meta, **{k: getattr(episodes, k).to(torch.int64) for k in _ARRAYS}}
-        _atomic_write(path, lambda f: torch.save(doc, f))
+        atomic_write(path, lambda f: torch.save(doc, f))
     else:
         raise ValueError(f"{path}: episode files must end in .json or .pt")
 

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import torch
@@ -37,7 +36,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from episodes.atomic import atomic_write_text  # noqa: E402
 from metasparse.heads import GroupSparseSVMHead, SVMHead  # noqa: E402
+from metasparse.plots import save_figure  # noqa: E402
 
 
 def features(B, n, d, generator, device, dtype):
@@ -316,10 +317,7 @@ def main(argv=None):
         for name, content in (("results.json", json.dumps({"args": vars(args), "machine": machine,
                                                             "rows": rows}, indent=2)),
                               ("results.md", text + "\n")):
-            fd, tmp = tempfile.mkstemp(dir=args.out)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(content)
-            os.replace(tmp, os.path.join(args.out, name))
+            atomic_write_text(os.path.join(args.out, name), content)
         plot(rows, os.path.join(args.out, "bench_heads.png"), machine)
 
 
@@ -344,11 +342,7 @@ def plot(rows, path, machine):
     ax.set_title(machine, fontsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from episodes.atomic import atomic_write, atomic_write_text  # noqa: E402
 from episodes.sampler import EpisodeSampler, episode_loader, keep_freed_memory  # noqa: E402
 from episodes.sources.base import FewShotSource  # noqa: E402
 from episodes.sources.miniimagenet import MINI_IMAGENET_MEAN, MINI_IMAGENET_STD  # noqa: E402
@@ -128,12 +128,8 @@ def plot(rows, path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -151,7 +147,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = make_source(args.classes, args.per_class, args.size)
-    images_per_batch = BATCH * WAY * (SHOT + QUERY)
     res = {}
     res["ours"] = bench_ours(source, args.batches)
     res["l2l-pil"] = bench_l2l(source, args.l2l_batches, lee2019_transform(), "l2l-pil")
@@ -194,10 +189,7 @@ def main(argv=None):
         d = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(d, exist_ok=True)
         plot(rows, os.path.splitext(args.out)[0] + ".png", info["workload"])
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f, indent=2)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(info, indent=2))
     return info
 
 

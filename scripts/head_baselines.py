@@ -309,7 +309,6 @@ def exact_solution(support: torch.Tensor, support_labels: torch.Tensor, n_way: i
     X = support.detach().to(torch.float64)
     Y = one_hot(support_labels, int(n_way), torch.float64)
     lambda2, dual_reg = float(lambda2), float(dual_reg)
-    B = X.shape[0]
     init = None
     lmax = None
     if lambda1 is None and float(lambda_ratio or 0.0) > 0:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
-import tempfile
 from typing import Dict, List
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from .base import FewShotSource, images_nhwc_to_chw, int_labels, require_keys, str_keys
 from .safe_pickle import load_pickle, loads_pickle
 
@@ -141,7 +141,7 @@ def _read_archive(archive_path: str):
         raise FileNotFoundError(f"{archive_path}: CIFAR-100 archive not found (expected cifar-100-python.tar.gz)")
     try:
         tar = tarfile.open(archive_path, "r:*")
-    except tarfile.TarError as e:
+    except tarfile.TarError:
         # one line: tarfile's message lists every compression method tried, one per line
         raise ValueError(f"{archive_path}: not a readable tar archive (expected the official "
                          f"cifar-100-python.tar.gz)") from None
@@ -196,14 +196,6 @@ def build_cifar_fs_fc100(archive_path: str, out_dir: str, dataset: str) -> Dict[
         order = np.argsort(fine[mask], kind="stable")       # class-major, archive order within class
         out = {"data": np.ascontiguousarray(data[mask][order]), "labels": fine[mask][order].tolist()}
         path = os.path.join(out_dir, metaoptnet_file(dataset, split))
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".pickle")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(out, f, protocol=4)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
         written[split] = path
     return written
