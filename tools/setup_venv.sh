@@ -6,6 +6,8 @@
 #   1. python3 -m venv .venv
 #   2. pinned torch==2.14.1 / torchvision==0.29.1 (the releases the dev machines hold)
 #   3. learn2learn 0.2.0 built from its sdist with freshly generated Cython output
+#      (only learn2learn comes as source: `--no-binary learn2learn`; `:all:` would also
+#      compile Cython itself and the sdist's other build requirements from C, minutes)
 #      (the C files shipped on PyPI do not compile on Python 3.11), then the
 #      packages it imports at run time (gym, requests, scipy, qpth)
 #   4. this package in editable mode with the [dev] and [bench] extras ([bench]: torchopt
@@ -46,7 +48,7 @@ if ! "$PY" -c "import learn2learn" >/dev/null 2>&1; then
   "${PIP[@]}" install -q "cython>=3" "numpy>=1.23,<2" "gym" "requests" "scipy" "qpth" "tqdm" "pillow"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  "${PIP[@]}" download -q --no-deps --no-binary :all: "learn2learn==0.2.0" -d "$work"
+  "${PIP[@]}" download -q --no-deps --no-binary learn2learn "learn2learn==0.2.0" -d "$work"
   tar -xzf "$work"/learn2learn-0.2.0.tar.gz -C "$work"
   src="$work/learn2learn-0.2.0"
   for pyx in "$src"/learn2learn/data/*.pyx; do
