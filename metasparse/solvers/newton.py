@@ -41,11 +41,11 @@ than a reference class ``r_i`` (the largest entry): ``(Q z)_il = z_il`` for
 ``l != r_i`` and ``-sum_l z_il`` at ``r_i``.
 
 **Projected search** (:func:`projected_search`).  The candidates
-``proj(Lam + t (Lam_N - Lam))``, ``t = 1, 1/2, 1/4, ...``, and ``Lam+`` are evaluated
-together; each episode takes the largest ``t`` whose dual value is at least
-``D(Lam+)``, else ``Lam+``.  Since ``eta <= 1/L`` makes ``Lam+`` an ascent step, every
-iteration does at least as well as projected gradient (global convergence); near
-the solution the face and the active rows settle and the full Newton step is
+``proj(Lam + t (x - Lam))`` for the Newton point ``x`` of each face tried and
+``t = 1, 1/2, 1/4, ...``, and ``Lam+``, are evaluated together; each episode takes the
+one with the largest dual value.  Since ``eta <= 1/L`` makes ``Lam+`` an ascent step,
+every iteration does at least as well as projected gradient (global convergence);
+near the solution the face and the active rows settle and the full Newton step is
 taken (fast local convergence).
 
 All restricted quantities are float64 (the restricted features are an exact copy of
@@ -140,9 +140,9 @@ def restricted_lipschitz(XF: torch.Tensor, l2: torch.Tensor, rho: torch.Tensor) 
 
 # ------------------------------------------------------------ working set
 def initial_working_set(norms: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The ``max(256, n k)`` features (at most d) with the largest ``||V_j||`` (B, m)."""
+    """The ``max(512, 2 n k)`` features (at most d) with the largest ``||V_j||`` (B, m)."""
     d = norms.shape[-1]
-    m = min(d, max(256, n * k))
+    m = min(d, max(512, 2 * n * k))
     return norms.topk(m, dim=-1).indices
 
 
@@ -183,15 +183,12 @@ def grow_working_set(prob: RestrictedProblem, X: torch.Tensor, norms: torch.Tens
 # ----------------------------------------------------------------- Newton
 def _face_basis(Lp: torch.Tensor):
     """Reference class per sample (the largest entry) and, for the k-1 other slots,
-    their class index (B, n, k-1) and whether the slot is on the face (B, n, k-1)."""
-    B, n, k = Lp.shape
+    their class index (B, n, k-1) (``r+1, r+2, ...`` modulo k) and whether the slot is
+    on the face (B, n, k-1)."""
+    k = Lp.shape[-1]
     ref = Lp.argmax(-1)                                                      # (B, n)
-    ar = torch.arange(k, device=Lp.device)
-    others = ar[None, None, :].expand(B, n, k)
-    keep = others != ref[..., None]
-    cls = others[keep].reshape(B, n, k - 1)
-    on = Lp.gather(2, cls) > 0
-    return ref, cls, on
+    cls = (ref[..., None] + torch.arange(1, k, device=Lp.device)) % k
+    return ref, cls, Lp.gather(2, cls) > 0
 
 
 def _expand_tangent(z: torch.Tensor, ref, cls, k: int) -> torch.Tensor:
@@ -293,8 +290,8 @@ def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation, face_iters: int = 1
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
-    r"""``(Lam_N, Lam+)``: the maximiser of the quadratic model of D over the simplices
-    (approximately) and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
+    r"""``(Lam_N, Lam+)``: maximisers of the quadratic model of D on faces of the simplices
+    (P, B, n, k), one per face tried, and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
 
     The model ``q(x) = g^T (x - Lam) - 1/2 (x - Lam)^T M (x - Lam)`` is maximised on the
     affine hull of a face (a dense solve in the basis of :func:`_face_basis`), starting
@@ -310,7 +307,7 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
     ref, cls, _ = _face_basis(Lp)
     H = M.reduced(ref, cls)
     face = Lp > 0
-    x = Lp
+    points = []
     for it in range(face_iters + 1):
         # anchor on the face: mass of entries off the face moved to the reference class
         anchor = torch.where(face, Lp, torch.zeros_like(Lp))
@@ -320,6 +317,7 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         b = (_reduce(rhs, ref, cls) * on).reshape(B, n * (k - 1))
         z = _spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
         x = anchor + _expand_tangent(z, ref, cls, k)
+        points.append(x)
         if it == face_iters:
             break
         r = ev.g - M.apply(x - Lam)                       # model gradient at x
@@ -329,24 +327,27 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         if bool((new_face == face).all()):
             break
         face = new_face
-    return x, Lp
+    return torch.stack(points), Lp
 
 
 def projected_search(prob: RestrictedProblem, Lam: torch.Tensor, Lam_N: torch.Tensor, Lp: torch.Tensor,
                      steps=(1.0, 0.5, 0.25, 0.125, 0.0625)) -> Tuple[torch.Tensor, torch.Tensor]:
-    r"""Best of ``proj(Lam + t (Lam_N - Lam))`` (largest t with ``D >= D(Lam+)``) and ``Lam+``;
-    all candidates in one batched evaluation.  Returns (new Lam, accepted t (B,), 0 = Lam+)."""
-    T = len(steps)
-    t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[:, None, None, None]
-    cand = torch.cat([project_simplex(Lam + t * (Lam_N - Lam)), Lp[None]], 0)     # (T+1, B, n, k)
+    r"""The best (largest D) of ``proj(Lam + t (x - Lam))`` over the Newton points ``x`` of
+    ``Lam_N`` (P, B, n, k) and the steps ``t``, and of ``Lam+``; all candidates in one
+    batched evaluation.  Returns (new Lam, accepted t (B,), 0 = ``Lam+``)."""
+    T, Pn = len(steps), Lam_N.shape[0]
     B, n, k = Lam.shape
-    G = (prob.Y - cand).permute(1, 0, 3, 2).reshape(B, (T + 1) * k, n)
-    Vt = (G @ prob.XF).reshape(B, T + 1, k, -1).transpose(0, 1)                  # (T+1, B, k, m)
-    D = _dual_value(cand, prob.Y, _column_norms(Vt), prob.l1, prob.l2, prob.c)    # (T+1, B)
-    ok = D[:T] >= D[T]
-    first = torch.where(ok.any(0), ok.to(torch.int64).argmax(0), torch.full_like(ok[0], T, dtype=torch.int64))
-    new = cand.gather(0, first[None, :, None, None].expand(1, *Lam.shape))[0]
-    acc = torch.cat([t.flatten(), t.new_zeros(1)])[first]
+    t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[None, :, None, None, None]
+    moves = project_simplex(Lam + t * (Lam_N[:, None] - Lam)).reshape(Pn * T, B, n, k)
+    cand = torch.cat([moves, Lp[None]], 0)                                       # (C, B, n, k)
+    C = cand.shape[0]
+    G = (prob.Y - cand).permute(1, 0, 3, 2).reshape(B, C * k, n)
+    Vt = (G @ prob.XF).reshape(B, C, k, -1).transpose(0, 1)                      # (C, B, k, m)
+    D = _dual_value(cand, prob.Y, _column_norms(Vt), prob.l1, prob.l2, prob.c)    # (C, B)
+    # the largest D; ties go to the first candidate (the full step on the first face)
+    best = D.argmax(0)
+    new = cand.gather(0, best[None, :, None, None].expand(1, *Lam.shape))[0]
+    acc = torch.cat([t.flatten().repeat(Pn), t.new_zeros(1)])[best]
     return new, acc
 
 
