@@ -78,11 +78,6 @@ class FewShotSource(Dataset):
         self.data = self.data.to(device)
         return self
 
-    def get_batch(self, index: torch.Tensor) -> torch.Tensor:
-        """Gather examples by index (any shape); returns ``index.shape + example shape``."""
-        flat = self.data.index_select(0, index.reshape(-1).to(self.data.device))
-        return flat.reshape(*index.shape, *self.data.shape[1:])
-
     def __repr__(self) -> str:
         kind = "images" if self.is_image else "vectors"
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "

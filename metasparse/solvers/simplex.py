@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["project_simplex", "project_l1_ball", "simplex_face_projector"]
+__all__ = ["project_simplex", "project_l1_ball"]
 
 
 def project_simplex(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
@@ -53,23 +53,3 @@ def project_l1_ball(v: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
     """
     inside = v.sum(-1, keepdim=True) <= radius
     return torch.where(inside, v, project_simplex(v, radius))
-
-
-def simplex_face_projector(support: torch.Tensor) -> "callable":
-    r"""Orthogonal projector onto the tangent space of the minimal simplex face.
-
-    ``support`` (..., k) bool marks the non-zero entries of a point on the
-    simplex.  The face's tangent space is ``T = {d : d_l = 0 off the support,
-    sum_l d_l = 0}``; its orthogonal projector maps ``d`` to
-    ``s * (d - mean_{support}(d))`` with ``s`` the support indicator.
-    Returns a function applying it to tensors of the shape of ``support``.
-    """
-    s = support.to(torch.get_default_dtype()) if not support.is_floating_point() else support
-
-    def apply(d: torch.Tensor) -> torch.Tensor:
-        m = s.to(d.dtype)
-        cnt = m.sum(-1, keepdim=True).clamp(min=1.0)
-        mean = (d * m).sum(-1, keepdim=True) / cnt
-        return m * (d - mean)
-
-    return apply
