@@ -3,14 +3,18 @@
 A checkpoint is a plain dict of tensors / numbers / strings / lists / dicts, so it loads
 with ``weights_only=True`` (no code runs from the file):
 
-    {"format": "metasparse-checkpoint", "version": 1,
-     "config": {...},                      # the run's full configuration (JSON-able)
-     "backbone": {"name", "options"}, "head": {"name", "options"},
+    {"format": "metasparse-checkpoint", "version": 2,
+     "config": {...},                      # the run's configuration (JSON-able): the one
+                                           # specification the model is rebuilt from
      "model": state_dict,                  # FewShotModel: backbone.* and head.*
      "optimizer": state_dict | None,
-     "progress": {"epoch", "step", "global_step"},   # next batch to run
-     "best": {"epoch", "val_acc"} | None,
+     "progress": {"epoch", "step", "global_step", "epoch_sums"},   # next batch to run
+     "best": {"epoch", "val_accuracy", "val_ci95"} | None,
      "rng": {"torch", "cuda", "numpy", "python"} | None}
+
+Version 1 checkpoints also held ``backbone`` / ``head`` (``{"name", "options"}``, copies of
+``config``) and ``settings`` (a copy of ``config["settings"]``); :func:`load_checkpoint`
+reads them and drops those copies, so both versions load the same way.
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, CheckpointNotFoundError
+
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
            "atomic_write_text", "capture_rng", "restore_rng"]
 
 FORMAT = "metasparse-checkpoint"
-VERSION = 1
-_REQUIRED = ("config", "backbone", "head", "model")
+VERSION = 2
+_REQUIRED = ("config", "model")
+_V1_COPIES = ("backbone", "head", "settings")   # version 1 duplicates of parts of ``config``
 
 
 def _atomic_replace(path: Path, write) -> None:
@@ -67,7 +74,10 @@ def save_checkpoint(path, payload: Dict[str, Any]) -> None:
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a metasparse checkpoint safely; raise one clear error if it is not one.
 
-    A run directory is accepted too (its ``best.pt``, else ``last.pt``)."""
+    A run directory is accepted too (its ``best.pt``, else ``last.pt``). Raises
+    :class:`~metasparse.errors.CheckpointNotFoundError` or
+    :class:`~metasparse.errors.CheckpointError`; the returned dict has ``path`` (the file
+    read) and no version 1 copies of ``config``."""
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -75,24 +85,28 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
                 path = path / name
                 break
         else:
-            raise FileNotFoundError(f"{path}: run directory without best.pt or last.pt")
+            raise CheckpointNotFoundError(f"{path}: run directory without best.pt or last.pt")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated files, forbidden globals
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         first = f"{type(e).__name__}: {first}" if first else type(e).__name__
-        raise ValueError(f"{path}: not a loadable metasparse checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable metasparse checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a metasparse checkpoint (expected a dict with format={FORMAT!r}; "
-                         f"MetaOptNet .pth files must be converted)")
+        raise CheckpointError(f"{path}: not a metasparse checkpoint (expected a dict with format={FORMAT!r}; "
+                              f"MetaOptNet .pth files must be converted)")
     if int(data.get("version", -1)) > VERSION:
-        raise ValueError(f"{path}: checkpoint version {data.get('version')} is newer than this metasparse "
-                         f"({VERSION}); upgrade metasparse")
+        raise CheckpointError(f"{path}: checkpoint version {data.get('version')} is newer than this metasparse "
+                              f"({VERSION}); upgrade metasparse")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}")
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    if not isinstance(data["config"], dict):
+        raise CheckpointError(f"{path}: checkpoint config is a {type(data['config']).__name__}, not a dict")
+    for key in _V1_COPIES:
+        data.pop(key, None)
     data["path"] = str(path)
     return data
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ class Entry:
 
 
 def compare_entries(entries: List[Entry], episodes_by_shot: Dict[int, Iterable], device: torch.device,
-                    transform: Optional[Callable] = None, progress: bool = True, ctx=None) -> Dict[str, Any]:
+                    progress: bool = True, ctx=None) -> Dict[str, Any]:
     if not entries:
         raise ValueError("compare: nothing to compare")
     names = [e.name for e in entries]
@@ -47,7 +47,7 @@ def compare_entries(entries: List[Entry], episodes_by_shot: Dict[int, Iterable],
     for shot, episodes in episodes_by_shot.items():
         results: Dict[str, EvalResult] = {}
         for e in entries:
-            results[e.name] = evaluate_episodes(e.model, episodes, device, transform, head=e.head, ctx=ctx,
+            results[e.name] = evaluate_episodes(e.model, episodes, device, head=e.head, ctx=ctx,
                                                 progress=progress, desc=f"{e.name} {shot}-shot",
                                                 total=len(episodes) if hasattr(episodes, "__len__") else None)
         ref = results[entries[0].name]

@@ -18,17 +18,23 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 __all__ = ["DistContext", "init_distributed", "resolve_device", "shard_bounds", "all_reduce_mean",
            "all_reduce_sum", "all_reduce_max", "gather_objects", "barrier", "cleanup"]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(name)`` with a clear error."""
+    """``auto`` -> cuda if available else cpu; otherwise ``torch.device(name)``, with a
+    :class:`~metasparse.errors.ConfigError` for a name torch does not know or no CUDA."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
     return dev
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..heads.base import SolverConvergenceWarning, unconverged_message
 from ..metrics.accuracy import episode_accuracy, mean_ci
 from .distributed import DistContext, gather_objects, shard_bounds
 
-__all__ = ["EvalResult", "evaluate_episodes", "apply_transform"]
+__all__ = ["EvalResult", "evaluate_episodes"]
 
 
 @dataclass
@@ -61,26 +61,12 @@ class EvalResult:
         return {"max_rel_gap": float(self.rel_gap.max()), "unconverged_episodes": int((~self.converged).sum())}
 
 
-def apply_transform(batch, transform: Optional[Callable], generator: Optional[torch.Generator] = None):
-    """Apply an images -> images transform to the support and query of an EpisodeBatch."""
-    if transform is None:
-        return batch
-    from dataclasses import replace
-
-    def tf(x):
-        lead = x.shape[:2]
-        y = transform(x.reshape(-1, *x.shape[2:]), generator=generator)
-        return y.reshape(*lead, *y.shape[1:])
-
-    return replace(batch, support=tf(batch.support), query=tf(batch.query))
-
-
 @torch.no_grad()
-def evaluate_episodes(model: nn.Module, episodes: Iterable, device: torch.device,
-                      transform: Optional[Callable] = None, head: Optional[nn.Module] = None,
+def evaluate_episodes(model: nn.Module, episodes: Iterable, device: torch.device, head: Optional[nn.Module] = None,
                       ctx: Optional[DistContext] = None, progress: bool = True, desc: str = "eval",
                       total: Optional[int] = None) -> EvalResult:
-    """Evaluate ``model`` (a :class:`FewShotModel`, eval mode) on ``episodes``.
+    """Evaluate ``model`` (a :class:`FewShotModel`, eval mode) on ``episodes`` (batches
+    ready for the model: the streams of :mod:`metasparse.engine.streams` normalise them).
 
     With a distributed ``ctx`` every rank takes its shard of each batch and the results are
     gathered in the original episode order, so all ranks return the same result."""
@@ -100,7 +86,7 @@ def evaluate_episodes(model: nn.Module, episodes: Iterable, device: torch.device
         lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
         n_way = batch.n_way
         if hi > lo:
-            local = apply_transform(batch[lo:hi].to(device, non_blocking=True), transform)
+            local = batch[lo:hi].to(device, non_blocking=True)
             logits, fit = model(local.support, local.support_labels, local.query, n_way, head=head)
             acc = episode_accuracy(logits, local.query_labels).double().cpu().numpy()
             ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_way).float(), local.query_labels.reshape(-1),

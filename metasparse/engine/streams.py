@@ -8,8 +8,8 @@
   is ``sampler.sample(0, t)`` of a one-episode sampler, i.e. a pure function of
   ``(seed, t)``, independent of the evaluation batch size, so two heads or checkpoints
   evaluated with the same seed see identical tasks.
-* :class:`ListEpisodes` - episodes given explicitly (e.g. loaded from an episodes file),
-  re-batched.
+* :class:`FixedStream` - the batches of an ``episodes.fixed.FixedEpisodes`` set (sampled
+  with a seed, or loaded from an episodes file), normalised for evaluation.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Subset
 
-__all__ = ["SamplerStream", "EvalEpisodes", "ListEpisodes", "cat_batches"]
+__all__ = ["SamplerStream", "EvalEpisodes", "FixedStream", "cat_batches"]
 
 
 def cat_batches(batches: Sequence):
@@ -78,34 +78,18 @@ class EvalEpisodes:
             yield cat_batches([self.sampler.sample(0, t) for t in range(lo, hi)])
 
 
-class ListEpisodes:
-    """Re-batch an explicit list of single-or-multi-episode EpisodeBatch objects."""
-
-    def __init__(self, batch, batch_size: int = 8):
-        self.batch = batch
-        self.batch_size = max(1, int(batch_size))
-        self.n_episodes = batch.n_episodes
-
-    def __len__(self) -> int:
-        return math.ceil(self.n_episodes / self.batch_size)
-
-    def __iter__(self):
-        for lo in range(0, self.n_episodes, self.batch_size):
-            yield self.batch[lo:lo + self.batch_size]
-
-
 class FixedStream:
-    """Re-iterable batches of an ``episodes.fixed.FixedEpisodes`` set (saved or freshly sampled)."""
+    """Re-iterable batches of an ``episodes.fixed.FixedEpisodes`` set (saved or freshly
+    sampled), with the evaluation transform of ``source``."""
 
-    def __init__(self, fixed_episodes, source, batch_size: int = 8, transform="eval"):
+    def __init__(self, fixed_episodes, source, batch_size: int = 8):
         self.fixed = fixed_episodes
         self.source = source
         self.batch_size = max(1, int(batch_size))
-        self.transform = transform
         self.n_episodes = len(fixed_episodes)
 
     def __len__(self) -> int:
         return math.ceil(self.n_episodes / self.batch_size)
 
     def __iter__(self):
-        yield from self.fixed.batches(self.source, self.batch_size, transform=self.transform)
+        yield from self.fixed.batches(self.source, self.batch_size, transform="eval")

@@ -30,7 +30,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Protocol
+from typing import Any, Dict, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..heads.base import SolverConvergenceError, SolverConvergenceWarning, unconverged_message
 from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainSettings, lr_factor
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier, shard_bounds
-from .evaluate import apply_transform, evaluate_episodes
+from .evaluate import evaluate_episodes
 
 __all__ = ["EpisodeStream", "train", "smoothed_cross_entropy", "step_seed", "read_jsonl"]
 
@@ -188,13 +189,14 @@ def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
 
 
 def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[Iterable], settings: TrainSettings,
-          run_dir, *, spec: Dict[str, Any], device: torch.device, train_transform: Optional[Callable] = None,
-          eval_transform: Optional[Callable] = None, resume: bool = False, ctx: Optional[DistContext] = None,
-          progress: bool = True, stop_after_steps: Optional[int] = None, tensorboard: bool = False,
-          val_total: Optional[int] = None, sync_bn: bool = False) -> Dict[str, Any]:
+          run_dir, *, spec: Dict[str, Any], device: torch.device, resume: bool = False,
+          ctx: Optional[DistContext] = None, progress: bool = True, stop_after_steps: Optional[int] = None,
+          tensorboard: bool = False, val_total: Optional[int] = None, sync_bn: bool = False) -> Dict[str, Any]:
     """Meta-train ``model`` (a FewShotModel) and write ``run_dir/{last,best}.pt`` and
-    ``run_dir/metrics.jsonl``. ``spec`` (``config``, ``backbone``, ``head`` dicts) goes into
-    every checkpoint so that ``evaluate`` can rebuild the model.
+    ``run_dir/metrics.jsonl``. ``spec`` goes into every checkpoint as given; it must hold
+    ``config``, the run configuration the model is rebuilt from
+    (:func:`metasparse.api.load_model`). The batches of ``train_stream`` and
+    ``val_episodes`` reach the model as they are (augmented and normalised by the sampler).
 
     ``stop_after_steps`` stops (as if killed) after that many optimisation steps in this
     call, right after the checkpoint due at that point (tests use it)."""
@@ -220,7 +222,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
     train_model: nn.Module = model
     if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
         if device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
+            raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
         model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -231,7 +233,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # pragma: no cover - optional dependency
-            raise ValueError("--tensorboard needs the tensorboard package (pip install metasparse[tensorboard])") from e
+            raise ConfigError("--tensorboard needs the tensorboard package "
+                              "(pip install metasparse[tensorboard])") from e
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def checkpoint(name: str, epoch: int, step: int) -> None:
@@ -241,7 +244,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             **spec, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "progress": {"epoch": epoch, "step": step, "global_step": global_step,
                          "epoch_sums": (sums if step else _fresh_sums()).tolist()},
-            "best": best, "rng": capture_rng(), "settings": s.to_dict()})
+            "best": best, "rng": capture_rng()})
 
     steps_this_call = 0
     t0 = time.time()
@@ -261,8 +264,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             batch = next(stream)
             seed_i = step_seed(s.seed, epoch, i)
             torch.manual_seed(seed_i)
-            gen = torch.Generator().manual_seed(seed_i)
-            batch = apply_transform(batch.to(device, non_blocking=True), train_transform, gen)
+            batch = batch.to(device, non_blocking=True)
             lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
             local = batch[lo:hi]
             logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
@@ -312,7 +314,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
                   "train_unused_fraction": float(sums[_UNUSED] / n), **_epoch_convergence_keys(sums),
                   "elapsed_s": round(time.time() - t0, 2)}
         if val_episodes is not None:
-            res = evaluate_episodes(model, val_episodes, device, eval_transform, ctx=ctx, progress=progress,
+            res = evaluate_episodes(model, val_episodes, device, ctx=ctx, progress=progress,
                                     desc=f"val {epoch + 1}", total=val_total)
             summ = res.summary()
             last_val = summ
