@@ -255,3 +255,16 @@ def test_strict_solver_exits_with_one_line_and_the_run_stays_resumable(tmp_path,
         assert main(["evaluate", "--checkpoint", str(out), "--shot", "2", "--out", str(ev), *EVAL]) == 0
     r = json.loads(ev.read_text())["results"]["2"]
     assert r["unconverged_episodes"] > 0 and r["max_rel_gap"] > 1e-5
+
+
+@pytest.mark.parametrize("exc", [ValueError, KeyError])
+def test_internal_errors_keep_their_traceback(trained, monkeypatch, exc):
+    """Only metasparse's own error types are user errors (exit 2); a ValueError or KeyError
+    from inside the package is a bug and propagates."""
+    import metasparse.api
+
+    def bug(config):
+        raise exc("internal")
+    monkeypatch.setattr(metasparse.api, "evaluate", bug)
+    with pytest.raises(exc, match="internal"):
+        main(["evaluate", "--checkpoint", str(trained[0] / "best.pt"), *EVAL])

@@ -1,4 +1,6 @@
-"""``metasparse demo``: group-sparse vs vanilla SVM head on the synthetic source, on CPU.
+"""``demo(DemoConfig)``: group-sparse vs vanilla SVM head on the synthetic source, on CPU
+(``metasparse demo``; a client of :func:`~metasparse.api.train` and
+:func:`~metasparse.api.load_model`).
 
 1. A synthetic few-shot world (brief paper.md section 5): latent factors z in R^m,
    classes whose means use l of the m factors, observations x = g(z) with an
@@ -7,9 +9,9 @@
    same episodes; an MLP with no hidden layer, enough for a linear mixing and fast): once with the
    group-sparse SVM head (lambda1 = lambda_ratio * lambda_max per episode), once with
    the vanilla SVM head (lambda1 = 0, MetaOptNet's SVM-CS).
-3. Meta-test both final models (``last.pt``: the demo is about the representation meta-training
-   produces; ``best.pt`` by validation accuracy is kept as well) on identical episodes: accuracy +- 95% CI, paired difference,
-   fraction of features each task uses.
+3. Meta-test both final models (``last.pt``: the demo is about the representation
+   meta-training produces; ``best.pt`` by validation accuracy is kept as well) on identical
+   episodes: accuracy +- 95% CI, paired difference, fraction of features each task uses.
 4. Disentanglement of each learned representation f(x) against the ground truth z on the
    test split: MCC (mean |Pearson| after Hungarian matching) and linear R^2; the raw
    inputs x give the entangled baseline.
@@ -21,34 +23,61 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
+from episodes.sources.synthetic import make_synthetic_source
 
-from .checkpoint import atomic_write_text, load_checkpoint
+from ..engine.checkpoint import atomic_write_text
+from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
+from ..engine.streams import EvalEpisodes
+from ..metrics import disentanglement as dis
+from .data import episode_sampler
+from .model import load_model
+from .report import text_table
+from .train_config import TrainConfig
+from .training import train
 
-__all__ = ["run_demo", "DEMO_SOURCE", "demo_config"]
+__all__ = ["DemoConfig", "demo", "DEMO_SOURCE", "demo_train_config"]
 
 # the synthetic world of the demo: 24 factors, 2 per class, rotation mixing (x = L z, L orthogonal)
 DEMO_SOURCE = {"n_factors": 24, "factors_per_class": 2, "mixing": "rotation", "examples_per_class": 60,
                "n_classes": [64, 16, 20]}
 
 
-def demo_config(head: str, *, epochs: int, batches: int, lambda_ratio: float, seed: int,
-                source: Dict[str, Any]) -> Dict[str, Any]:
-    from ..cli import resolve_train_config
-    from types import SimpleNamespace
+@dataclass
+class DemoConfig:
+    """The demo's options: output folder ``out``; ``epochs`` x ``batches_per_epoch`` of
+    meta-training (default 10 x 50), ``episodes`` meta-test episodes per shot (default
+    300), ``lambda_ratio`` of the group-sparse head (default 0.3), ``seed``, ``device``;
+    ``quick``: a run of seconds (2 x 5 batches, 20 episodes, smaller data), for tests."""
+
+    out: Union[str, Path] = "runs/demo"
+    epochs: Optional[int] = None
+    batches_per_epoch: Optional[int] = None
+    episodes: Optional[int] = None
+    lambda_ratio: Optional[float] = None
+    seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+    progress: bool = True
+
+
+def demo_train_config(head: str, out: Path, *, epochs: int, batches: int, lambda_ratio: float, seed: int,
+                      source: Dict[str, Any], val_episodes: int, device: str, progress: bool) -> TrainConfig:
+    """The training run of the demo with ``head``: a linear encoder (an MLP without hidden
+    layer) on the synthetic ``source``, Adam 2e-2, 5-way 5-shot episodes."""
     m = int(source["n_factors"])
-    args = SimpleNamespace(
-        dataset="synthetic", data_root=None, source_options=json.dumps(source), backbone="mlp",
-        backbone_options=json.dumps({"in_dim": m, "out_dim": m, "hidden": []}), head=head,
-        lambda_ratio=lambda_ratio if head == "group-sparse-svm" else None, solver=None, head_options=None,
-        way=5, train_shot=5, query=10, episodes_per_batch=8, val_episodes=50, val_shot=5, val_query=15,
-        amp=False, head_dtype=None, epochs=epochs, batches_per_epoch=batches, optimizer="adam", lr=2e-2,
-        weight_decay=0.0, label_smoothing=None, seed=seed, checkpoint_every=0, log_every=10)
-    return resolve_train_config(args)
+    return TrainConfig(
+        out=out, dataset="synthetic", source_options=dict(source), backbone="mlp",
+        backbone_options={"in_dim": m, "out_dim": m, "hidden": []}, head=head,
+        lambda_ratio=lambda_ratio if head == "group-sparse-svm" else None,
+        way=5, train_shot=5, query=10, episodes_per_batch=8, val_episodes=val_episodes, val_shot=5, val_query=15,
+        epochs=epochs, batches_per_epoch=batches, optimizer="adam", lr=2e-2, weight_decay=0.0, seed=seed,
+        checkpoint_every=0, log_every=10, device=device, progress=progress)
 
 
 @torch.no_grad()
@@ -57,57 +86,49 @@ def _representation(model, source) -> np.ndarray:
     return model.backbone(source.data).double().numpy()
 
 
-def run_demo(args) -> Dict[str, Any]:
-    from ..cli import _load_model, _print_table, run_training
-    from ..metrics import disentanglement as dis
-    from .compare import Entry, compare_entries, markdown_table, write_comparison
-    from .streams import EvalEpisodes
-
-    from episodes.sampler import EpisodeSampler
-    from episodes.sources.synthetic import make_synthetic_source
-
+def demo(config: DemoConfig) -> Dict[str, Any]:
+    """Run the demo (it prints its progress and a final table); returns the summary
+    written to ``OUT/demo.json``."""
     t0 = time.time()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
-    out = Path(args.out)
-    quick = bool(getattr(args, "quick", False))
-    epochs = args.epochs or (2 if quick else 10)
-    batches = args.batches_per_epoch or (5 if quick else 50)
-    n_test = args.episodes or (20 if quick else 300)
-    ratio = 0.3 if args.lambda_ratio is None else args.lambda_ratio
+    out = Path(config.out)
+    quick = config.quick
+    epochs = config.epochs or (2 if quick else 10)
+    batches = config.batches_per_epoch or (5 if quick else 50)
+    n_test = config.episodes or (20 if quick else 300)
+    ratio = 0.3 if config.lambda_ratio is None else config.lambda_ratio
     source = dict(DEMO_SOURCE)
     if quick:
         source.update(examples_per_class=30)
-    progress = not args.no_progress
     print(f"metasparse demo: synthetic world with {source['n_factors']} latent factors ({source['factors_per_class']} "
           f"per class), {source['mixing']} mixing; a linear encoder meta-trained with the group-sparse SVM head "
           f"(lambda/lambda_max = {ratio}) and with the vanilla SVM head; {epochs} epochs x {batches} batches of 8 "
           f"5-way 5-shot episodes each.")
     runs = {}
     for head in ("group-sparse-svm", "svm"):
-        cfg = demo_config(head, epochs=epochs, batches=batches, lambda_ratio=ratio, seed=args.seed, source=source)
-        if quick:
-            cfg["val_episodes"] = 10
         run_dir = out / head
-        if (run_dir / "config.json").exists():  # a previous demo: start afresh
+        if (run_dir / "config.json").exists() or (run_dir / "last.pt").exists():  # a previous demo: start afresh
             for f in run_dir.iterdir():
                 if f.is_file():
                     f.unlink()
         print(f"\n== meta-training with the {head} head -> {run_dir}")
-        run_training(cfg, run_dir, device=args.device, progress=progress)
+        train(demo_train_config(head, run_dir, epochs=epochs, batches=batches, lambda_ratio=ratio, seed=config.seed,
+                                source=source, val_episodes=10 if quick else 50, device=config.device,
+                                progress=config.progress))
         runs[head] = run_dir
-    device = torch.device(args.device if args.device != "auto" else "cpu")
+    device = torch.device(config.device if config.device != "auto" else "cpu")
     test = make_synthetic_source("test", seed=0, **source)
     entries = []
     models = {}
     for head, run_dir in runs.items():
-        ck = load_checkpoint(run_dir / "last.pt")   # the representation at the end of meta-training
-        model = _load_model(ck).to(device)
+        model, ck = load_model(run_dir / "last.pt", device)   # the representation at the end of meta-training
         models[head] = model
         entries.append(Entry(head, model, None, {"checkpoint": ck["path"], "head": head,
                                                  "head_options": ck["config"]["head_options"]}))
-    sets = {k: EvalEpisodes(EpisodeSampler(test, 5, k, 15, 1, seed=args.seed + 7919 * k), n_test, 16) for k in (1, 5)}
+    sets = {k: EvalEpisodes(episode_sampler(test, 5, k, 15, 1, config.seed + 7919 * k, None), n_test, 16)
+            for k in (1, 5)}
     print(f"\n== meta-testing both models on the same {n_test} test episodes per shot")
-    result = compare_entries(entries, sets, device, progress=progress)
+    result = compare_entries(entries, sets, device, progress=config.progress)
     z = test.latents.double().numpy()
     disent = {"input x (no learning)": {"mcc": dis.mean_corr_coef(z, test.data.double().numpy()),
                                         "r2": dis.linear_r2(z, test.data.double().numpy())}}
@@ -126,8 +147,9 @@ def run_demo(args) -> Dict[str, Any]:
     rows.append(["input x (no learning)", "-", "-", "-", "-", f"{disent['input x (no learning)']['mcc']:.3f}",
                  f"{disent['input x (no learning)']['r2']:.3f}"])
     print("\n== results (identical meta-test episodes; diff = paired difference to group-sparse-svm)")
-    table = _print_table(rows, ["head", "task", "accuracy (%)", "diff (%)", "features used (%)", "MCC vs z",
-                                "linear R^2"])
+    table = text_table(rows, ["head", "task", "accuracy (%)", "diff (%)", "features used (%)", "MCC vs z",
+                              "linear R^2"])
+    print(table)
     elapsed = time.time() - t0
     summary = {"elapsed_s": round(elapsed, 1), "epochs": epochs, "batches_per_epoch": batches,
                "lambda_ratio": ratio, "episodes": n_test, "disentanglement": disent,

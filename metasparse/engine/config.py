@@ -17,17 +17,16 @@ fc100          15          0.0             2                  32
 
 ``synthetic`` (vectors, MLP backbone) is a small CPU-sized setting of our own: Adam,
 short epochs, no augmentation.
+
+The dataset names are those of :data:`metasparse.registry.DATASETS` (which reads these
+defaults through :func:`metasparse.registry.dataset_defaults`).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
-__all__ = ["TrainSettings", "DATASET_DEFAULTS", "dataset_defaults", "lr_factor", "DATASETS", "HEADS"]
-
-DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic")
-HEADS = ("group-sparse-svm", "svm", "ridge", "protonet")
+__all__ = ["TrainSettings", "DATASET_DEFAULTS", "lr_factor"]
 
 
 @dataclass
@@ -82,8 +81,3 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
                   "backbone_options": {"hidden": [64, 64]}},
 }
 
-
-def dataset_defaults(dataset: str) -> Dict[str, Any]:
-    if dataset not in DATASET_DEFAULTS:
-        raise ValueError(f"--dataset {dataset!r}: expected one of {list(DATASET_DEFAULTS)}")
-    return copy.deepcopy(DATASET_DEFAULTS[dataset])

@@ -1,0 +1,34 @@
+"""The Python API of the whole workflow (``docs/api.md``); the command line is a thin client.
+
+Each step takes one typed configuration, validated when it is made (bad options raise
+:class:`~metasparse.errors.ConfigError` at once), and returns a result object::
+
+    from metasparse.api import (CompareConfig, EpisodeSpec, EvalConfig, TrainConfig,
+                                compare, evaluate, train)
+
+    run = train(TrainConfig(dataset="synthetic", out="runs/syn", epochs=2))
+    ev = evaluate(EvalConfig(checkpoint=run.run_dir, episodes=EpisodeSpec(shots=[5])))
+    ev.results["5"]["accuracy"]
+    cmp = compare(CompareConfig([run.run_dir], heads=["group-sparse-svm", "svm"], out="runs/cmp"))
+
+* :func:`train` (:class:`TrainConfig` -> :class:`TrainResult`): a new or resumed run;
+* :func:`evaluate` (:class:`EvalConfig` -> :class:`EvaluationResult`): meta-test a checkpoint;
+* :func:`compare` (:class:`CompareConfig` -> :class:`ComparisonResult`): checkpoints and
+  heads on identical episodes (:class:`EpisodeSpec` says which, for both);
+* :func:`prepare` (:class:`PrepareConfig`): build CIFAR-FS / FC100 from CIFAR-100;
+* :func:`demo` (:class:`DemoConfig`): the group-sparse vs vanilla SVM demo;
+* :func:`load_model`: a checkpoint's :class:`~metasparse.engine.model.FewShotModel`;
+  :class:`ModelSpec` / :func:`build_model`: a model from a run configuration.
+"""
+from .comparison import CompareConfig, ComparisonResult, compare
+from .demonstration import DemoConfig, demo
+from .episode_sets import EpisodeSpec
+from .evaluation import EvalConfig, EvaluationResult, evaluate
+from .model import ModelSpec, build_model, load_model
+from .preparation import PrepareConfig, prepare
+from .train_config import TrainConfig
+from .training import TrainResult, train
+
+__all__ = ["train", "TrainConfig", "TrainResult", "evaluate", "EvalConfig", "EvaluationResult", "compare",
+           "CompareConfig", "ComparisonResult", "EpisodeSpec", "prepare", "PrepareConfig", "demo", "DemoConfig",
+           "load_model", "ModelSpec", "build_model"]

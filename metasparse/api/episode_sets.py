@@ -1,0 +1,93 @@
+"""``EpisodeSpec``: the meta-test episodes of ``evaluate`` and ``compare``.
+
+Episode ``t`` of shot ``K`` is episode ``t`` of ``episodes.fixed.sample_fixed_episodes``
+with seed ``seed + 7919 K``: the same tasks for every checkpoint and head, on every
+machine. An episodes file (``episodes_file``) gives the episodes instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from ..engine.streams import FixedStream
+from ..errors import ConfigError
+from .data import load_episodes, sample_fixed_episodes, save_episodes
+
+__all__ = ["EpisodeSpec", "EpisodeSets", "episode_sets"]
+
+PathLike = Union[str, Path]
+_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class EpisodeSpec:
+    """Which episodes a model is meta-tested on.
+
+    ``split`` of the dataset the checkpoint was trained on, read from ``data_root``
+    (default: the run's own); per shot in ``shots`` (default 1 and 5), ``n_episodes``
+    episodes (default: the run's ``test_episodes``, 1000; synthetic 500) of ``way``
+    classes (default: the training way) with ``query`` queries per class (default 15),
+    drawn with ``seed``; or the episodes saved in ``episodes_file`` (then none of
+    ``shots``, ``n_episodes``, ``way``, ``query`` may be given). ``save_episodes`` writes
+    the drawn episodes there (``NAME_{K}shot.EXT`` for several shots). ``batch_size``
+    episodes go through the model at once (it does not change results)."""
+
+    split: str = "test"
+    shots: Optional[Sequence[int]] = None
+    way: Optional[int] = None
+    query: Optional[int] = None
+    n_episodes: Optional[int] = None
+    seed: int = 0
+    episodes_file: Optional[PathLike] = None
+    save_episodes: Optional[PathLike] = None
+    batch_size: int = 8
+    data_root: Optional[PathLike] = None
+
+    def __post_init__(self) -> None:
+        if self.split not in _SPLITS:
+            raise ConfigError(f"--split {self.split!r}: expected one of {list(_SPLITS)}")
+        if self.episodes_file:
+            for flag, value in (("--shot", self.shots), ("--episodes", self.n_episodes), ("--way", self.way),
+                                ("--query", self.query)):
+                if value is not None:
+                    raise ConfigError(f"{flag} contradicts --episodes-file (the file defines the episodes); "
+                                      f"drop one of them")
+        for flag, value in (("--way", self.way), ("--query", self.query), ("--episodes", self.n_episodes),
+                            *(("--shot", k) for k in self.shots or ())):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+@dataclass
+class EpisodeSets:
+    """``streams``: ``{shot: re-iterable batches}`` shared by every model evaluated;
+    ``n_episodes`` and ``way`` per shot; ``saved``: ``{shot: file}`` written for ``save_episodes``."""
+
+    streams: Dict[int, FixedStream]
+    n_episodes: int
+    way: int
+    saved: Dict[int, Path]
+
+
+def episode_sets(spec: EpisodeSpec, run_config: Mapping[str, Any], source) -> EpisodeSets:
+    """The episodes of ``spec`` on ``source`` (a split of the data of run ``run_config``)."""
+    if spec.episodes_file:
+        fixed = load_episodes(spec.episodes_file, source)
+        return EpisodeSets({fixed.shot: FixedStream(fixed, source, spec.batch_size)}, len(fixed), fixed.way, {})
+    way = run_config["way"] if spec.way is None else spec.way
+    query = run_config.get("test_query", 15) if spec.query is None else spec.query
+    n = run_config.get("test_episodes", 1000) if spec.n_episodes is None else spec.n_episodes
+    shots: Tuple[int, ...] = tuple(spec.shots) if spec.shots is not None else (1, 5)
+    streams: Dict[int, FixedStream] = {}
+    saved: Dict[int, Path] = {}
+    for k in shots:
+        fixed = sample_fixed_episodes(source, way, k, query, n, seed=spec.seed + 7919 * k)
+        streams[k] = FixedStream(fixed, source, spec.batch_size)
+        if spec.save_episodes:
+            path = Path(spec.save_episodes)
+            if len(shots) > 1:
+                path = path.with_name(f"{path.stem}_{k}shot{path.suffix}")
+            save_episodes(path, fixed)
+            saved[k] = path
+    return EpisodeSets(streams, n, way, saved)

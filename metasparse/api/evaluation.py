@@ -1,0 +1,108 @@
+"""``evaluate(EvalConfig) -> EvaluationResult``: meta-test one checkpoint."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from ..engine.checkpoint import atomic_write_text, load_checkpoint
+from ..engine.distributed import resolve_device
+from ..engine.evaluate import evaluate_episodes
+from ..errors import ConfigError
+from ..registry import head_entry, head_options
+from .data import check_data_fits, checkpoint_source
+from .episode_sets import EpisodeSpec, episode_sets
+from .model import checkpoint_model, swapped_head
+
+__all__ = ["EvalConfig", "EvaluationResult", "evaluate"]
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class EvalConfig:
+    """Meta-test ``checkpoint`` (a ``.pt`` file or a run directory: its ``best.pt``, else
+    ``last.pt``) on the episodes of ``episodes``.
+
+    ``head`` swaps the trained head (keeping the backbone); ``lambda_ratio``, ``solver``
+    and ``head_options`` re-parameterise the swapped head, or the trained one when
+    ``head`` is None. ``out``: the results JSON (default
+    ``eval_{head}_{split}.json`` next to the checkpoint)."""
+
+    checkpoint: PathLike
+    episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
+    head: Optional[str] = None
+    lambda_ratio: Optional[float] = None
+    solver: Optional[str] = None
+    head_options: Optional[Dict[str, Any]] = None
+    out: Optional[PathLike] = None
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.head_options is not None and not isinstance(self.head_options, dict):
+            raise ConfigError(f"--head-options: expected a dict of options, got {self.head_options!r}")
+        if self.head is not None:
+            self.head = head_entry(self.head).name
+            head_options(self.head, self.lambda_ratio, self.solver, self.head_options)
+
+
+@dataclass
+class EvaluationResult:
+    """The numbers of an evaluation and where they were written.
+
+    ``results``: ``{shot: summary}`` with ``accuracy``, ``ci95``, ``std``, ``episodes``,
+    ``features_used_fraction``, ``features_used_ci95``, ``features_used_mean``,
+    ``n_features``, ``features_never_used``, ``loss`` (and ``max_rel_gap``,
+    ``unconverged_episodes`` for the SVM heads); shots are strings, as in the JSON file.
+    ``head`` / ``head_options``: the head evaluated; ``trained_head``: the checkpoint's;
+    ``way``: classes per episode; ``n_episodes``: episodes per shot; ``out``: the JSON
+    file; ``saved_episodes``: ``{shot: file}`` written for ``EpisodeSpec.save_episodes``."""
+
+    checkpoint: str
+    dataset: str
+    split: str
+    head: str
+    head_options: Dict[str, Any]
+    trained_head: str
+    seed: int
+    episodes_file: Optional[str]
+    results: Dict[str, Dict[str, Any]]
+    way: int
+    n_episodes: int
+    out: Path
+    saved_episodes: Dict[int, Path]
+
+    def payload(self) -> Dict[str, Any]:
+        """The content of the results JSON file."""
+        return {"checkpoint": self.checkpoint, "dataset": self.dataset, "split": self.split, "head": self.head,
+                "head_options": self.head_options, "trained_head": self.trained_head, "seed": self.seed,
+                "episodes_file": self.episodes_file, "results": self.results}
+
+
+def evaluate(config: EvalConfig) -> EvaluationResult:
+    """Evaluate ``config.checkpoint`` on every shot of ``config.episodes``, write the
+    results JSON and return them."""
+    spec = config.episodes
+    ck = load_checkpoint(config.checkpoint)
+    cfg = ck["config"]
+    device = resolve_device(config.device)
+    source = checkpoint_source(ck, spec.data_root, spec.split)
+    check_data_fits(ck, source)
+    model = checkpoint_model(ck).to(device)
+    head_name, head_opts, head = swapped_head(cfg, config.head, config.lambda_ratio, config.solver,
+                                              config.head_options)
+    if head is not None:
+        head.to(device)
+    sets = episode_sets(spec, cfg, source)
+    results = {}
+    for k, eps in sets.streams.items():
+        results[str(k)] = evaluate_episodes(model, eps, device, head=head, progress=config.progress,
+                                            desc=f"{k}-shot", total=len(eps)).summary()
+    out = Path(config.out) if config.out else Path(ck["path"]).parent / f"eval_{head_name}_{spec.split}.json"
+    result = EvaluationResult(ck["path"], cfg["dataset"], spec.split, head_name, head_opts, cfg["head"], spec.seed,
+                              str(spec.episodes_file) if spec.episodes_file else None, results, sets.way,
+                              sets.n_episodes, out, sets.saved)
+    atomic_write_text(out, json.dumps(result.payload(), indent=1) + "\n")
+    return result

@@ -1,0 +1,34 @@
+"""``prepare(PrepareConfig) -> {split: file}``: build a dataset's files from a public archive."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Union
+
+from ..errors import ConfigError
+from ..registry import DATASETS
+from .data import build_cifar_fs_fc100
+
+__all__ = ["PrepareConfig", "prepare"]
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class PrepareConfig:
+    """Build ``dataset`` (CIFAR-FS or FC100) from the official ``cifar100`` archive
+    (``cifar-100-python.tar.gz``) into the folder ``out`` (MetaOptNet-format pickles)."""
+
+    dataset: str
+    cifar100: PathLike
+    out: PathLike
+
+    def __post_init__(self) -> None:
+        buildable = [d.name for d in DATASETS.values() if d.from_cifar100]
+        if self.dataset not in buildable:
+            raise ConfigError(f"prepare: dataset {self.dataset!r}: expected one of {buildable}")
+
+
+def prepare(config: PrepareConfig) -> Dict[str, str]:
+    """Write the train / val / test files of ``config.dataset``; returns ``{split: path}``."""
+    return build_cifar_fs_fc100(config.cifar100, config.out, config.dataset)

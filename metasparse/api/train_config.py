@@ -1,0 +1,177 @@
+"""``TrainConfig``: the options of a training run, validated when the object is made.
+
+A field left ``None`` takes the dataset's default (MetaOptNet's protocol, see
+:mod:`metasparse.engine.config`) in a new run, and the saved value when resuming.
+:meth:`TrainConfig.run_config` resolves a new run's configuration (what ``config.json``
+holds); :meth:`TrainConfig.resumed_run_config` checks the given fields against a saved one.
+Error messages name each option by its command-line flag (``way`` is ``--way``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ..engine.config import TrainSettings
+from ..errors import ConfigError
+from ..registry import (DATASETS, DEFAULT_HEAD, backbone_entry, dataset_defaults, dataset_entry, head_entry,
+                        head_options)
+
+__all__ = ["TrainConfig"]
+
+PathLike = Union[str, Path]
+
+# fields stored at the top of the run configuration that a resumed run must not change
+_RUN_FIELDS = ("backbone", "head", "way", "train_shot", "query", "episodes_per_batch", "val_episodes",
+               "val_shot", "val_query", "amp", "head_dtype")
+# fields stored in the run configuration's ``settings`` (TrainSettings)
+_SETTINGS_FIELDS = ("epochs", "batches_per_epoch", "optimizer", "lr", "weight_decay", "label_smoothing", "seed",
+                    "checkpoint_every", "log_every")
+# fields that only a new run may set
+_NEW_RUN_FIELDS = ("lambda_ratio", "solver", "backbone_options", "head_options", "source_options")
+_OPTION_DICTS = ("backbone_options", "head_options", "source_options")
+_COUNTS = ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class TrainConfig:
+    """A meta-training run in ``out`` (``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``).
+
+    Data: ``dataset`` (required for a new run; one of :data:`metasparse.registry.DATASETS`),
+    ``data_root`` (not for ``synthetic``), ``source_options`` (keyword arguments of the
+    synthetic source). Model: ``backbone`` / ``backbone_options``, ``head`` (default
+    ``group-sparse-svm``) with ``lambda_ratio``, ``solver`` and ``head_options``, ``amp``,
+    ``head_dtype``. Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
+    ``val_episodes`` (0: no validation), ``val_shot``, ``val_query``. Optimisation:
+    ``epochs``, ``batches_per_epoch``, ``optimizer``, ``lr``, ``weight_decay``,
+    ``label_smoothing``, ``seed``, ``checkpoint_every``, ``log_every``, ``strict_solver``.
+    Execution (not part of the run configuration): ``resume``, ``device``,
+    ``num_workers``, ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``.
+    """
+
+    out: PathLike
+    dataset: Optional[str] = None
+    data_root: Optional[PathLike] = None
+    source_options: Optional[Dict[str, Any]] = None
+    backbone: Optional[str] = None
+    backbone_options: Optional[Dict[str, Any]] = None
+    head: Optional[str] = None
+    lambda_ratio: Optional[float] = None
+    solver: Optional[str] = None
+    head_options: Optional[Dict[str, Any]] = None
+    way: Optional[int] = None
+    train_shot: Optional[int] = None
+    query: Optional[int] = None
+    episodes_per_batch: Optional[int] = None
+    val_episodes: Optional[int] = None
+    val_shot: Optional[int] = None
+    val_query: Optional[int] = None
+    epochs: Optional[int] = None
+    batches_per_epoch: Optional[int] = None
+    optimizer: Optional[str] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    label_smoothing: Optional[float] = None
+    seed: Optional[int] = None
+    checkpoint_every: Optional[int] = None
+    log_every: Optional[int] = None
+    amp: Optional[bool] = None
+    head_dtype: Optional[str] = None
+    strict_solver: Optional[bool] = None
+    resume: bool = False
+    device: str = "auto"
+    num_workers: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    sync_bn: bool = False
+    stop_after_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.dataset is not None:
+            dataset_entry(self.dataset)
+        for name in _OPTION_DICTS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{_flag(name)}: expected a dict of options, got {value!r}")
+        if self.head is not None:
+            self.head = head_entry(self.head).name
+        if not self.resume:   # resuming rejects these options (the run's config.json holds them)
+            head_options(self.head or DEFAULT_HEAD, self.lambda_ratio, self.solver)
+        if self.backbone is not None:
+            self.backbone = backbone_entry(self.backbone).name
+        for name in _COUNTS:
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise ConfigError(f"{_flag(name)} must be >= 1, got {value}")
+        if any(v is not None and v < 1 for v in (self.epochs, self.batches_per_epoch)):
+            raise ConfigError("--epochs and --batches-per-epoch must be >= 1")
+        if self.val_episodes is not None and self.val_episodes < 0:
+            raise ConfigError(f"--val-episodes must be >= 0, got {self.val_episodes}")
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name, choices in (("optimizer", ("sgd", "adam")), ("head_dtype", ("float32", "float64"))):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ConfigError(f"{_flag(name)} {value!r}: expected one of {list(choices)}")
+
+    def run_config(self) -> Dict[str, Any]:
+        """The configuration of a new run: the dataset's defaults overridden by the given
+        fields (JSON-able; training adds ``example_shape`` and ``n_features``)."""
+        if self.dataset is None:
+            raise ConfigError("--dataset is required (one of " + ", ".join(DATASETS) + ")")
+        d = dataset_defaults(self.dataset)
+        head = self.head or DEFAULT_HEAD
+        cfg: Dict[str, Any] = {
+            "dataset": self.dataset, "data_root": str(self.data_root) if self.data_root else None,
+            "source_options": dict(self.source_options or {}),
+            "backbone": self.backbone or d["backbone"],
+            "head": head,
+            "head_options": head_options(head, self.lambda_ratio, self.solver, self.head_options),
+        }
+        for name in ("way", "train_shot", "query", "episodes_per_batch", "val_episodes", "val_shot", "val_query"):
+            cfg[name] = d[name] if getattr(self, name) is None else getattr(self, name)
+        cfg.update({"test_query": d["test_query"], "test_episodes": d["test_episodes"],
+                    "amp": bool(self.amp), "head_dtype": self.head_dtype or "float32"})
+        defaults = d["backbone_options"] if cfg["backbone"] == d["backbone"] else {}
+        cfg["backbone_options"] = {**defaults, **(self.backbone_options or {})}
+        s = TrainSettings(epochs=d["epochs"], batches_per_epoch=d["batches_per_epoch"], optimizer=d["optimizer"],
+                          lr=d["lr"], weight_decay=d["weight_decay"], label_smoothing=d["label_smoothing"])
+        for name in _SETTINGS_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(s, name, getattr(self, name))
+        s.strict_solver = bool(self.strict_solver)
+        cfg["settings"] = s.to_dict()
+        cfg["val_seed"] = int(s.seed) + 1_000_003
+        return cfg
+
+    def resumed_run_config(self, saved: Mapping[str, Any]) -> Dict[str, Any]:
+        """``saved`` (the ``config.json`` of the run being resumed) after checking that the
+        given fields agree with it; ``data_root`` and ``strict_solver`` may change."""
+        if self.dataset is not None and self.dataset != saved["dataset"]:
+            raise ConfigError(f"--dataset {self.dataset} contradicts the run being resumed ({saved['dataset']})")
+        for name in _RUN_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value is not False and saved.get(name) != value:
+                raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
+                                  f"({name}={saved.get(name)!r}); drop the flag or start a new --out")
+        for name in _SETTINGS_FIELDS:
+            value = getattr(self, name)
+            if value is not None and saved["settings"].get(name) != value:
+                raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
+                                  f"({name}={saved['settings'].get(name)!r}); drop the flag or start a new --out")
+        for name in _NEW_RUN_FIELDS:
+            if getattr(self, name) is not None:
+                raise ConfigError(f"{_flag(name)} cannot be changed when resuming; the run's config.json holds it")
+        config = copy.deepcopy(dict(saved))
+        if self.data_root:
+            config["data_root"] = str(self.data_root)
+        if self.strict_solver is not None:   # does not change the computation
+            config["settings"]["strict_solver"] = bool(self.strict_solver)
+        return config
+

@@ -1,0 +1,96 @@
+"""``metasparse train``: flags -> :class:`~metasparse.api.TrainConfig` -> :func:`metasparse.api.train`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..heads import SolverConvergenceError
+from ..registry import BACKBONES, DATASETS, HEADS, SOLVERS
+from .common import json_arg
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="meta-train a backbone + head", description="Meta-train with MetaOptNet's "
+                       "protocol (defaults per dataset; see docs/cli.md).")
+    t.add_argument("--dataset", choices=list(DATASETS))
+    t.add_argument("--data-root", help="folder holding the dataset files (not needed for synthetic)")
+    t.add_argument("--source-options", help="JSON keyword arguments of the source (synthetic: n_factors, mixing, ...)")
+    t.add_argument("--backbone", help=" | ".join(BACKBONES) + " (default: resnet12; mlp for synthetic)")
+    t.add_argument("--backbone-options", help="JSON options of the backbone, e.g. '{\"avg_pool\": true}'")
+    t.add_argument("--head", default=None, help=" | ".join(HEADS) + " (default group-sparse-svm)")
+    t.add_argument("--lambda-ratio", type=float, help="lambda1 / lambda_max per episode (group-sparse-svm)")
+    t.add_argument("--solver", choices=list(SOLVERS), help="SVM solver")
+    t.add_argument("--head-options", help="JSON options of the head, e.g. '{\"dual_reg\": 1.0}'")
+    t.add_argument("--way", type=int)
+    t.add_argument("--train-shot", type=int)
+    t.add_argument("--query", type=int, help="query examples per class during training")
+    t.add_argument("--episodes-per-batch", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batches-per-epoch", type=int)
+    t.add_argument("--optimizer", choices=["sgd", "adam"])
+    t.add_argument("--lr", type=float)
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--val-episodes", type=int, help="validation episodes per epoch (0: no validation)")
+    t.add_argument("--val-shot", type=int)
+    t.add_argument("--val-query", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last.pt, best.pt)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    t.add_argument("--amp", action="store_true", default=None, help="bf16 autocast for the backbone")
+    t.add_argument("--head-dtype", choices=["float32", "float64"], help="dtype of the features given to the head")
+    t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers producing episodes")
+    t.add_argument("--checkpoint-every", type=int, help="also save last.pt every N batches (default 200)")
+    t.add_argument("--log-every", type=int, help="metrics.jsonl step record every N batches (default 10)")
+    t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    t.add_argument("--strict-solver", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop with an error (exit status 1) at the first step where an episode's solver "
+                        "stops short of its tolerance, instead of one warning per epoch")
+    t.add_argument("--sync-bn", action="store_true", help="with torchrun on GPUs: batch-norm statistics over all ranks")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
+    t.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~metasparse.api.TrainConfig` of the flags (flags not given stay None:
+    defaults, or the saved run's)."""
+    from ..api import TrainConfig
+    return TrainConfig(
+        out=args.out, dataset=args.dataset, data_root=args.data_root,
+        source_options=json_arg(args.source_options, "--source-options"), backbone=args.backbone,
+        backbone_options=json_arg(args.backbone_options, "--backbone-options"), head=args.head,
+        lambda_ratio=args.lambda_ratio, solver=args.solver, head_options=json_arg(args.head_options, "--head-options"),
+        way=args.way, train_shot=args.train_shot, query=args.query, episodes_per_batch=args.episodes_per_batch,
+        val_episodes=args.val_episodes, val_shot=args.val_shot, val_query=args.val_query, epochs=args.epochs,
+        batches_per_epoch=args.batches_per_epoch, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, amp=args.amp, head_dtype=args.head_dtype,
+        strict_solver=args.strict_solver, resume=args.resume, device=args.device, num_workers=args.num_workers,
+        progress=not args.no_progress, tensorboard=args.tensorboard, sync_bn=args.sync_bn,
+        stop_after_steps=args.stop_after_steps)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import train
+    config = config_from_args(args)
+    try:
+        result = train(config)
+    except SolverConvergenceError as e:
+        raise SolverConvergenceError(f"{e}; {_strict_resume_hint(config.out)}") from None
+    best = result.best
+    if not result.stopped and best and result.rank == 0 and best.get("val_accuracy") is not None:
+        print(f"best validation accuracy {100 * best['val_accuracy']:.2f} +- {100 * best['val_ci95']:.2f}% "
+              f"at epoch {best['epoch']}; checkpoints in {config.out}/best.pt and {config.out}/last.pt")
+    return 0
+
+
+def _strict_resume_hint(out: Path) -> str:
+    """How to go on after a --strict-solver stop (its step made no update, last.pt is intact)."""
+    if (out / "last.pt").is_file():
+        return (f"{out}/last.pt is the last good checkpoint: continue with --resume --no-strict-solver, "
+                f"or start a new run with a larger max_iter in --head-options")
+    return f"no checkpoint was written yet: delete {out} and start again with a larger max_iter in --head-options"
