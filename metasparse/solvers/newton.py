@@ -56,7 +56,7 @@ margin are added to F, so float32 rounding cannot hide a violation).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Tuple
 
 import torch
@@ -288,7 +288,8 @@ def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation, face_iters: int = 1
+def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
+                     damping: Optional[torch.Tensor] = None, face_iters: int = 1
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""``(Lam_N, Lam+)``: maximisers of the quadratic model of D on faces of the simplices
     (P, B, n, k), one per face tried, and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
@@ -300,12 +301,20 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
     gradient exceeds the row's multiplier ``mu_i`` (the value of ``grad q`` on the face),
     and solve again (same Hessian, new mask).  The reference class of each sample (the
     largest entry of ``Lam+``) stays on the face.
+
+    ``damping`` (B,) >= 0 adds ``damping * mean(diag(Q^T M Q)) ||z||^2 / 2`` to the model
+    (Levenberg-Marquardt): it pulls the Newton point towards ``Lam+`` when the model
+    has proved too optimistic (features crossing the threshold ``||V_j|| = lambda1``
+    along the step add curvature the generalised Hessian does not see).
     """
     B, n, k = Lam.shape
     Lp = project_simplex(Lam + prob.eta[:, None, None] * ev.g)
     M = DualHessian.at(prob.XF, ev.Vt, ev.nrm, prob.l1, prob.l2, prob.rho)
     ref, cls, _ = _face_basis(Lp)
     H = M.reduced(ref, cls)
+    if damping is not None and bool((damping > 0).any()):
+        scale = H.diagonal(dim1=-2, dim2=-1).mean(-1)
+        H = H + torch.diag_embed((damping.to(H.dtype) * scale)[:, None].expand(B, H.shape[-1]))
     face = Lp > 0
     points = []
     for it in range(face_iters + 1):
@@ -358,6 +367,7 @@ class NewtonState:
 
     Lam: torch.Tensor
     prob: RestrictedProblem
+    damping: Optional[torch.Tensor] = None   # (B,) Levenberg-Marquardt factor of newton_direction
     fresh: bool = False     # the working set was just built at Lam: no full pass needed
     ev: Optional[Evaluation] = None   # evaluation at Lam on prob (set by check, used by update)
 
@@ -390,9 +400,21 @@ class WorkingSetNewton:
 
     def update(self, state: NewtonState) -> NewtonState:
         ev = state.ev if state.ev is not None else evaluate(state.prob, state.Lam)
-        Lam_N, Lp = newton_direction(state.prob, state.Lam, ev)
-        Lam, _ = projected_search(state.prob, state.Lam, Lam_N, Lp)
-        return NewtonState(Lam=Lam, prob=state.prob)
+        damping = state.damping if state.damping is not None else torch.zeros_like(ev.D)
+        Lam_N, Lp = newton_direction(state.prob, state.Lam, ev, damping)
+        Lam, t = projected_search(state.prob, state.Lam, Lam_N, Lp)
+        return NewtonState(Lam=Lam, prob=state.prob, damping=self.adapt_damping(damping, t))
+
+    @staticmethod
+    def adapt_damping(damping: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Levenberg-Marquardt rule on the accepted step: a full Newton step divides the
+        damping by 10 (to 0 below 1e-6), a shortened one multiplies it by 3 (at least
+        1e-4), the projected-gradient fallback by 10 (at least 1e-3)."""
+        full = damping / 10.0
+        full = torch.where(full < 1e-6, torch.zeros_like(full), full)
+        short = torch.clamp(damping * 3.0, min=1e-4)
+        fallback = torch.clamp(damping * 10.0, min=1e-3)
+        return torch.where(t >= 1.0, full, torch.where(t > 0, short, fallback))
 
     def finalize(self, state: NewtonState):
         """One projected-gradient step from the returned point, and its (objective, gap).
@@ -410,11 +432,11 @@ class WorkingSetNewton:
         prob = state.prob
         if state.fresh:      # built from this point's norms: certify from the next check on
             ev = evaluate(prob, state.Lam)
-            return NewtonState(Lam=state.Lam, prob=prob, ev=ev), ev.P, torch.full_like(ev.gap, math.inf)
+            return replace(state, fresh=False, ev=ev), ev.P, torch.full_like(ev.gap, math.inf)
         norms, viol = feature_violations(self.X, self.Y, state.Lam, prob)
         covered = torch.ones_like(viol[:, 0])
         if bool(viol.any()):
             prob, covered = grow_working_set(prob, self.X, norms, viol)
         ev = evaluate(prob, state.Lam)
         gap = torch.where(covered, ev.gap, torch.full_like(ev.gap, math.inf))
-        return NewtonState(Lam=state.Lam, prob=prob, ev=ev), ev.P, gap
+        return replace(state, prob=prob, ev=ev), ev.P, gap
