@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the MetaOptNet anchors table (brief anchors.md) plus the group-sparse SVM head
+# Reproduce the MetaOptNet table (docs/reference_numbers.md) plus the group-sparse SVM head
 # for one dataset: train every head with MetaOptNet's protocol (ResNet-12, defaults per
 # dataset), meta-test each best checkpoint on the same 1000 1-shot and 5-shot episodes,
 # compare all of them on identical episodes.
@@ -52,7 +52,7 @@ for spec in "${RUNS[@]}"; do ckpts+=("$OUT/${spec%%|*}/best.pt"); done
 $MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" $EVAL_FLAGS
 
 echo
-echo "== $DATASET, 5-way, mean +- 95% CI over the meta-test episodes (compare with anchors.md)"
+echo "== $DATASET, 5-way, mean +- 95% CI over the meta-test episodes (compare with docs/reference_numbers.md)"
 python3 - "$OUT" "${RUNS[@]}" <<'PYEOF'
 import json, sys
 out, runs = sys.argv[1], [r.split("|")[0] for r in sys.argv[2:]]

@@ -1,6 +1,6 @@
 """Synthetic few-shot sources and sparse multi-task generators with a known ground truth.
 
-Data generating process (Lachapelle et al. 2023, Assumption 2; brief paper.md section 5):
+Data generating process (Lachapelle et al. 2023, Assumption 2; docs/maths.md section 5):
 
 * latent factors ``z in R^m`` (Gaussian, optionally correlated);
 * an invertible mixing ``x = g(z)``: ``identity`` (disentangled), ``rotation``

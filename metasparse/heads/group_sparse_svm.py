@@ -1,4 +1,4 @@
-r"""The group-sparse multiclass SVM head (paper.md section 3) and MetaOptNet's SVM-CS.
+r"""The group-sparse multiclass SVM head (docs/maths.md section 3) and MetaOptNet's SVM-CS.
 
 ``GroupSparseSVMHead`` fits, per episode, ``W* = argmin_W P(W)`` with
 

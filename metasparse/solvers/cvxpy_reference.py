@@ -1,6 +1,6 @@
 r"""Exact references built with cvxpy (slow; one episode at a time; for tests and benchmarks).
 
-* :func:`solve_primal` -- the primal ``P(W)`` of paper.md section 3 with the plain
+* :func:`solve_primal` -- the primal ``P(W)`` of docs/maths.md section 3 with the plain
   Crammer-Singer hinge (``rho = 0``), solved directly in ``W`` (never via the dual).
 * :func:`solve_dual` -- the (smoothed, ``rho >= 0``) dual in ``Lam``; ``W`` follows
   from the primal-dual link.

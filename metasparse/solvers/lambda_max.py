@@ -9,7 +9,7 @@ subgradient ``X^T(Lam0 - Y)`` must lie in the ``lambda1`` group ball).  Hence
 with ``A`` the dual optima at ``W = 0``:
 
 * ``rho > 0``: ``A = {proj_simplex_rows(Y + (lambda2/rho) Delta)}`` (a single point,
-  paper.md), so lambda_max is in closed form;
+  docs/maths.md section 3), so lambda_max is in closed form;
 * ``rho = 0``: ``A = {rows in the simplex, Lam_{i, y_i} = 0}`` (every wrong class is
   tied in the hinge at W = 0).  The min-max problem is the bilinear saddle point
 

@@ -1,6 +1,6 @@
 r"""The group-sparse multiclass SVM: primal, (smoothed) dual and their pieces.
 
-Notation of paper.md section 3, batched over episodes (leading dimension B):
+Notation of docs/maths.md section 3, batched over episodes (leading dimension B):
 ``X`` (B, n, d) support features, ``Y`` (B, n, k) one-hot labels, ``Delta = 1 - Y``,
 ``W`` (B, d, k), ``Lam`` (B, n, k) with rows in the probability simplex,
 ``lambda1``, ``lambda2``, ``dual_reg = rho`` per episode (B,).
