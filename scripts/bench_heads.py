@@ -59,8 +59,9 @@ def class_images(templates, labels, generator):
 
 
 def meta_train(net, steps, way, shot, query, image_size, seed, device):
-    """A short meta-training of ``net`` (MetaOptNet's SGD settings, SVM head) on episodes
-    of a 64-class synthetic world (:func:`class_images`); returns the template bank."""
+    """A short meta-training of ``net`` (MetaOptNet's SGD settings and 15-shot training
+    episodes, SVM head) on a 64-class synthetic world (:func:`class_images`); returns
+    the template bank."""
     from metasparse.engine.model import FewShotModel
     from metasparse.heads import SVMHead
     g = torch.Generator().manual_seed(seed + 1)
@@ -83,6 +84,9 @@ def meta_train(net, steps, way, shot, query, image_size, seed, device):
     return templates
 
 
+_TRAINED = {}
+
+
 @torch.no_grad()
 def resnet12_batch(B, way, shot, query, image_size, seed, device, dtype, train_steps=0):
     """Support / query features of a full-width ResNet-12 (train mode): randomly initialised
@@ -94,8 +98,13 @@ def resnet12_batch(B, way, shot, query, image_size, seed, device, dtype, train_s
     net = net.to(device).train()
     templates = None
     if train_steps:
-        with torch.enable_grad():
-            templates = meta_train(net, train_steps, way, shot, query, image_size, seed, device)
+        key = (image_size, seed, train_steps, str(device))
+        if key not in _TRAINED:     # one meta-training per run, shared by the shot settings
+            with torch.enable_grad():
+                _TRAINED[key] = (meta_train(net, train_steps, way, 15, query, image_size, seed, device),
+                                 net.state_dict())
+        templates, state = _TRAINED[key]
+        net.load_state_dict(state)
     g = torch.Generator().manual_seed(seed)
     feats = []
     for m in (way * shot, way * query):
