@@ -19,7 +19,7 @@ import time
 import torch
 
 from metasparse.backbones import build_backbone
-from metasparse.cli import build_head
+from metasparse.registry import build_head
 from metasparse.engine.checkpoint import atomic_write_text
 from metasparse.engine.model import FewShotModel
 from metasparse.engine.train import smoothed_cross_entropy

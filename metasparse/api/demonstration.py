@@ -2,7 +2,7 @@
 (``metasparse demo``; a client of :func:`~metasparse.api.train` and
 :func:`~metasparse.api.load_model`).
 
-1. A synthetic few-shot world (brief paper.md section 5): latent factors z in R^m,
+1. A synthetic few-shot world (docs/maths.md section 5): latent factors z in R^m,
    classes whose means use l of the m factors, observations x = g(z) with an
    invertible mixing g (default: a random rotation, i.e. *linearly entangled* inputs).
 2. Meta-train the same linear encoder f(x) = A x + b twice (same seed, same initial A,

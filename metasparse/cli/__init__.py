@@ -10,8 +10,6 @@ flags, a checkpoint that does not fit) ends with one line ``metasparse <command>
 tolerance under ``--strict-solver`` ends with such a line and exit status 1 (the run's
 ``last.pt`` stays resumable). Any other exception is a bug and keeps its traceback.
 """
-# ``build_head`` is imported from here by scripts/train_throughput.py; its home is metasparse.registry
-from ..registry import build_head  # noqa: F401
 from .main import build_parser, main
 
 __all__ = ["main", "build_parser"]

@@ -18,14 +18,14 @@ reads them and drops those copies, so both versions load the same way.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
+
+from episodes.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 from ..errors import CheckpointError, CheckpointNotFoundError
 
@@ -38,37 +38,13 @@ _REQUIRED = ("config", "model")
 _V1_COPIES = ("backbone", "head", "settings")   # version 1 duplicates of parts of ``config``
 
 
-def _atomic_replace(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    _atomic_replace(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_checkpoint(path, payload: Dict[str, Any]) -> None:
     """Write ``payload`` (plus format tags) to ``path`` atomically (temp file + os.replace)."""
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
     data = {"format": FORMAT, "version": VERSION, **payload}
-    _atomic_replace(Path(path), lambda f: torch.save(data, f))
+    atomic_write(path, lambda f: torch.save(data, f))
 
 
 def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:

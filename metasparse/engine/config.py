@@ -1,5 +1,5 @@
 """MetaOptNet's meta-training / meta-testing defaults per dataset (Lee et al. 2019,
-brief paper.md section 6, and the flags of MetaOptNet's ``train.py`` / README).
+docs/maths.md section 6, and the flags of MetaOptNet's ``train.py`` / README).
 
 Common: 5-way, 6 query images per class, 8 episodes per batch, 1000 batches per epoch,
 60 epochs, SGD (momentum 0.9, Nesterov, weight decay 5e-4), lr 0.1 multiplied by
