@@ -126,18 +126,24 @@ def _restart(Z, Lam_new, Lam, t_next):
 
 
 # ------------------------------------------------------------------ Gram mode
+def _face_newton_point(M, g, Lam):
+    r"""``proj(Lam + delta)`` with ``(P M P) delta = P g`` on the face of ``Lam`` (the Newton
+    step of a dual with Hessian ``-M`` and gradient ``g``, projected back onto the simplices)."""
+    from .implicit import _face_blocks, _solve_on_face
+    B, n, k = Lam.shape
+    delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
+    return project_simplex(Lam + delta)
+
+
 def newton_step_gram(K, Y, l2, rho, Lam, S, ora):
     r"""Newton step on the current face (lambda1 = 0, rho > 0): maximise the quadratic
     dual on ``Lam + T``: ``(P M P) delta = P grad D(Lam)``, ``M = (K (x) I + rho I)/lambda2``;
     the result is projected back onto the simplices and returned with its (P, gap)."""
-    from .implicit import _face_blocks, _solve_on_face
     B, n, k = Lam.shape
     eye_k = torch.eye(k, dtype=K.dtype, device=K.device)
     M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).reshape(B, n * k, n * k)
     M = (M + rho[:, None, None] * torch.eye(n * k, dtype=K.dtype, device=K.device)) / l2[:, None, None]
-    g = ora.gradient(Lam, S)
-    delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
-    Lam_try = project_simplex(Lam + delta)
+    Lam_try = _face_newton_point(M, ora.gradient(Lam, S), Lam)
     lin = ora.lin(Lam_try)
     S_try, _ = ora.scores(lin)
     P, gap = ora.objectives(Lam_try, lin, S_try, None)
@@ -221,12 +227,9 @@ def newton_step_features(full, Lam, S):
     (where D is smooth): ``(P M P) delta = P grad D(Lam)`` with ``M`` the dual Hessian
     (:func:`metasparse.solvers.implicit.dual_hessian`), projected back onto the
     simplices; returns the new point with its V, S, W, P, gap."""
-    from .implicit import _face_blocks, _solve_on_face, dual_hessian
-    B, n, k = Lam.shape
+    from .implicit import dual_hessian
     M = dual_hessian(Lam, full.X, full.Y, full.l1, full.l2, full.rho)
-    g = full.gradient(Lam, S)
-    delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
-    Lam_t = project_simplex(Lam + delta)
+    Lam_t = _face_newton_point(M, full.gradient(Lam, S), Lam)
     V_t = full.lin(Lam_t)
     S_t, W_t = full.scores(V_t)
     P_t, gap_t = full.objectives(Lam_t, V_t, S_t, W_t)
