@@ -74,7 +74,9 @@ def test_exact_solution_agrees_with_cvxpy(dual_reg, ratio):
     lambda2 = 1.0
     W, rel_bound = hb.exact_solution(S, labels, k, ratio, lambda2, dual_reg, return_bound=True)
     assert W.dtype == torch.float64 and W.shape == (2, 8, k) and not W.requires_grad
-    assert bool((rel_bound < 1e-6).all())                   # certified by the duality gap
+    # certified by the duality gap: sqrt(2 gap / lambda2) / ||W||, with the gap at the float64
+    # floor (~1e-16 absolute) and ||W|| ~ 0.03 here this is ~1e-6; 1e-5 is where exact_solution warns
+    assert bool((rel_bound < 1e-5).all())
     lmax, _ = lambda_max(S, one_hot(labels, k, S.dtype), lambda2, dual_reg)
     l1 = ratio * lmax
     ref = []

@@ -186,16 +186,17 @@ class GramFISTA:
         Lam_new = project_simplex(torch.baddbmm(self.C0, self.Mp, Z))
         return FISTAState(Lam=Lam_new, Lam_prev=s.Lam, t=_restart(Z, Lam_new, s.Lam, t_next))
 
-    def finalize(self, s: FISTAState):
-        """One projected-gradient step from the returned point, and its (objective, gap):
-        a fixed point at the optimum, except that entries the Newton step left at ~1e-17
-        instead of 0 come out exactly 0 (the implicit backward reads the face from the
-        zeros)."""
+    def finalize(self, s: FISTAState, P, gap):
+        """One projected-gradient step from the returned point (a fixed point at the
+        optimum: it sets entries a Newton step left at ~1e-17 to exactly 0), kept for the
+        episodes where it does not raise the gap.  Returns (state, P, gap)."""
         Lam = project_simplex(torch.baddbmm(self.C0, self.Mp, s.Lam))   # Lam + eta grad D(Lam), projected
         lin = self.ora.lin(Lam)
         S, _ = self.ora.scores(lin)
-        P, gap = self.ora.objectives(Lam, lin, S, None)
-        return FISTAState(Lam=Lam, Lam_prev=Lam, t=s.t), P, gap
+        P_new, gap_new = self.ora.objectives(Lam, lin, S, None)
+        keep = gap_new <= gap
+        Lam = torch.where(keep[:, None, None], Lam, s.Lam)
+        return FISTAState(Lam=Lam, Lam_prev=Lam, t=s.t), torch.where(keep, P_new, P), torch.where(keep, gap_new, gap)
 
     def check(self, s: FISTAState, active=None):
         lin = self.ora.lin(s.Lam)

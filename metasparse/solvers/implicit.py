@@ -73,10 +73,17 @@ def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:
     return M / lambda2[:, None, None]
 
 
+def on_face(Lam: torch.Tensor) -> torch.Tensor:
+    """The support of the dual point, as the backward reads it: entries above rounding
+    level (``64 eps`` of the dtype; rows sum to 1), so that an entry a Newton step left at
+    ~1e-17 instead of 0 does not count as on the face."""
+    return Lam > 64 * torch.finfo(Lam.dtype).eps
+
+
 def _face_blocks(Lam: torch.Tensor) -> torch.Tensor:
     """(B, n, k, k) diagonal blocks of the orthogonal projector onto T (one per sample):
-    ``diag(s) - s s^T / |s|`` with ``s`` the support of the sample's row of Lam."""
-    s = (Lam > 0).to(Lam.dtype)
+    ``diag(s) - s s^T / |s|`` with ``s`` the support (:func:`on_face`) of the sample's row of Lam."""
+    s = on_face(Lam).to(Lam.dtype)
     cnt = s.sum(-1).clamp(min=1.0)
     return torch.diag_embed(s) - s[..., :, None] * s[..., None, :] / cnt[..., None, None]
 
@@ -284,7 +291,7 @@ class GroupSparseWeights(torch.autograd.Function):
         inv = (1.0 / l2d)[:, None, None]
         gLam = -(XA @ J(gWA).transpose(1, 2)) * inv                                # (B, n, k)
         ref, cls, _ = _face_basis(Ld)
-        on = (Ld > 0).gather(2, cls)
+        on = on_face(Ld).gather(2, cls)
         b = (_reduce(gLam, ref, cls) * on).reshape(B, n * (k - 1))
         z = _spd_solve(_on_face(M.reduced(ref, cls), on), b).reshape(B, n, k - 1) * on
         u = _expand_tangent(z, ref, cls, k)                                         # (B, n, k)

@@ -188,7 +188,7 @@ def _face_basis(Lp: torch.Tensor):
     k = Lp.shape[-1]
     ref = Lp.argmax(-1)                                                      # (B, n)
     cls = (ref[..., None] + torch.arange(1, k, device=Lp.device)) % k
-    return ref, cls, Lp.gather(2, cls) > 0
+    return ref, cls, Lp.gather(2, cls) > 0      # the model's face: exact zeros of the projection
 
 
 def _expand_tangent(z: torch.Tensor, ref, cls, k: int) -> torch.Tensor:
@@ -416,17 +416,19 @@ class WorkingSetNewton:
         fallback = torch.clamp(damping * 10.0, min=1e-3)
         return torch.where(t >= 1.0, full, torch.where(t > 0, short, fallback))
 
-    def finalize(self, state: NewtonState):
-        """One projected-gradient step from the returned point, and its (objective, gap).
+    def finalize(self, state: NewtonState, P, gap):
+        """One projected-gradient step from the returned point, kept for the episodes
+        where it does not raise the gap; returns (state, P, gap).
 
         At the optimum it is a fixed point, except that entries the Newton arithmetic
-        left at ~1e-17 instead of 0 come out exactly 0: the implicit backward reads the
-        face of the simplices from the zeros.
+        left at ~1e-17 instead of 0 come out exactly 0.
         """
         ev = evaluate(state.prob, state.Lam)
         Lam = project_simplex(state.Lam + state.prob.eta[:, None, None] * ev.g)
         ev = evaluate(state.prob, Lam)
-        return NewtonState(Lam=Lam, prob=state.prob), ev.P, ev.gap
+        keep = ev.gap <= gap
+        Lam = torch.where(keep[:, None, None], Lam, state.Lam)
+        return NewtonState(Lam=Lam, prob=state.prob), torch.where(keep, ev.P, P), torch.where(keep, ev.gap, gap)
 
     def check(self, state: NewtonState, active=None):
         prob = state.prob

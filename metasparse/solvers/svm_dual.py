@@ -195,10 +195,10 @@ class GroupSparseSVMDual:
             solver = WorkingSetNewton(X.detach(), Y, l1.detach(), l2.detach(), rho)
             res = engine.run(solver, solver.init_state(Lam0), tol=self.tol, max_iter=self.max_iter,
                              check_every=1, patience=self.patience, floor=1e-12 * n)
-            state, P, gap = solver.finalize(res.state)
-            # the certificate of the finalized point (a projected-gradient step from the
-            # returned one: never worse in D, equal at the optimum up to rounding)
-            gap = torch.where(torch.isfinite(res.gap), gap, res.gap)
+            finite = torch.isfinite(res.gap)
+            state, P, gap = solver.finalize(res.state, res.objective, torch.where(finite, res.gap,
+                                                                                   torch.full_like(res.gap, -1.0)))
+            gap = torch.where(finite, gap, res.gap)     # an uncertified point stays uncertified
             rel = gap / torch.clamp(P.abs(), min=1e-12 * n)
         Lam64, rows = state.Lam, state.prob.idx
         Lam = Lam64.to(X.dtype)
@@ -235,7 +235,7 @@ class GroupSparseSVMDual:
             state = solver.init_state(None if init is None else init.double())
             res = engine.run(solver, state, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every,
                              patience=self.patience, floor=1e-12 * n)
-            state, P, gap = solver.finalize(res.state)
+            state, P, gap = solver.finalize(res.state, res.objective, res.gap)
             return state.Lam.to(out_dtype), res.n_iter, P.to(out_dtype), gap.to(out_dtype), None
         mixed = (not gram) and X.dtype != torch.float64 and not grad
         X_check = X
