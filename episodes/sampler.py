@@ -21,12 +21,12 @@ from __future__ import annotations
 from typing import Callable, Mapping, Optional, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .sources.base import FewShotSource
 from .types import EpisodeBatch
 
-__all__ = ["EpisodeSampler", "EpisodeDataset", "episode_loader", "batch_seed", "resolve_transform",
+__all__ = ["EpisodeSampler", "EpisodeDataset", "episode_loader", "epoch_loader", "batch_seed", "resolve_transform",
            "keep_freed_memory"]
 
 _MASK64 = (1 << 64) - 1
@@ -234,6 +234,17 @@ def episode_loader(source: FewShotSource, way: int, shot, query, episodes_per_ba
     ``torch.utils.data.DataLoader`` (e.g. ``prefetch_factor``, ``persistent_workers``).
     """
     sampler = EpisodeSampler(source, way, shot, query, episodes_per_batch, seed, transform)
+    return epoch_loader(sampler, n_batches, epoch, num_workers=num_workers, pin_memory=pin_memory,
+                        **dataloader_kwargs)
+
+
+def epoch_loader(sampler: EpisodeSampler, n_batches: int, epoch: int = 0, start: int = 0, num_workers: int = 0,
+                 pin_memory: bool = False, **dataloader_kwargs) -> DataLoader:
+    """A ``DataLoader`` over batches ``start .. n_batches - 1`` of ``epoch`` of ``sampler``
+    (``start > 0``: where a resumed run continues); with ``start = 0``, ``loader.dataset``
+    is the :class:`EpisodeDataset` (``set_epoch``)."""
     dataset = EpisodeDataset(sampler, n_batches, epoch)
+    if start:
+        dataset = Subset(dataset, range(int(start), dataset.n_batches))
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory, collate_fn=_identity, **dataloader_kwargs)

@@ -33,9 +33,9 @@ from episodes.sources.synthetic import make_synthetic_source
 
 from ..engine.checkpoint import atomic_write_text
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
-from ..engine.streams import EvalEpisodes
+from ..engine.streams import FixedStream
 from ..metrics import disentanglement as dis
-from .data import episode_sampler
+from .data import sample_fixed_episodes
 from .model import load_model
 from .report import text_table
 from .train_config import TrainConfig
@@ -125,7 +125,7 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
         models[head] = model
         entries.append(Entry(head, model, None, {"checkpoint": ck["path"], "head": head,
                                                  "head_options": ck["config"]["head_options"]}))
-    sets = {k: EvalEpisodes(episode_sampler(test, 5, k, 15, 1, config.seed + 7919 * k, None), n_test, 16)
+    sets = {k: FixedStream(sample_fixed_episodes(test, 5, k, 15, n_test, config.seed + 7919 * k), test, 16)
             for k in (1, 5)}
     print(f"\n== meta-testing both models on the same {n_test} test episodes per shot")
     result = compare_entries(entries, sets, device, progress=config.progress)

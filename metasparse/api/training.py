@@ -11,11 +11,11 @@ import torch
 from ..engine.checkpoint import atomic_write_text
 from ..engine.config import TrainSettings
 from ..engine.distributed import cleanup, init_distributed
-from ..engine.streams import EvalEpisodes, SamplerStream
+from ..engine.streams import FixedStream, SamplerStream
 from ..engine.train import train as run_engine
 from ..errors import ConfigError, DataError
 from ..registry import backbone_options_for_data
-from .data import episode_sampler, example_shape, load_source
+from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
 from .train_config import TrainConfig
 
@@ -92,8 +92,8 @@ def train(config: TrainConfig) -> TrainResult:
         val = None
         if run["val_episodes"] > 0:
             val_source = load_source(run["dataset"], run["data_root"], "val", source_options)
-            val = EvalEpisodes(episode_sampler(val_source, run["way"], run["val_shot"], run["val_query"], 1,
-                                               run["val_seed"], "eval"), run["val_episodes"], 8)
+            val = FixedStream(sample_fixed_episodes(val_source, run["way"], run["val_shot"], run["val_query"],
+                                                    run["val_episodes"], run["val_seed"]), val_source, 8)
         if ctx.is_main:
             print(f"metasparse train: {run['dataset']} {run['backbone']} + {run['head']} "
                   f"{run['head_options']} | {run['way']}-way {run['train_shot']}-shot, "

@@ -4,12 +4,11 @@
   epoch ``e`` is ``sampler.sample(e, i)`` (augmentation included, seeded by the sampler),
   optionally produced by DataLoader workers; starting at ``start`` is how a resumed run
   continues at the exact sampler position.
-* :class:`EvalEpisodes` - a re-iterable, fixed set of evaluation episodes: episode ``t``
-  is ``sampler.sample(0, t)`` of a one-episode sampler, i.e. a pure function of
-  ``(seed, t)``, independent of the evaluation batch size, so two heads or checkpoints
-  evaluated with the same seed see identical tasks.
-* :class:`FixedStream` - the batches of an ``episodes.fixed.FixedEpisodes`` set (sampled
-  with a seed, or loaded from an episodes file), normalised for evaluation.
+* :class:`FixedStream` - the evaluation episodes of validation, ``evaluate``, ``compare``
+  and the demo: the batches of an ``episodes.fixed.FixedEpisodes`` set (sampled with a
+  seed: episode ``t`` is batch ``t`` of epoch 0 of a one-episode sampler, a pure
+  function of ``(seed, t)`` independent of the batch size; or loaded from an episodes
+  file), normalised for evaluation.
 """
 from __future__ import annotations
 
@@ -18,9 +17,10 @@ from dataclasses import fields
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Subset
 
-__all__ = ["SamplerStream", "EvalEpisodes", "FixedStream", "cat_batches"]
+from episodes.sampler import epoch_loader
+
+__all__ = ["SamplerStream", "FixedStream", "cat_batches"]
 
 
 def cat_batches(batches: Sequence):
@@ -38,6 +38,9 @@ def _identity(x):
 
 
 class SamplerStream:
+    """Training batches: batch ``i`` of epoch ``e`` is ``sampler.sample(e, i)``; with
+    ``num_workers > 0`` they come from :func:`episodes.sampler.epoch_loader`."""
+
     def __init__(self, sampler, n_batches: int, num_workers: int = 0, pin_memory: bool = False):
         self.sampler = sampler
         self.n_batches = int(n_batches)
@@ -45,37 +48,13 @@ class SamplerStream:
         self.pin_memory = bool(pin_memory)
 
     def iter_epoch(self, epoch: int, start: int = 0) -> Iterator:
-        if self.num_workers == 0:
+        if self.num_workers == 0:      # in-process: no DataLoader machinery
             for i in range(start, self.n_batches):
                 b = self.sampler.sample(epoch, i)
                 yield b.pin_memory() if self.pin_memory else b
             return
-        from episodes.sampler import EpisodeDataset
-        ds = EpisodeDataset(self.sampler, self.n_batches, epoch)
-        loader = DataLoader(Subset(ds, range(start, self.n_batches)), batch_size=None, shuffle=False,
-                            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=_identity)
-        yield from loader
-
-
-class EvalEpisodes:
-    """``n_episodes`` fixed episodes from a one-episode-per-batch sampler, yielded in batches."""
-
-    def __init__(self, sampler, n_episodes: int, batch_size: int = 8):
-        if getattr(sampler, "episodes_per_batch", 1) != 1:
-            raise ValueError("EvalEpisodes needs a sampler with episodes_per_batch=1")
-        if n_episodes < 1:
-            raise ValueError(f"number of episodes must be >= 1, got {n_episodes}")
-        self.sampler = sampler
-        self.n_episodes = int(n_episodes)
-        self.batch_size = max(1, int(batch_size))
-
-    def __len__(self) -> int:
-        return math.ceil(self.n_episodes / self.batch_size)
-
-    def __iter__(self):
-        for lo in range(0, self.n_episodes, self.batch_size):
-            hi = min(lo + self.batch_size, self.n_episodes)
-            yield cat_batches([self.sampler.sample(0, t) for t in range(lo, hi)])
+        yield from epoch_loader(self.sampler, self.n_batches, epoch, start, num_workers=self.num_workers,
+                                pin_memory=self.pin_memory)
 
 
 class FixedStream:

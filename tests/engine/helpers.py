@@ -5,11 +5,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from episodes.fixed import sample_fixed_episodes
 from episodes.sampler import EpisodeSampler
 from episodes.sources.synthetic import make_synthetic_source
 from metasparse.backbones import build_backbone
 from metasparse.engine.model import FewShotModel
-from metasparse.engine.streams import EvalEpisodes, SamplerStream
+from metasparse.engine.streams import FixedStream, SamplerStream
 
 SOURCE = dict(seed=0, n_factors=6, factors_per_class=2, n_classes=(10, 5, 5), examples_per_class=20,
               mixing="rotation")
@@ -75,7 +76,7 @@ def tiny_streams(batches=4, episodes_per_batch=4, val=8):
     tr = make_synthetic_source("train", **SOURCE)
     va = make_synthetic_source("val", **SOURCE)
     stream = SamplerStream(EpisodeSampler(tr, 3, 2, 3, episodes_per_batch, seed=1), batches)
-    val_eps = EvalEpisodes(EpisodeSampler(va, 3, 2, 3, 1, seed=2), val, 4) if val else None
+    val_eps = FixedStream(sample_fixed_episodes(va, 3, 2, 3, val, seed=2), va, 4) if val else None
     return stream, val_eps
 
 
