@@ -32,11 +32,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Optional, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from episodes.sampler import batch_seed
 
 from ..errors import ConfigError
 from ..heads.base import SolverConvergenceError, SolverConvergenceWarning, unconverged_message
@@ -56,9 +57,12 @@ class EpisodeStream(Protocol):
 
 
 def step_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed that is a pure function of ``(seed, epoch, index)``."""
-    return int(np.random.SeedSequence([int(seed), 1 + int(epoch), int(index)]).generate_state(2, np.uint64)[0]
-               & np.uint64(2 ** 63 - 1))
+    """Seed of the global torch RNG for training step ``index`` of ``epoch`` (dropout,
+    DropBlock): a pure function of ``(seed, epoch, index)``, by the same SplitMix64
+    derivation as the episodes (:func:`episodes.sampler.batch_seed`) applied to a seed of
+    its own (``batch_seed(seed, -2, 0)``), so the step's random numbers never repeat the
+    sampler's stream for the same batch."""
+    return batch_seed(batch_seed(seed, -2, 0), epoch, index)
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
