@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from torch import nn
 
@@ -32,8 +32,3 @@ def build_backbone(name: str, **options: Any) -> nn.Module:
         return BACKBONES[key](**options)
     except TypeError as e:
         raise ValueError(f"backbone {name!r}: bad options {options}: {e}") from None
-
-
-def backbone_spec(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
-    """The JSON-able description a checkpoint stores to rebuild the backbone."""
-    return {"name": name.lower().replace("-", "").replace("_", ""), "options": dict(options)}
