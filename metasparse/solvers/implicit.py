@@ -272,7 +272,7 @@ class GroupSparseWeights(torch.autograd.Function):
         Vt = G.transpose(1, 2) @ XF
         nrm = _column_norms(Vt)
         M = DualHessian.at(XF, Vt, nrm, l1d, l2d, rhod)
-        M.solve_dtype = dt
+        M.solve_dtype = torch.promote_types(X.dtype, torch.float32)   # the precision of the inputs
         on_rows = nrm > l1d[:, None]
         mA = M.XA.shape[-1]
         sel = torch.where(on_rows, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
@@ -293,7 +293,8 @@ class GroupSparseWeights(torch.autograd.Function):
         ref, cls, _ = _face_basis(Ld)
         on = on_face(Ld).gather(2, cls)
         b = (_reduce(gLam, ref, cls) * on).reshape(B, n * (k - 1))
-        z = _spd_solve(_on_face(M.reduced(ref, cls), on), b).reshape(B, n, k - 1) * on
+        H = _on_face(M.reduced(ref, cls), on)
+        z = _spd_solve(H, b.to(H.dtype)).to(dt).reshape(B, n, k - 1) * on
         u = _expand_tangent(z, ref, cls, k)                                         # (B, n, k)
         XtU = u.transpose(1, 2) @ XA                                                # (B, k, mA)
         gX = gl1 = gl2 = None
