@@ -25,6 +25,7 @@ ones.  The solver's iteration count depends on the conditioning of X X^T.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -157,6 +158,38 @@ def fwd_bwd(head, qry, support, labels, qlabels, way, device, repeats):
     return times[len(times) // 2], out
 
 
+def gs_parts(head, qry, support, labels, way, device):
+    """Median seconds of lambda_max and of the solve alone (forward, no autograd), and the
+    relative error of the support gradient of the float32 head against the same head in
+    float64 (the backward's face system runs in the inputs' precision)."""
+    from metasparse.solvers import lambda_max
+    from metasparse.solvers.objectives import one_hot
+    Y = one_hot(labels, way, support.dtype)
+    lm, solve = [], []
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        lmax, Lam0 = lambda_max(support, Y, head.lambda2_value.item(), head.dual_reg, cpu_threads=head.solver.cpu_threads)
+        sync(device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            head.solver.run(support, Y, head.lambda1_value.item() * lmax, head.lambda2_value.item(), head.dual_reg,
+                            init=Lam0)
+        sync(device)
+        lm.append(t1 - t0)
+        solve.append(time.perf_counter() - t1)
+
+    def grad(dtype):
+        s = support.to(dtype).clone().requires_grad_()
+        h = copy.deepcopy(head).to(dtype)
+        h(qry.to(dtype), s, labels, way).logsumexp(-1).sum().backward()
+        return s.grad.double()
+
+    g32, g64 = grad(torch.float32), grad(torch.float64)
+    return {"gs_lambda_max_s": sorted(lm)[2], "gs_solve_s": sorted(solve)[2],
+            "gs_grad_rel_err_f32": float((g32 - g64).norm() / g64.norm())}
+
+
 def timed(fn, qry, support, labels, qlabels, way, device, repeats):
     """Median forward+backward seconds of a baseline ``fn(query, support, labels, way) -> (logits, W)``."""
     times, W = [], None
@@ -255,6 +288,7 @@ def main(argv=None):
                    gs_converged=int(out.fit.converged.sum()) if out.fit.converged is not None else None,
                    gs_unused=float(out.fit.unused_fraction.mean()))
         gs_out = out
+        row.update(gs_parts(gs, qry, support, labels, args.way, device))
         svm = SVMHead(C_reg=1.0 / args.lambda2, tol=args.tol, cpu_threads=threads).to(device)
         fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, 1)
         t, out = fwd_bwd(svm, qry, support, labels, qlabels, args.way, device, args.repeats)
@@ -300,12 +334,14 @@ def main(argv=None):
                   f"{r['svm_rel_gap_max']:.1e} | {f(r, 'svm_qpth_s', '%.3f')} ({f(r, 'svm_qpth_cpu', '%.3f')}) | "
                   f"{f(r, 'svm_speedup', '%.1fx')} ({f(r, 'svm_speedup_cpu', '%.1fx')}) |")
     md += ["", "Group-sparse head vs SVM head, same features, same run (forward + backward):", "",
-           "| n_support | d | GS s | SVM s | GS / SVM (wall) | GS / SVM (cpu) | GS converged | GS rel gap median | GS rel gap max |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| n_support | d | GS s | SVM s | GS / SVM (wall) | GS / SVM (cpu) | GS converged | GS rel gap median | GS rel gap max "
+           "| GS lambda_max s / solve s | GS grad f32 vs f64 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['n_support']} | {r['d']} | {r['gs_dual_s']:.3f} | {r['svm_dual_s']:.3f} | "
                   f"{r['gs_over_svm']:.2f}x | {r['gs_over_svm_cpu']:.2f}x | {r['gs_converged']}/{r['episodes']} | "
-                  f"{r['gs_rel_gap_median']:.1e} | {r['gs_rel_gap_max']:.1e} |")
+                  f"{r['gs_rel_gap_median']:.1e} | {r['gs_rel_gap_max']:.1e} | "
+                  f"{r['gs_lambda_max_s']:.4f} / {r['gs_solve_s']:.3f} | {r['gs_grad_rel_err_f32']:.1e} |")
     if any("gs_w_err" in r for r in rows):
         steps = args.pgd_steps
         md += ["", "Published heads on the same features (max over episodes of ||W - W*|| / ||W*||, W* an exact "
