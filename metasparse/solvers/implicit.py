@@ -236,39 +236,42 @@ class GroupSparseWeights(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, X, lambda1, lambda2, Lam, Y, dual_reg, rows, cpu_threads=None):
+    def forward(ctx, X, lambda1, lambda2, Lam, Y, dual_reg, rows, cpu_threads=None, XF=None):
         """``rows`` (B, m) feature indices containing every non-zero row of W* (the
-        working set); ``Lam`` the dual solution (any float dtype)."""
+        working set); ``Lam`` the dual solution (any float dtype); ``XF`` (optional) the
+        columns ``rows`` of X, already gathered (the solver's restricted problem)."""
         from .newton import _column_norms
         B, n, d = X.shape
         dt = torch.promote_types(Lam.dtype, X.dtype)
-        XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1])).to(dt)
+        if XF is None:
+            XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1]))
+        XF = XF.to(dt)
         Vt = (Y.to(dt) - Lam.to(dt)).transpose(1, 2) @ XF
         nrm = _column_norms(Vt)
         l1, l2 = lambda1.to(dt), lambda2.to(dt)
         WF = (Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)).transpose(1, 2)            # (B, m, k)
         W = torch.zeros(B, d, Y.shape[-1], dtype=X.dtype, device=X.device)
         W.scatter_(1, rows[..., None].expand(B, rows.shape[1], Y.shape[-1]), WF.to(X.dtype))
-        ctx.save_for_backward(X, lambda1, lambda2, Lam, Y, dual_reg, rows)
+        ctx.save_for_backward(X, lambda1, lambda2, Lam, Y, dual_reg, rows, XF)
         ctx.cpu_threads = cpu_threads
         return W
 
     @staticmethod
     def backward(ctx, gW):
         with solver_threads(gW.device, ctx.cpu_threads):
-            return GroupSparseWeights._backward(ctx, gW) + (None, None, None, None, None)
+            return GroupSparseWeights._backward(ctx, gW) + (None, None, None, None, None, None)
 
     @staticmethod
     def _backward(ctx, gW):
         from .newton import DualHessian, _column_norms, _expand_tangent, _face_basis, _on_face, _reduce, _spd_solve
-        X, l1, l2, Lam, Y, rho, rows = ctx.saved_tensors
+        X, l1, l2, Lam, Y, rho, rows, XF = ctx.saved_tensors
         B, n, d = X.shape
         k = Y.shape[-1]
         dt = torch.promote_types(Lam.dtype, torch.float64)
         Ld, Yd, l1d, l2d, rhod = Lam.to(dt), Y.to(dt), l1.to(dt), l2.to(dt), rho.to(dt)
         G = Yd - Ld
         # active rows of the working set
-        XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1])).to(dt)
+        XF = XF.to(dt)
         Vt = G.transpose(1, 2) @ XF
         nrm = _column_norms(Vt)
         M = DualHessian.at(XF, Vt, nrm, l1d, l2d, rhod)

@@ -289,7 +289,7 @@ def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
-                     damping: Optional[torch.Tensor] = None, face_iters: int = 1
+                     damping: Optional[torch.Tensor] = None, face_iters: int = 2
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""``(Lam_N, Lam+)``: maximisers of the quadratic model of D on faces of the simplices
     (P, B, n, k), one per face tried, and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
@@ -299,8 +299,9 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
     from the face of ``Lam+``; ``face_iters`` primal-dual active-set updates then
     drop the entries that came out negative and add the zero entries whose model
     gradient exceeds the row's multiplier ``mu_i`` (the value of ``grad q`` on the face),
-    and solve again (same Hessian, new mask).  The reference class of each sample (the
-    largest entry of ``Lam+``) stays on the face.
+    and solve again (same Hessian, new mask; only the episodes whose face changed are
+    solved again).  The reference class of each sample (the largest entry of ``Lam+``)
+    stays on the face.
 
     ``damping`` (B,) >= 0 adds ``damping * mean(diag(Q^T M Q)) ||z||^2 / 2`` to the model
     (Levenberg-Marquardt): it pulls the Newton point towards ``Lam+`` when the model
@@ -317,6 +318,7 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         H = H + torch.diag_embed((damping.to(H.dtype) * scale)[:, None].expand(B, H.shape[-1]))
     face = Lp > 0
     points = []
+    x, todo = None, None          # todo: the episodes whose face changed (None: all)
     for it in range(face_iters + 1):
         # anchor on the face: mass of entries off the face moved to the reference class
         anchor = torch.where(face, Lp, torch.zeros_like(Lp))
@@ -324,8 +326,14 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         on = face.gather(2, cls)
         rhs = ev.g - M.apply(anchor - Lam)
         b = (_reduce(rhs, ref, cls) * on).reshape(B, n * (k - 1))
-        z = _spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
-        x = anchor + _expand_tangent(z, ref, cls, k)
+        if todo is None:
+            z = _spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
+            x = anchor + _expand_tangent(z, ref, cls, k)
+        else:
+            z = _spd_solve(_on_face(H[todo], on[todo]), b[todo].to(H.dtype)).to(b.dtype)
+            z = z.reshape(-1, n, k - 1) * on[todo]
+            x = x.clone()
+            x[todo] = anchor[todo] + _expand_tangent(z, ref[todo], cls[todo], k)
         points.append(x)
         if it == face_iters:
             break
@@ -333,8 +341,10 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         mu = r.gather(2, ref[..., None])
         new_face = torch.where(face, x > 0, r > mu)
         new_face = new_face.scatter(2, ref[..., None], True)
-        if bool((new_face == face).all()):
+        changed = (new_face != face).reshape(B, -1).any(-1)
+        if not bool(changed.any()):
             break
+        todo = changed.nonzero()[:, 0]
         face = new_face
     return torch.stack(points), Lp
 
@@ -423,7 +433,7 @@ class WorkingSetNewton:
         At the optimum it is a fixed point, except that entries the Newton arithmetic
         left at ~1e-17 instead of 0 come out exactly 0.
         """
-        ev = evaluate(state.prob, state.Lam)
+        ev = state.ev if state.ev is not None else evaluate(state.prob, state.Lam)
         Lam = project_simplex(state.Lam + state.prob.eta[:, None, None] * ev.g)
         ev = evaluate(state.prob, Lam)
         keep = ev.gap <= gap

@@ -200,7 +200,7 @@ class GroupSparseSVMDual:
                                                                                    torch.full_like(res.gap, -1.0)))
             gap = torch.where(finite, gap, res.gap)     # an uncertified point stays uncertified
             rel = gap / torch.clamp(P.abs(), min=1e-12 * n)
-        Lam64, rows = state.Lam, state.prob.idx
+        Lam64, rows, XF = state.Lam, state.prob.idx, state.prob.XF
         Lam = Lam64.to(X.dtype)
         needs_grad = torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad)
         if needs_grad and not bool((rho > 0).all()):
@@ -208,9 +208,10 @@ class GroupSparseSVMDual:
             # minimum-norm solution of the face system in orthonormal coordinates
             Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, None, self.cpu_threads)
             W = weights_from_features(dual_features(X, Y, Lam), l1, l2)
-            W = W + (GroupSparseWeights.apply(X.detach(), l1.detach(), l2.detach(), Lam64, Y, rho, rows) - W).detach()
+            W = W + (GroupSparseWeights.apply(X.detach(), l1.detach(), l2.detach(), Lam64, Y, rho, rows, None,
+                                                XF) - W).detach()
         else:
-            W = GroupSparseWeights.apply(X, l1, l2, Lam64, Y, rho, rows, self.cpu_threads)
+            W = GroupSparseWeights.apply(X, l1, l2, Lam64, Y, rho, rows, self.cpu_threads, XF)
             if needs_grad:
                 Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, None, self.cpu_threads)
         return DualSolution(dual=Lam, weights=W, gap=gap.to(X.dtype), rel_gap=rel.to(X.dtype), n_iter=res.n_iter,
