@@ -80,11 +80,14 @@ def _lambda_max_hinge(X, Y, rtol: float, max_iter: int, working_set: int = 256):
     B, n, d = X.shape
     Lam = (1.0 - Y) / max(Y.shape[-1] - 1, 1)
     m = min(d, max(working_set, 2 * n))
+    U = torch.zeros(B, d, Y.shape[-1], dtype=X.dtype, device=X.device)   # warm start of the dual iterate
     while True:
         V = dual_features(X, Y, Lam)
         idx = row_norms(V).topk(m, dim=-1).indices                          # (B, m)
         Xj = X.gather(2, idx[:, None, :].expand(B, n, m))
-        up_j, Lam, lo = _pdhg(Xj, Y, rtol, max_iter, Lam)
+        gidx = idx[..., None].expand(B, m, Y.shape[-1])
+        up_j, Lam, lo, Uj = _pdhg(Xj, Y, rtol, max_iter, Lam, U.gather(1, gidx))
+        U = torch.zeros_like(U).scatter_(1, gidx, Uj)
         up = row_norms(dual_features(X, Y, Lam)).amax(-1)
         if m == d or bool((up <= up_j * (1.0 + 0.5 * rtol)).all()):
             return up, Lam, lo
@@ -121,9 +124,10 @@ class _HingePDHG:
         self.tau = (0.95 / sig * omega)[:, None, None]
         self.sigma = (0.95 / sig / omega)[:, None, None]
 
-    def init_state(self, Lam) -> _PDHGState:
+    def init_state(self, Lam, U=None) -> _PDHGState:
         B, n, d = self.X.shape
-        U = torch.zeros(B, d, self.Y.shape[-1], dtype=self.X.dtype, device=self.X.device)
+        if U is None:
+            U = torch.zeros(B, d, self.Y.shape[-1], dtype=self.X.dtype, device=self.X.device)
         up = row_norms(self.XtY - self.X.transpose(1, 2) @ Lam).amax(-1)
         return _PDHGState(Lam=Lam, U=U, sum_lam=torch.zeros_like(Lam), sum_u=torch.zeros_like(U),
                           cnt=torch.zeros_like(up), best_up=up, best_lam=Lam.clone(),
@@ -160,12 +164,12 @@ class _HingePDHG:
         return s, best_up, gap
 
 
-def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, check_every: int = 10):
-    """Certified (upper, Lam, lower) on the features X by :class:`_HingePDHG`."""
+def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, U_init=None, check_every: int = 10):
+    """Certified (upper, Lam, lower, last dual iterate U) on the features X by :class:`_HingePDHG`."""
     solver = _HingePDHG(X, Y)
-    res = engine.run(solver, solver.init_state(Lam_init), tol=rtol, max_iter=max_iter, check_every=check_every,
+    res = engine.run(solver, solver.init_state(Lam_init, U_init), tol=rtol, max_iter=max_iter, check_every=check_every,
                      patience=max_iter + 1, floor=torch.finfo(X.dtype).tiny)
-    return res.state.best_up, res.state.best_lam, res.state.best_lo
+    return res.state.best_up, res.state.best_lam, res.state.best_lo, res.state.U
 
 
 def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float = 5e-3,
