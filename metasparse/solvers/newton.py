@@ -40,10 +40,11 @@ gradient), and the quadratic model of D is maximised on the affine hull of that 
 than a reference class ``r_i`` (the largest entry): ``(Q z)_il = z_il`` for
 ``l != r_i`` and ``-sum_l z_il`` at ``r_i``.
 
-**Projected search** (:func:`projected_search`).  The candidates
-``proj(Lam + t (x - Lam))`` for the Newton point ``x`` of each face tried and
-``t = 1, 1/2, 1/4, ...``, and ``Lam+``, are evaluated together; each episode takes the
-one with the largest dual value.  Since ``eta <= 1/L`` makes ``Lam+`` an ascent step,
+**Projected search** (:func:`projected_search`).  The full steps ``proj(x)`` to the
+Newton point ``x`` of each face tried and ``Lam+`` are evaluated together, and each
+episode takes the one with the largest dual value; only where ``Lam+`` wins are the
+shortened steps ``proj(Lam + t (x - Lam))``, ``t = 1/2, 1/4, ...``, tried as well.  Since
+``eta <= 1/L`` makes ``Lam+`` an ascent step,
 every iteration does at least as well as projected gradient (global convergence);
 near the solution the face and the active rows settle and the full Newton step is
 taken (fast local convergence).
@@ -349,24 +350,43 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
     return torch.stack(points), Lp
 
 
-def projected_search(prob: RestrictedProblem, Lam: torch.Tensor, Lam_N: torch.Tensor, Lp: torch.Tensor,
-                     steps=(1.0, 0.5, 0.25, 0.125, 0.0625)) -> Tuple[torch.Tensor, torch.Tensor]:
-    r"""The best (largest D) of ``proj(Lam + t (x - Lam))`` over the Newton points ``x`` of
-    ``Lam_N`` (P, B, n, k) and the steps ``t``, and of ``Lam+``; all candidates in one
-    batched evaluation.  Returns (new Lam, accepted t (B,), 0 = ``Lam+``)."""
-    T, Pn = len(steps), Lam_N.shape[0]
-    B, n, k = Lam.shape
-    t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[None, :, None, None, None]
-    moves = project_simplex(Lam + t * (Lam_N[:, None] - Lam)).reshape(Pn * T, B, n, k)
-    cand = torch.cat([moves, Lp[None]], 0)                                       # (C, B, n, k)
-    C = cand.shape[0]
+def _candidate_values(prob: RestrictedProblem, cand: torch.Tensor) -> torch.Tensor:
+    """``D`` (C, B) at the dual points ``cand`` (C, B, n, k), in one batched product."""
+    C, B, n, k = cand.shape
     G = (prob.Y - cand).permute(1, 0, 3, 2).reshape(B, C * k, n)
-    Vt = (G @ prob.XF).reshape(B, C, k, -1).transpose(0, 1)                      # (C, B, k, m)
-    D = _dual_value(cand, prob.Y, _column_norms(Vt), prob.l1, prob.l2, prob.c)    # (C, B)
-    # the largest D; ties go to the first candidate (the full step on the first face)
+    Vt = torch.bmm(G, prob.XF).reshape(B, C, k, -1)                              # (B, C, k, m)
+    nrm = _column_norms(Vt).transpose(0, 1)          # (C, B, m); norms before the transpose (contiguous)
+    return _dual_value(cand, prob.Y, nrm, prob.l1, prob.l2, prob.c)
+
+
+def projected_search(prob: RestrictedProblem, Lam: torch.Tensor, Lam_N: torch.Tensor, Lp: torch.Tensor,
+                     steps=(0.5, 0.25, 0.125, 0.0625)) -> Tuple[torch.Tensor, torch.Tensor]:
+    r"""Choose the next point among ``Lam+`` and ``proj(Lam + t (x - Lam))`` for the Newton
+    points ``x`` of ``Lam_N`` (P, B, n, k).  Returns (new Lam, accepted t (B,), 0 = ``Lam+``).
+
+    First the full steps ``proj(x)`` and ``Lam+`` are evaluated together; an episode takes
+    the best of them (the largest D; ties to the first face).  Only when ``Lam+`` wins for
+    some episode are the shortened steps ``t`` in ``steps`` evaluated, and such an episode
+    takes the best of those and ``Lam+``.  Either way the new point is at least as good
+    as projected gradient.
+    """
+    Pn = Lam_N.shape[0]
+    cand = torch.cat([project_simplex(Lam_N), Lp[None]], 0)                      # (P + 1, B, n, k)
+    D = _candidate_values(prob, cand)
     best = D.argmax(0)
     new = cand.gather(0, best[None, :, None, None].expand(1, *Lam.shape))[0]
-    acc = torch.cat([t.flatten().repeat(Pn), t.new_zeros(1)])[best]
+    acc = (best < Pn).to(Lam.dtype)
+    back = best == Pn
+    if steps and bool(back.any()):
+        t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[None, :, None, None, None]
+        moves = project_simplex(Lam + t * (Lam_N[:, None] - Lam)).reshape(Pn * len(steps), *Lam.shape)
+        cand2 = torch.cat([moves, Lp[None]], 0)
+        D2 = _candidate_values(prob, cand2)
+        best2 = D2.argmax(0)
+        new2 = cand2.gather(0, best2[None, :, None, None].expand(1, *Lam.shape))[0]
+        acc2 = torch.cat([t.flatten().repeat(Pn), t.new_zeros(1)])[best2]
+        new = torch.where(back[:, None, None], new2, new)
+        acc = torch.where(back, acc2, acc)
     return new, acc
 
 
