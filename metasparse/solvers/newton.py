@@ -250,7 +250,8 @@ class DualHessian:
         B, n, km = cls.shape
         k = km + 1
         dt = self.solve_dtype
-        C = (torch.nn.functional.one_hot(cls, k) - torch.nn.functional.one_hot(ref, k)[:, :, None, :]).to(dt)
+        classes = torch.arange(k, device=cls.device)     # one-hot by comparison: no host sync on a GPU
+        C = (cls[..., None] == classes).to(dt) - (ref[..., None, None] == classes).to(dt)
         Cf = C.reshape(B, n * km, k)
         R = (Cf @ (self.VA * self.c.sqrt()[:, None, :]).to(dt)).reshape(B, n, km, -1) * self.XA.to(dt)[:, :, None, :]
         R = R.reshape(B, n * km, -1)
