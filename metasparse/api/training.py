@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -11,6 +12,7 @@ import torch
 from ..engine.checkpoint import atomic_write_text
 from ..engine.config import TrainSettings
 from ..engine.distributed import cleanup, init_distributed
+from ..engine.runlock import RunLock
 from ..engine.streams import FixedStream, SamplerStream
 from ..engine.train import train as run_engine
 from ..errors import ConfigError, DataError
@@ -61,6 +63,26 @@ def train(config: TrainConfig) -> TrainResult:
     ``resume``): build the sources, samplers and model, run
     :func:`metasparse.engine.train.train`. Prints one line describing the run, then one
     per epoch (main process only)."""
+    out = config.out
+    lock = None
+    if _launch_rank() == 0:   # one lock per run, held by the main process of a torchrun launch
+        if config.resume and not out.is_dir():
+            raise ConfigError(f"--resume: {out} has no config.json (the folder does not exist; not a metasparse run directory)")
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out).acquire()
+    try:
+        return _train_locked(config)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _launch_rank() -> int:
+    """This process's rank in a torchrun launch (0 without one), before torch.distributed starts."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _train_locked(config: TrainConfig) -> TrainResult:
     run = _run_config(config)
     out = config.out
     ctx = init_distributed(config.device)
