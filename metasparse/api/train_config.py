@@ -92,6 +92,8 @@ class TrainConfig:
     stop_after_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if str(self.out).strip() == "":   # Path("") is the current directory
+            raise ConfigError("--out '': expected a run directory")
         self.out = Path(self.out)
         if self.dataset is not None:
             dataset_entry(self.dataset)
