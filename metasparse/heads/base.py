@@ -114,8 +114,13 @@ class Head(nn.Module):
         if not isinstance(support, torch.Tensor) or support.dim() != 3:
             raise ValueError(f"support: expected a (B, n_support, d) tensor, got "
                              f"{getattr(support, 'shape', type(support))}")
-        if not support.is_floating_point():
-            raise ValueError(f"support: expected a floating tensor, got {support.dtype}")
+        if support.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"support: the heads take float32 or float64 features, got {support.dtype} "
+                             f"(convert with .float(); half precision is too coarse for the inner solvers)")
+        if support.shape[1] == 0:
+            raise ValueError("support: no support examples (n_support = 0); an episode needs at least one per class")
+        if support.shape[2] == 0:
+            raise ValueError("support: features of dimension d = 0; the backbone must output at least one feature")
         if support_labels.shape != support.shape[:2]:
             raise ValueError(f"support_labels: expected shape {tuple(support.shape[:2])}, got "
                              f"{tuple(support_labels.shape)}")
