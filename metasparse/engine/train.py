@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from episodes.sampler import batch_seed
 
 from ..errors import CheckpointError, ConfigError
-from ..heads.base import SolverConvergenceError, SolverConvergenceWarning, unconverged_message
+from ..heads.base import (NonFiniteFeaturesError, SolverConvergenceError, SolverConvergenceWarning,
+                          unconverged_message)
 from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainSettings, lr_factor
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier, shard_bounds
@@ -183,10 +184,6 @@ def _warn_unconverged(sums: torch.Tensor, tol: Optional[float], epoch: int, s: T
                 int(sums[_UNCONVERGED]), int(sums[_EPISODES]), float(sums[_MAX_GAP]), tol)), stacklevel=2)
 
 
-def _all_finite(tensors) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 def _diverged(epoch: int, i: int, s: TrainSettings, what: str) -> ConfigError:
     """The error of a step whose loss or weights became non-finite: with finite data (checked
     when loaded) and a finite --lr (checked before the run starts), the training diverged."""
@@ -292,10 +289,13 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             local = batch[lo:hi]
             try:
                 logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
-            except ValueError:   # the head refuses non-finite features: diverged weights, or a bug
-                if _all_finite(model.parameters()):
+            except NonFiniteFeaturesError:   # finite data (checked when loaded): the weights diverged
+                raise _diverged(epoch, i, s, "the features are not finite") from None
+            except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
+                if global_step == 0:
                     raise
-                raise _diverged(epoch, i, s, "the weights are not finite") from None
+                raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
+                                             f"({str(e).strip().splitlines()[0][:120]})") from None
             conv = _step_convergence(fit, ctx)
             tol = getattr(fit, "tol", None)
             if s.strict_solver and conv is not None and conv[2] > 0:

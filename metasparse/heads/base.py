@@ -8,13 +8,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["HeadFit", "HeadOutput", "Head", "SolverConvergenceWarning", "SolverConvergenceError",
-           "unconverged_message"]
+__all__ = ["HeadFit", "HeadOutput", "Head", "NonFiniteFeaturesError", "SolverConvergenceWarning",
+           "SolverConvergenceError", "unconverged_message"]
 
 
 class SolverConvergenceWarning(RuntimeWarning):
     """Some episodes' inner solve stopped short of its tolerance (iteration cap or stagnation):
     their classifier, logits and gradients are those of an approximate solution."""
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features (or the logits they give) that are NaN or Inf: a head cannot fit them."""
 
 
 class SolverConvergenceError(RuntimeError):
@@ -127,7 +131,7 @@ class Head(nn.Module):
         if int(n_way) < 2:
             raise ValueError(f"n_way: expected >= 2, got {n_way}")
         if not _all_finite(support):
-            raise ValueError("support: features contain NaN or Inf (check the backbone output)")
+            raise NonFiniteFeaturesError("support: features contain NaN or Inf (check the backbone output)")
 
     @staticmethod
     def check_query(query: torch.Tensor, support: torch.Tensor) -> None:
@@ -155,8 +159,9 @@ class Head(nn.Module):
         scores = self._scores(query, support, support_labels, n_way, fit)
         if not _all_finite(scores):
             if not _all_finite(query):
-                raise ValueError("query: features contain NaN or Inf (check the backbone output)")
-            raise ValueError("head: non-finite logits from finite features (overflow: rescale the features)")
+                raise NonFiniteFeaturesError("query: features contain NaN or Inf (check the backbone output)")
+            raise NonFiniteFeaturesError("head: non-finite logits from finite features "
+                                         "(overflow: rescale the features)")
         return HeadOutput(logits=self.scale.to(scores.dtype) * scores, fit=fit)
 
     def forward(self, query, support, support_labels, n_way) -> torch.Tensor:
