@@ -200,3 +200,18 @@ def test_resume_onto_weights_of_another_shape(tmp_path, capsys, syn_run):
     one_line_error(capsys, ["train", "--out", out, "--resume", "--no-progress"],
                    f"{out / 'last.pt'}: does not fit the run's config.json", "size mismatch")
     assert snapshot(out) == before
+
+
+def test_truncated_checkpoints_are_one_line_without_torch_advice(tmp_path, capsys, syn_run):
+    out = tmp_path / "run"
+    shutil.copytree(syn_run, out)
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])
+    before = snapshot(out)
+    line = one_line_error(capsys, ["train", "--out", out, "--resume", "--no-progress"],
+                          f"{out / 'last.pt'}: not a loadable metasparse checkpoint")
+    assert "weights_only" not in line and snapshot(out) == before
+    (out / "best.pt").write_bytes(b"")
+    line = one_line_error(capsys, ["evaluate", "--checkpoint", out / "best.pt", "--no-progress", "--device", "cpu"],
+                          f"{out / 'best.pt'}: not a loadable metasparse checkpoint")
+    assert "weights_only" not in line
