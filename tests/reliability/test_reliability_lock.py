@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import torch
+
 from conftest import SYN, one_line_error, run_cli, subprocess_env
 from metasparse.engine.checkpoint import load_checkpoint
 from metasparse.engine.runlock import LOCK_NAME, RunLock, lock_owner
@@ -78,3 +80,28 @@ def test_lock_is_released_after_errors_and_interrupts(tmp_path, capsys, monkeypa
     monkeypatch.setattr(training, "run_engine", interrupted)
     rc = run_cli(capsys, ["train", *SYN, "--out", out])[0]
     assert rc == 130 and not (out / LOCK_NAME).exists()
+
+
+def test_a_killed_training_leaves_a_stale_lock_that_resume_takes_over(tmp_path, capsys, syn_run):
+    """kill -9: no cleanup runs, the lock file stays; the kernel dropped the lock, so
+    --resume takes it over and finishes the run with the weights of an uninterrupted one."""
+    out = tmp_path / "run"
+    c = subprocess.Popen([sys.executable, "-m", "metasparse", "train", *SYN, "--out", str(out)],
+                         env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while (lock_owner(out) or {}).get("pid") != c.pid or not (out / "last.pt").exists():
+            assert c.poll() is None, "the training ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.02)
+        os.kill(c.pid, signal.SIGSTOP)
+        os.kill(c.pid, signal.SIGKILL)
+        c.wait(timeout=60)
+    finally:
+        if c.poll() is None:
+            c.kill()
+    assert lock_owner(out)["pid"] == c.pid        # left behind, stale
+    assert run_cli(capsys, ["train", "--out", out, "--resume", "--no-progress", "--device", "cpu"])[0] == 0
+    assert not (out / LOCK_NAME).exists()
+    a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(syn_run / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
