@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, one_line_error, run_cli, snapshot
+from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, one_line_error, run_cli, snapshot
 
 
 class _Runs:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import SYN, one_line_error, run_cli, subprocess_env
+from reliability_helpers import SYN, one_line_error, run_cli, subprocess_env
 from metasparse.engine.checkpoint import load_checkpoint
 from metasparse.engine.runlock import LOCK_NAME, RunLock, lock_owner
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SYN, TINY_IMAGES, one_line_error, run_cli, snapshot
+from reliability_helpers import SYN, TINY_IMAGES, one_line_error, run_cli, snapshot
 from metasparse.engine.checkpoint import load_checkpoint
 from metasparse.engine.runlock import LOCK_NAME
 
