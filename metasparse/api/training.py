@@ -158,6 +158,8 @@ def check_settings(s: TrainSettings, prefix: str = "--") -> None:
         raise ConfigError(f"{name('label_smoothing')} must be in [0, 1), got {s.label_smoothing}")
     if s.optimizer not in ("sgd", "adam"):
         raise ConfigError(f"{name('optimizer')} {s.optimizer!r}: expected 'sgd' or 'adam'")
+    if not -2 ** 63 <= s.seed < 2 ** 63:
+        raise ConfigError(f"{name('seed')} must fit in 64 bits, got {s.seed}")
     if s.checkpoint_every < 0 or s.log_every < 0:
         raise ConfigError(f"{name('checkpoint_every')} and {name('log_every')} must be >= 0")
 

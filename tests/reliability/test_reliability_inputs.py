@@ -154,6 +154,13 @@ def test_flags_a_user_can_get_wrong(tmp_path, capsys, syn_run, cifar_root):
         one_line_error(capsys, ["train", *SYN[:src], options, *SYN[src + 1:], "--out", out], needle)
     one_line_error(capsys, _tiny(cifar_root, out, "--source-options", '{"seed": 1}'),
                    "--source-options: cifar-fs takes no source options")
+    for flags, needle in ((["--num-workers", "-1"], "--num-workers must be >= 0"),
+                          (["--seed", str(2 ** 70)], "--seed must fit in 64 bits"),
+                          (["--log-every", "-1"], "--log-every must be >= 0"),
+                          (["--backbone-options", '{"hidden": "x"}'], "backbone 'mlp': bad options"),
+                          (["--backbone-options", '{"depth": 3}'], "backbone 'mlp': bad options"),
+                          (["--head-options", '{"bogus": 1}'], "head 'ridge': bad options")):
+        one_line_error(capsys, ["train", *SYN, *flags, "--out", out], needle)
     assert not out.exists()
 
 
