@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -63,8 +64,29 @@ class FixedEpisodes:
                    torch.cat([b.class_ids for b in batches]), torch.cat([b.support_index for b in batches]),
                    torch.cat([b.query_index for b in batches]), len(source), labels_fingerprint(source))
 
+    def validate(self, where: str = "episodes") -> None:
+        """Raise ValueError unless every index is in ``0..n_examples-1``, the classes of an
+        episode are distinct and no example is used twice in an episode (support and query
+        disjoint: a query example in the support set would leak its label)."""
+        for key in ("support_index", "query_index"):
+            idx = getattr(self, key)
+            bad = ((idx < 0) | (idx >= self.n_examples)).any(dim=1)
+            if bool(bad.any()):
+                e = int(bad.nonzero()[0])
+                raise ValueError(f"{where}: episode {e}: {key} has indices outside 0..{self.n_examples - 1} "
+                                 f"(the split's examples)")
+        e = _first_duplicate(self.class_ids)
+        if e >= 0:
+            raise ValueError(f"{where}: episode {e} lists a class twice in class_ids")
+        e = _first_duplicate(torch.cat([self.support_index, self.query_index], dim=1))
+        if e >= 0:
+            raise ValueError(f"{where}: episode {e} uses an example twice (support and query must be disjoint "
+                             f"sets of distinct examples; a query example in the support set leaks its label)")
+
     def check(self, source: FewShotSource, where: str = "episodes") -> None:
-        """Raise ValueError unless these episodes were drawn from ``source``."""
+        """Raise ValueError unless these episodes were drawn from ``source``: same split
+        (size and labels), valid indices, and each support / query block of the class
+        its ``class_ids`` entry names (class-major order)."""
         mine = f"{self.dataset}/{self.split} (n={self.n_examples})"
         theirs = f"{source.name}/{source.split} (n={len(source)})"
         if (self.dataset, self.split, self.n_examples) != (source.name, source.split, len(source)):
@@ -72,6 +94,15 @@ class FixedEpisodes:
         if self.labels_sha1 != labels_fingerprint(source):
             raise ValueError(f"{where}: episodes were saved for a {mine} split with different labels than "
                              f"the loaded {theirs} (labels_sha1 mismatch)")
+        self.validate(where)
+        n_eps, way = self.class_ids.shape
+        for key, per in (("support_index", self.shot), ("query_index", self.query)):
+            labels = source.labels[getattr(self, key)].reshape(n_eps, way, per)
+            bad = (labels != self.class_ids[:, :, None]).any(dim=2).any(dim=1)
+            if bool(bad.any()):
+                e = int(bad.nonzero()[0])
+                raise ValueError(f"{where}: episode {e}: the examples of {key} are not of the classes class_ids "
+                                 f"lists, in its order ({per} per class, class-major)")
 
     def batches(self, source: FewShotSource, episodes_per_batch: int, transform=None,
                 seed: int = 0) -> Iterator[EpisodeBatch]:
@@ -131,19 +162,56 @@ def load_episodes(path, source: Optional[FewShotSource] = None) -> FixedEpisodes
             with open(path, "rb") as f:
                 doc = json.loads(f.read().decode())
         elif ext == ".pt":
-            doc = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                doc = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:   # torch's message would suggest weights_only=False: never for these
+                raise ValueError(f"{path}: not a readable episode file (it holds objects other than tensors, "
+                                 f"numbers, strings and containers; refused without running them)") from None
         else:
             raise ValueError(f"{path}: episode files must end in .json or .pt")
-    except (json.JSONDecodeError, UnicodeDecodeError, RuntimeError, EOFError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RuntimeError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(f"{path}: "):
+            raise
+        if isinstance(e, FileNotFoundError):
+            raise
         raise ValueError(f"{path}: not a readable episode file ({type(e).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or any(k not in doc for k in _META + _ARRAYS):
         raise ValueError(f"{path}: not a {FORMAT} file (expected keys {list(_META + _ARRAYS)})")
-    arrays = {k: torch.as_tensor(doc[k], dtype=torch.int64) for k in _ARRAYS}
+    for k in ("dataset", "split", "labels_sha1"):
+        if not isinstance(doc[k], str):
+            raise ValueError(f"{path}: '{k}' must be a string, got {doc[k]!r}")
+    for k in ("way", "shot", "query", "n_examples"):
+        if isinstance(doc[k], bool) or not isinstance(doc[k], int) or doc[k] < 1:
+            raise ValueError(f"{path}: '{k}' must be an integer >= 1, got {doc[k]!r}")
+    arrays = {k: _index_array(doc[k], path, k) for k in _ARRAYS}
     ep = FixedEpisodes(**{k: doc[k] for k in _META}, **arrays)
     e, n = ep.class_ids.shape if ep.class_ids.dim() == 2 else (-1, -1)
     if (n != ep.way or ep.support_index.shape != (e, n * ep.shot) or ep.query_index.shape != (e, n * ep.query)):
         raise ValueError(f"{path}: array shapes {tuple(ep.class_ids.shape)}, {tuple(ep.support_index.shape)}, "
                          f"{tuple(ep.query_index.shape)} do not match way={ep.way} shot={ep.shot} query={ep.query}")
+    if e == 0:
+        raise ValueError(f"{path}: the file holds no episodes")
+    ep.validate(path)
     if source is not None:
         ep.check(source, where=path)
     return ep
+
+
+def _index_array(value, path: str, key: str) -> torch.Tensor:
+    """``value`` (a JSON list or a tensor) as an int64 tensor; floats, strings, ragged lists refused."""
+    try:
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        t = None
+    if t is None or t.dtype in (torch.bool,) or t.is_floating_point() or t.is_complex():
+        if t is not None and t.numel() == 0:
+            return t.to(torch.int64)
+        raise ValueError(f"{path}: '{key}' must be a rectangular array of integers")
+    return t.to(torch.int64)
+
+
+def _first_duplicate(rows: torch.Tensor) -> int:
+    """Index of the first row of ``rows`` (E, M) holding a value twice, or -1."""
+    s = rows.sort(dim=1).values
+    dup = (s[:, 1:] == s[:, :-1]).any(dim=1)
+    return int(dup.nonzero()[0]) if bool(dup.any()) else -1

@@ -142,8 +142,11 @@ def build_backbone(name: str, options: Optional[Mapping[str, Any]] = None) -> nn
     """Instantiate backbone ``name`` with keyword ``options`` (:class:`ConfigError` if it rejects them)."""
     try:
         return _build_backbone(backbone_entry(name).name, **dict(options or {}))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    except (ValueError, OverflowError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not msg.startswith("backbone"):   # a value the backbone's code could not use (int("x") ...)
+            msg = f"backbone {name!r}: bad options {dict(options or {})}: {msg}"
+        raise ConfigError(msg) from None
 
 
 def backbone_options_for_data(name: str, options: Mapping[str, Any], example_shape: Sequence[int]) -> Dict[str, Any]:

@@ -257,14 +257,18 @@ def test_strict_solver_exits_with_one_line_and_the_run_stays_resumable(tmp_path,
     assert r["unconverged_episodes"] > 0 and r["max_rel_gap"] > 1e-5
 
 
-@pytest.mark.parametrize("exc", [ValueError, KeyError])
-def test_internal_errors_keep_their_traceback(trained, monkeypatch, exc):
-    """Only metasparse's own error types are user errors (exit 2); a ValueError or KeyError
-    from inside the package is a bug and propagates."""
+@pytest.mark.parametrize("exc", [ValueError, KeyError, OSError])
+def test_internal_errors_keep_their_traceback(trained, monkeypatch, capsys, exc):
+    """Only metasparse's own error types (and file system errors on a named file) are user
+    errors (exit 2); a ValueError or KeyError from inside the package is a bug: its
+    traceback, then a line saying so, exit status 1."""
     import metasparse.api
 
     def bug(config):
         raise exc("internal")
     monkeypatch.setattr(metasparse.api, "evaluate", bug)
-    with pytest.raises(exc, match="internal"):
-        main(["evaluate", "--checkpoint", str(trained[0] / "best.pt"), *EVAL])
+    assert main(["evaluate", "--checkpoint", str(trained[0] / "best.pt"), *EVAL]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and f"{exc.__name__}: " in err and "internal" in err
+    assert err.strip().splitlines()[-1] == ("metasparse evaluate: this is a bug in metasparse; please report it "
+                                            "with the traceback above")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Dict, List
 
 import numpy as np
@@ -98,8 +99,11 @@ def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
         raise ValueError(f"{folder}: no .png images in the class folders")
     images, labels = [], []
     for p, c in tqdm(files, desc=f"reading {split} images", disable=len(files) < 5000, leave=False):
-        with Image.open(p) as im:
-            img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        try:
+            with Image.open(p) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        except (OSError, ValueError, SyntaxError) as e:   # PIL: UnidentifiedImageError, truncated data
+            raise ValueError(f"{p}: not a readable PNG image ({type(e).__name__}); replace or remove it") from None
         if images and img.shape != images[0].shape:
             raise ValueError(f"{p}: image of shape {tuple(img.shape)}, expected {tuple(images[0].shape)} like the others")
         images.append(img)
@@ -147,11 +151,15 @@ def _read_archive(archive_path: str):
                          f"cifar-100-python.tar.gz)") from None
     parts = {}
     with tar:
-        for m in tar.getmembers():
-            base = os.path.basename(m.name)
-            if m.isfile() and base in ("train", "test", "meta"):
-                parts[base] = str_keys(loads_pickle(tar.extractfile(m).read(), f"{archive_path}:{m.name}"),
-                                       f"{archive_path}:{m.name}")
+        try:
+            for m in tar.getmembers():
+                base = os.path.basename(m.name)
+                if m.isfile() and base in ("train", "test", "meta"):
+                    parts[base] = str_keys(loads_pickle(tar.extractfile(m).read(), f"{archive_path}:{m.name}"),
+                                           f"{archive_path}:{m.name}")
+        except (EOFError, tarfile.TarError, zlib.error, OSError) as e:   # truncated or corrupt compressed data
+            raise ValueError(f"{archive_path}: truncated or corrupt archive ({type(e).__name__}: "
+                             f"{str(e).strip()[:120]}); download cifar-100-python.tar.gz again") from None
     missing = [p for p in ("train", "test", "meta") if p not in parts]
     if missing:
         raise ValueError(f"{archive_path}: missing member(s) {missing}; expected cifar-100-python/{{train,test,meta}}")
@@ -187,6 +195,11 @@ def build_cifar_fs_fc100(archive_path: str, out_dir: str, dataset: str) -> Dict[
         coarses.append(int_labels(d["coarse_labels"], x.shape[0], where, "coarse_labels"))
     data = np.concatenate(datas)
     fine, coarse = np.concatenate(fines), np.concatenate(coarses)
+    for name, labels, n in (("fine_labels", fine, len(fine_names)), ("coarse_labels", coarse, 20)):
+        bad = labels[(labels < 0) | (labels >= n)]
+        if bad.size:   # images of such labels would belong to no split and vanish silently
+            raise ValueError(f"{archive_path}: '{name}' holds {bad.size} label(s) outside 0..{n - 1} "
+                             f"(e.g. {int(bad[0])}); not the official CIFAR-100 archive")
     coarse_of_fine = {int(f): int(c) for f, c in zip(fine, coarse)}
     splits = split_fine_labels(dataset, fine_names, coarse_of_fine)
     os.makedirs(out_dir, exist_ok=True)

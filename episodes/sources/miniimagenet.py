@@ -69,11 +69,25 @@ def load_l2l_miniimagenet(path: str, split: str) -> FewShotSource:
     labels = np.full(n, -1, dtype=np.int64)
     names = {}
     offset = _L2L_CLASS_OFFSET.get(split, 0)
+    owner = {}
     for j, wnid in enumerate(sorted(class_dict, key=str)):
-        idx = np.asarray(class_dict[wnid], dtype=np.int64).reshape(-1)
+        try:
+            idx = np.asarray(class_dict[wnid])
+        except (TypeError, ValueError):
+            idx = None
+        if idx is None or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"{path}: class_dict[{wnid!r}] must be a list of integer image indices")
+        idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"{path}: class_dict[{wnid!r}] has indices outside 0..{n - 1}")
+        taken = idx[labels[idx] >= 0]
+        if taken.size or np.unique(idx).size != idx.size:   # an image of two classes: one would vanish
+            i = int(taken[0]) if taken.size else int(idx[np.argmax(np.bincount(idx))])
+            other = owner.get(int(labels[i]), wnid)
+            raise ValueError(f"{path}: image {i} is listed by class_dict[{wnid!r}] and class_dict[{other!r}]; "
+                             f"each image must belong to one class, once")
         labels[idx] = offset + j
+        owner[offset + j] = wnid
         names[offset + j] = wnid.decode("latin1") if isinstance(wnid, bytes) else str(wnid)
     if (labels < 0).any():
         raise ValueError(f"{path}: {(labels < 0).sum()} images belong to no class of 'class_dict'")

@@ -47,11 +47,24 @@ ALLOWED_GLOBALS = frozenset(
        ("__builtin__", "set"), ("__builtin__", "frozenset"), ("__builtin__", "bytearray"),
        ("__builtin__", "complex"),
        ("collections", "OrderedDict"), ("collections", "defaultdict"),
-       # Python 3 writes ``bytes`` at protocol < 3 as _codecs.encode(str, "latin1"): a pure function.
-       ("_codecs", "encode")}
+       # Python 3 writes ``bytes`` at protocol < 3 as _codecs.encode(str, "latin1"): a pure function;
+       # the empty ``b''`` (e.g. the buffer of a zero-length array) as ``bytes()``.
+       ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes")}
 )
 # defaultdict is allowed only with a plain type as factory (checked below: its
 # argument is itself resolved through find_class, so it can only be an allowed global).
+
+
+def _byte_string(kind):
+    """``bytes`` / ``bytearray`` as a pickle may call them: from bytes-like data or a
+    (str, encoding) pair, never from a size (``bytes(10**12)`` would allocate it)."""
+    def make(*args):
+        if args and (isinstance(args[0], int) or len(args) > 2):
+            raise UnsafePickleError(f"refusing {kind.__name__}{args!r}: a dataset pickle builds byte strings "
+                                    f"from data, not from a size")
+        return kind(*args)
+    make.__name__ = kind.__name__
+    return make
 
 
 def _resolve(module: str, name: str) -> Any:
@@ -72,6 +85,8 @@ def _resolve(module: str, name: str) -> Any:
         raise UnsafePickleError(f"cannot resolve allowed numpy global {module}.{name}")
     if module in ("builtins", "__builtin__"):
         import builtins
+        if name in ("bytes", "bytearray"):
+            return _byte_string(getattr(builtins, name))
         return getattr(builtins, name)
     if module == "collections":
         return getattr(collections, name)
@@ -119,7 +134,9 @@ def load_pickle(path: "str | os.PathLike") -> Any:
             except UnicodeDecodeError:
                 f.seek(0)
                 return _load(f, path, "latin1")
-    except UnsafePickleError:
+    except UnsafePickleError as e:
+        if not str(e).startswith(path):
+            raise UnsafePickleError(f"{path}: {e}") from None
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"{path}: not a readable dataset pickle ({type(e).__name__}: {e})") from None
@@ -132,7 +149,9 @@ def loads_pickle(data: bytes, source: str = "<bytes>") -> Any:
             return _load(io.BytesIO(data), source, "ASCII")
         except UnicodeDecodeError:
             return _load(io.BytesIO(data), source, "latin1")
-    except UnsafePickleError:
+    except UnsafePickleError as e:
+        if not str(e).startswith(source):
+            raise UnsafePickleError(f"{source}: {e}") from None
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise ValueError(f"{source}: not a readable dataset pickle ({type(e).__name__}: {e})") from None

@@ -9,10 +9,12 @@ caller for bad input.
 from __future__ import annotations
 
 import inspect
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
+import torch
 import episodes
 from episodes.sources.safe_pickle import UnsafePickleError
 from episodes.sources.synthetic import make_synthetic_source
@@ -53,8 +55,18 @@ def load_source(dataset: str, data_root, split: str, options: Optional[Mapping[s
     if not dataset_entry(dataset).generated and not data_root:
         raise ConfigError(f"--data-root is required for --dataset {dataset}")
     _check_source_options(dataset, options)
-    with data_errors():
-        return episodes.load_source(dataset, data_root, split, **options)
+    if dataset_entry(dataset).generated:
+        try:
+            source = episodes.load_source(dataset, data_root, split, **options)
+        except (TypeError, ValueError, OverflowError) as e:   # the options are the generator's arguments
+            raise ConfigError(f"--source-options {json.dumps(options)}: {str(e).strip().splitlines()[0]}") from None
+    else:
+        with data_errors():
+            source = episodes.load_source(dataset, data_root, split, **options)
+    if source.data.is_floating_point() and not bool(torch.isfinite(source.data).all()):
+        origin = f"--source-options {json.dumps(options)}" if dataset_entry(dataset).generated else source.path
+        raise DataError(f"{dataset}/{split}: the examples contain NaN or Inf (from {origin}); the data must be finite")
+    return source
 
 
 def checkpoint_source(checkpoint: Dict[str, Any], data_root, split: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..engine.streams import FixedStream
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .data import load_episodes, sample_fixed_episodes, save_episodes
 
 __all__ = ["EpisodeSpec", "EpisodeSets", "episode_sets"]
@@ -75,6 +75,9 @@ def episode_sets(spec: EpisodeSpec, run_config: Mapping[str, Any], source) -> Ep
     if spec.episodes_file:
         fixed = load_episodes(spec.episodes_file, source)
         return EpisodeSets({fixed.shot: FixedStream(fixed, source, spec.batch_size)}, len(fixed), fixed.way, {})
+    if spec.way is None and (isinstance(run_config.get("way"), bool) or not isinstance(run_config.get("way"), int)):
+        raise CheckpointError(f"--checkpoint: its run configuration has no valid 'way' ({run_config.get('way')!r}); "
+                              f"pass --way")
     way = run_config["way"] if spec.way is None else spec.way
     query = run_config.get("test_query", 15) if spec.query is None else spec.query
     n = run_config.get("test_episodes", 1000) if spec.n_episodes is None else spec.n_episodes

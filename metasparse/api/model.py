@@ -42,6 +42,13 @@ class ModelSpec:
         missing = [k for k in ("backbone", "backbone_options", "head", "head_options") if k not in config]
         if missing:
             raise CheckpointError(f"{where}: the run configuration lacks {missing}, so the model cannot be rebuilt")
+        for key, kind in (("backbone", str), ("head", str), ("backbone_options", dict), ("head_options", dict)):
+            if not isinstance(config[key], kind):
+                raise CheckpointError(f"{where}: the run configuration's {key} must be a {kind.__name__}, "
+                                      f"got {config[key]!r}")
+        if config.get("head_dtype", "float32") not in _DTYPES:
+            raise CheckpointError(f"{where}: the run configuration's head_dtype must be one of {list(_DTYPES)}, "
+                                  f"got {config.get('head_dtype')!r}")
         return cls(config["backbone"], dict(config["backbone_options"]), config["head"],
                    dict(config["head_options"]), bool(config.get("amp", False)),
                    config.get("head_dtype", "float32"))

@@ -27,8 +27,19 @@ class PrepareConfig:
         buildable = [d.name for d in DATASETS.values() if d.from_cifar100]
         if self.dataset not in buildable:
             raise ConfigError(f"prepare: dataset {self.dataset!r}: expected one of {buildable}")
+        if str(self.out).strip() == "":
+            raise ConfigError("--out '': expected a folder for the dataset files")
 
 
 def prepare(config: PrepareConfig) -> Dict[str, str]:
-    """Write the train / val / test files of ``config.dataset``; returns ``{split: path}``."""
+    """Write the train / val / test files of ``config.dataset``; returns ``{split: path}``
+    (the output folder is checked before the archive is read)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, expected a folder for the dataset files")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+            break
     return build_cifar_fs_fc100(config.cifar100, config.out, config.dataset)

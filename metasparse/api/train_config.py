@@ -92,6 +92,8 @@ class TrainConfig:
     stop_after_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if str(self.out).strip() == "":   # Path("") is the current directory
+            raise ConfigError("--out '': expected a run directory")
         self.out = Path(self.out)
         if self.dataset is not None:
             dataset_entry(self.dataset)
@@ -111,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {value}")
         if any(v is not None and v < 1 for v in (self.epochs, self.batches_per_epoch)):
             raise ConfigError("--epochs and --batches-per-epoch must be >= 1")
+        if int(self.num_workers) < 0:
+            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.val_episodes is not None and self.val_episodes < 0:
             raise ConfigError(f"--val-episodes must be >= 0, got {self.val_episodes}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:

@@ -1,20 +1,26 @@
 """``train(TrainConfig) -> TrainResult``: a new or resumed meta-training run."""
 from __future__ import annotations
 
+import importlib
 import json
-from dataclasses import dataclass
+import math
+import os
+import re
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from ..engine.checkpoint import atomic_write_text
 from ..engine.config import TrainSettings
 from ..engine.distributed import cleanup, init_distributed
+from ..engine.runlock import RunLock
 from ..engine.streams import FixedStream, SamplerStream
+from ..engine.train import read_jsonl
 from ..engine.train import train as run_engine
 from ..errors import ConfigError, DataError
-from ..registry import backbone_options_for_data
+from ..registry import DATASETS, backbone_options_for_data
 from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
 from .train_config import TrainConfig
@@ -42,26 +48,243 @@ class TrainResult:
     rank: int = 0
 
 
-def _run_config(config: TrainConfig) -> Dict[str, Any]:
-    """The configuration of the run in ``config.out``: saved (resume) or resolved (new)."""
+# the files of a run directory; a new run refuses a folder holding any of them
+_RUN_FILES = ("config.json", "last.pt", "best.pt", "metrics.jsonl")
+# temporary files of the run's atomic writes (``.NAME.XXXXXXXX.tmp``) a killed process leaves
+_RUN_TEMP_FILES = re.compile(r"^\.(config\.json|last\.pt|best\.pt|metrics\.jsonl)\..+\.tmp$")
+
+
+def _run_config(config: TrainConfig) -> Tuple[Dict[str, Any], bool]:
+    """``(configuration, resume_from_last)`` of the run in ``config.out``: the saved one
+    (resume) or the resolved one of a new run; ``resume_from_last`` is False for a run
+    that starts at step 0 (new, or resumed before its first checkpoint existed)."""
     out = config.out
     if config.resume:
         if not (out / "config.json").is_file():
             raise ConfigError(f"--resume: {out} has no config.json (not a metasparse run directory)")
+        saved = read_run_config(out / "config.json")
         if not (out / "last.pt").is_file():
-            raise ConfigError(f"--resume: {out} has no last.pt to resume from")
-        return config.resumed_run_config(json.loads((out / "config.json").read_text()))
-    if config.dataset is not None and out.exists() and ((out / "config.json").exists() or (out / "last.pt").exists()):
+            if (out / "best.pt").exists() or read_jsonl(out / "metrics.jsonl"):
+                raise ConfigError(f"--resume: {out} has no last.pt to resume from (its best.pt or metrics.jsonl "
+                                  f"show that the run went further); restore last.pt or start a new --out")
+            # stopped between config.json and the step-0 checkpoint: the run starts afresh
+            return config.resumed_run_config(saved), False
+        return config.resumed_run_config(saved), True
+    run = config.run_config()   # --dataset first: the usual mistake of a forgotten --resume comes next
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if "config.json" in held or "last.pt" in held:
         raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it or choose a new --out")
-    return config.run_config()
+    if held:
+        raise ConfigError(f"--out {out} holds {' and '.join(held)} but no run (no config.json); a new run would "
+                          f"replace them: choose a new --out or move them away")
+    return run, False
+
+
+def read_run_config(path: Path) -> Dict[str, Any]:
+    """The run configuration in ``path`` (a run's ``config.json``), checked well enough that
+    a damaged or hand-edited file is one :class:`ConfigError` naming the file and the key."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; expected the JSON run configuration metasparse wrote") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); expected "
+                          f"the run configuration metasparse wrote (was it edited or truncated?)") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a JSON object (the run configuration), got {type(cfg).__name__}")
+    check_run_config(cfg, str(path))
+    return cfg
+
+
+_CONFIG_TYPES = {"dataset": str, "backbone": str, "head": str, "backbone_options": dict, "head_options": dict,
+                 "settings": dict, "way": int, "train_shot": int, "query": int, "episodes_per_batch": int,
+                 "val_episodes": int, "val_shot": int, "val_query": int, "val_seed": int}
+_SETTINGS_TYPES = {"epochs": int, "batches_per_epoch": int, "optimizer": str, "lr": float, "weight_decay": float,
+                   "label_smoothing": float, "seed": int, "checkpoint_every": int, "log_every": int}
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def check_run_config(cfg: Dict[str, Any], where: str) -> None:
+    """Raise :class:`ConfigError` (naming ``where`` and the key) unless ``cfg`` has the keys
+    and value types of a run configuration."""
+    missing = [k for k in (*_CONFIG_TYPES, "data_root") if k not in cfg]
+    if missing:
+        raise ConfigError(f"{where}: the run configuration lacks {missing} (not a metasparse run configuration, "
+                          f"or an edited one)")
+    for key, kind in _CONFIG_TYPES.items():
+        if not _type_ok(cfg[key], kind):
+            raise ConfigError(f"{where}: {key} must be a {kind.__name__}, got {cfg[key]!r}")
+    if cfg["dataset"] not in DATASETS:
+        raise ConfigError(f"{where}: dataset {cfg['dataset']!r} is not one of {list(DATASETS)}")
+    if cfg["data_root"] is not None and not isinstance(cfg["data_root"], str):
+        raise ConfigError(f"{where}: data_root must be a string or null, got {cfg['data_root']!r}")
+    for key in ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query"):
+        if cfg[key] < 1:
+            raise ConfigError(f"{where}: {key} must be >= 1, got {cfg[key]}")
+    if cfg["val_episodes"] < 0:
+        raise ConfigError(f"{where}: val_episodes must be >= 0, got {cfg['val_episodes']}")
+    settings = cfg["settings"]
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"{where}: settings has unknown key(s) {unknown}; expected some of {sorted(known)}")
+    missing = [k for k in _SETTINGS_TYPES if k not in settings]
+    if missing:
+        raise ConfigError(f"{where}: settings lacks {missing}")
+    for key, kind in _SETTINGS_TYPES.items():
+        if not _type_ok(settings[key], kind):
+            raise ConfigError(f"{where}: settings.{key} must be a {kind.__name__}, got {settings[key]!r}")
+    check_settings(TrainSettings(**settings), where + ": settings.")
+
+
+def check_settings(s: TrainSettings, prefix: str = "--") -> None:
+    """Values of the optimisation settings that would fail later (or train on garbage);
+    ``prefix`` + the name (``--lr``, or ``FILE: settings.lr``) names each in the error."""
+    def name(key: str) -> str:
+        return prefix + (key.replace("_", "-") if prefix == "--" else key)
+    if s.epochs < 1 or s.batches_per_epoch < 1:
+        raise ConfigError(f"{name('epochs')} and {name('batches_per_epoch')} must be >= 1, "
+                          f"got {s.epochs} and {s.batches_per_epoch}")
+    if not (math.isfinite(s.lr) and s.lr > 0):
+        raise ConfigError(f"{name('lr')} must be a finite number > 0, got {s.lr}")
+    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
+        raise ConfigError(f"{name('weight_decay')} must be a finite number >= 0, got {s.weight_decay}")
+    if not 0 <= s.label_smoothing < 1:
+        raise ConfigError(f"{name('label_smoothing')} must be in [0, 1), got {s.label_smoothing}")
+    if s.optimizer not in ("sgd", "adam"):
+        raise ConfigError(f"{name('optimizer')} {s.optimizer!r}: expected 'sgd' or 'adam'")
+    if not -2 ** 63 <= s.seed < 2 ** 63:
+        raise ConfigError(f"{name('seed')} must fit in 64 bits, got {s.seed}")
+    if s.checkpoint_every < 0 or s.log_every < 0:
+        raise ConfigError(f"{name('checkpoint_every')} and {name('log_every')} must be >= 0")
+
+
+def _check_backbone_fits(model, shape: List[int], run: Dict[str, Any]) -> None:
+    """One forward pass of a blank example (eval mode, no gradient, RNG untouched): images
+    too small for the backbone fail here, before anything is written."""
+    if len(shape) != 3:
+        return
+    was_training = model.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model.eval()
+            feats = model.backbone(torch.zeros(1, *shape))
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"the images under {run['data_root']} ({shape[1]}x{shape[2]}) are too small for "
+                        f"--backbone {run['backbone']} {run['backbone_options']} ({first})") from None
+    finally:
+        model.train(was_training)
+    if feats.reshape(1, -1).shape[1] == 0:
+        raise DataError(f"--backbone {run['backbone']} {run['backbone_options']} gives 0 features on the "
+                        f"{shape[1]}x{shape[2]} images under {run['data_root']}; the images are too small")
+
+
+def _remove_temp_files(out: Path) -> List[str]:
+    """Delete the temporary files the run's atomic writes left behind (a process killed
+    while writing); only names of the run's own files match."""
+    removed = []
+    for p in out.iterdir():
+        if _RUN_TEMP_FILES.match(p.name) and p.is_file():
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder or a path that can become one."""
+    if str(out).strip() == "":
+        raise ConfigError("--out '': expected a run directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, expected a run directory (a folder)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
+            break
+
+
+def _make_dirs(out: Path) -> List[Path]:
+    """Create ``out`` and its missing parents; return those created (outermost first)."""
+    missing = [p for p in (out, *out.parents) if not p.exists()][::-1]
+    created = []
+    try:
+        for p in missing:
+            p.mkdir()
+            created.append(p)
+    except FileExistsError:   # made by someone else meanwhile
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_dirs(created)
+        raise ConfigError(f"--out {out}: cannot create {e.filename or out} ({e.strerror})") from None
+    return created
+
+
+def _remove_dirs(created: List[Path]) -> None:
+    """Remove the folders this command created, innermost first, if they are empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Meta-train as ``config`` says (a new run in ``config.out``, or its continuation with
     ``resume``): build the sources, samplers and model, run
     :func:`metasparse.engine.train.train`. Prints one line describing the run, then one
-    per epoch (main process only)."""
-    run = _run_config(config)
+    per epoch (main process only).
+
+    What it promises about the files (docs/cli.md): the run directory is locked
+    (``train.lock``) for the life of the call; everything is checked before the first
+    file is written; a new run writes ``config.json`` then ``last.pt`` of step 0, and a
+    failure before that ``last.pt`` removes what this call created (nothing else), so
+    ``out`` is either a resumable run or not a run."""
+    out = config.out
+    main_process = _launch_rank() == 0   # the main process of a torchrun launch holds the lock
+    created: List[Path] = []
+    lock = None
+    written: List[Path] = []
+    finished = False
+    try:
+        if main_process:
+            _check_out(out)
+            if config.resume and not out.is_dir():
+                raise ConfigError(f"--resume: {out} has no config.json (the folder does not exist; "
+                                  f"not a metasparse run directory)")
+            created = _make_dirs(out)
+            lock = RunLock(out).acquire()
+            if config.resume:
+                _remove_temp_files(out)
+        result = _train_locked(config, written)
+        finished = True
+        return result
+    finally:
+        # a failure before the first checkpoint: remove what this call created, nothing else
+        if not finished and main_process and not (out / "last.pt").exists():
+            for p in written:
+                p.unlink(missing_ok=True)
+        if lock is not None:
+            lock.release()
+        if not finished and not any((out / name).exists() for name in _RUN_FILES):
+            _remove_dirs(created)
+
+
+def _launch_rank() -> int:
+    """This process's rank in a torchrun launch (0 without one), before torch.distributed starts."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
+    """:func:`train` under the lock; appends to ``written`` each file it creates before
+    the engine writes the first checkpoint."""
+    run, resume = _run_config(config)
+    new_run = not config.resume
     out = config.out
     ctx = init_distributed(config.device)
     try:
@@ -69,6 +292,7 @@ def train(config: TrainConfig) -> TrainResult:
             raise ConfigError(f"--episodes-per-batch {run['episodes_per_batch']} is not divisible by the "
                               f"{ctx.world_size} processes")
         s = TrainSettings(**run["settings"])
+        check_settings(s, "--" if new_run else f"{out / 'config.json'}: settings.")
         source_options = run.get("source_options", {})
         train_source = load_source(run["dataset"], run["data_root"], "train", source_options)
         shape = example_shape(train_source)
@@ -79,12 +303,16 @@ def train(config: TrainConfig) -> TrainResult:
         run["backbone_options"] = backbone_options_for_data(run["backbone"], run["backbone_options"], shape)
         torch.manual_seed(s.seed)   # same seed, same initial weights (on every rank)
         model = build_model(ModelSpec.from_config(run))
+        _check_backbone_fits(model, shape, run)
         run["n_features"] = int(model.backbone.output_dim(shape[-1]) if len(shape) == 3
                                 else model.backbone.output_dim())
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if not config.resume:
-                atomic_write_text(out / "config.json", json.dumps(run, indent=1) + "\n")
+        # everything that can be checked is checked before the first file is written
+        if config.tensorboard and ctx.is_main:
+            try:
+                importlib.import_module("torch.utils.tensorboard")
+            except ImportError:
+                raise ConfigError("--tensorboard needs the tensorboard package "
+                                  "(pip install metasparse[tensorboard])") from None
         stream = SamplerStream(episode_sampler(train_source, run["way"], run["train_shot"], run["query"],
                                                run["episodes_per_batch"], s.seed, "train"),
                                s.batches_per_epoch, num_workers=config.num_workers,
@@ -92,14 +320,21 @@ def train(config: TrainConfig) -> TrainResult:
         val = None
         if run["val_episodes"] > 0:
             val_source = load_source(run["dataset"], run["data_root"], "val", source_options)
+            if example_shape(val_source) != shape:
+                raise DataError(f"the val split under {run['data_root']} has examples of shape "
+                                f"{tuple(example_shape(val_source))}, the train split {tuple(shape)}; "
+                                f"both splits must have the same image size")
             val = FixedStream(sample_fixed_episodes(val_source, run["way"], run["val_shot"], run["val_query"],
                                                     run["val_episodes"], run["val_seed"]), val_source, 8)
+        if ctx.is_main and new_run:
+            atomic_write_text(out / "config.json", json.dumps(run, indent=1) + "\n")
+            written.append(out / "config.json")
         if ctx.is_main:
             print(f"metasparse train: {run['dataset']} {run['backbone']} + {run['head']} "
                   f"{run['head_options']} | {run['way']}-way {run['train_shot']}-shot, "
                   f"{run['episodes_per_batch']} episodes/batch x {s.batches_per_epoch} batches x {s.epochs} "
                   f"epochs on {ctx.device}" + (f" x {ctx.world_size} processes" if ctx.enabled else ""))
-        res = run_engine(model, stream, val, s, out, spec={"config": run}, device=ctx.device, resume=config.resume,
+        res = run_engine(model, stream, val, s, out, spec={"config": run}, device=ctx.device, resume=resume,
                          ctx=ctx, progress=config.progress, stop_after_steps=config.stop_after_steps,
                          tensorboard=config.tensorboard, val_total=len(val) if val is not None else None,
                          sync_bn=config.sync_bn)

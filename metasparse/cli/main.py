@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Optional, Sequence
 
 from .. import __version__
@@ -31,7 +32,10 @@ def _error(command: str, e: BaseException) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``metasparse ARGV``; returns the exit status (0; 2 bad input; 1 strict-solver stop; 130)."""
+    """Run ``metasparse ARGV``; returns the exit status: 0; 2 for bad input (one line
+    ``metasparse CMD: error: ...``: a :class:`~metasparse.errors.MetasparseError`, or a file
+    system error on a named file); 1 for a ``--strict-solver`` stop, and for any other
+    exception (a bug: its traceback, then a line saying so); 130 for Ctrl-C."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -44,6 +48,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"metasparse {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.filename is None:   # not about a file the user named: a bug
+            return _bug(args.command)
+        # a file system refusal (permissions, disk full, a path that is a file ...)
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        _error(args.command, OSError(f"{where}: {e.strerror or type(e).__name__}"))
+        return 2
+    except Exception:
+        return _bug(args.command)
+
+
+def _bug(command: str) -> int:
+    """An error that is not the user's: its traceback, then one line saying it is a bug."""
+    traceback.print_exc()
+    print(f"metasparse {command}: this is a bug in metasparse; please report it with the traceback above",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,9 @@ reads them and drops those copies, so both versions load the same way.
 """
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -66,9 +68,14 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, forbidden globals
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        first = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    except pickle.UnpicklingError as e:   # a forbidden global: say which, never torch's advice to load it anyway
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{path}: not a loadable metasparse checkpoint ({what}, which a metasparse "
+                              f"checkpoint never holds; refused without running it)") from None
+    except Exception as e:  # truncated files, not a torch file at all
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "weights_only" not in ln]
+        first = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
         raise CheckpointError(f"{path}: not a loadable metasparse checkpoint ({first})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a metasparse checkpoint (expected a dict with format={FORMAT!r}; "

@@ -39,8 +39,9 @@ from tqdm.auto import tqdm
 
 from episodes.sampler import batch_seed
 
-from ..errors import ConfigError
-from ..heads.base import SolverConvergenceError, SolverConvergenceWarning, unconverged_message
+from ..errors import CheckpointError, ConfigError
+from ..heads.base import (NonFiniteFeaturesError, SolverConvergenceError, SolverConvergenceWarning,
+                          unconverged_message)
 from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainSettings, lr_factor
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier, shard_bounds
@@ -183,6 +184,13 @@ def _warn_unconverged(sums: torch.Tensor, tol: Optional[float], epoch: int, s: T
                 int(sums[_UNCONVERGED]), int(sums[_EPISODES]), float(sums[_MAX_GAP]), tol)), stacklevel=2)
 
 
+def _diverged(epoch: int, i: int, s: TrainSettings, what: str) -> ConfigError:
+    """The error of a step whose loss or weights became non-finite: with finite data (checked
+    when loaded) and a finite --lr (checked before the run starts), the training diverged."""
+    return ConfigError(f"epoch {epoch + 1}, batch {i + 1}: {what}; the training diverged with --lr {s.lr} "
+                       f"(the data are finite); start a new run with a lower --lr")
+
+
 def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0,
@@ -216,30 +224,18 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
     sums = _fresh_sums()
     if resume:
         ck = load_checkpoint(run_dir / "last.pt", map_location=device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        p = ck["progress"]
-        start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            p = ck["progress"]
+            start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise CheckpointError(f"{run_dir / 'last.pt'}: does not fit the run's config.json (other weight "
+                                  f"shapes, or a damaged checkpoint): {' '.join(lines[:3])[:300]}") from None
         best = ck.get("best")
         restore_rng(ck.get("rng"))
         resumed_sums = _restore_sums(p.get("epoch_sums", [0.0] * 4))
-    train_model: nn.Module = model
-    if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
-        if device.type != "cuda":
-            raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
-        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
-    if ctx.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main, global_step if resume else None)
-    writer = None
-    if tensorboard and ctx.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - optional dependency
-            raise ConfigError("--tensorboard needs the tensorboard package "
-                              "(pip install metasparse[tensorboard])") from e
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def checkpoint(name: str, epoch: int, step: int) -> None:
         if not ctx.is_main:
@@ -249,6 +245,26 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             "progress": {"epoch": epoch, "step": step, "global_step": global_step,
                          "epoch_sums": (sums if step else _fresh_sums()).tolist()},
             "best": best, "rng": capture_rng()})
+
+    train_model: nn.Module = model
+    if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
+        if device.type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
+        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if not resume:   # step 0: a new run is resumable from its first moment
+        checkpoint("last.pt", 0, 0)
+    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main, global_step if resume else None)
+    writer = None
+    if tensorboard and ctx.is_main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - optional dependency
+            raise ConfigError("--tensorboard needs the tensorboard package "
+                              "(pip install metasparse[tensorboard])") from e
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     steps_this_call = 0
     t0 = time.time()
@@ -271,7 +287,15 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
             batch = batch.to(device, non_blocking=True)
             lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
             local = batch[lo:hi]
-            logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
+            try:
+                logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
+            except NonFiniteFeaturesError:   # finite data (checked when loaded): the weights diverged
+                raise _diverged(epoch, i, s, "the features are not finite") from None
+            except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
+                if global_step == 0:
+                    raise
+                raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
+                                             f"({str(e).strip().splitlines()[0][:120]})") from None
             conv = _step_convergence(fit, ctx)
             tol = getattr(fit, "tol", None)
             if s.strict_solver and conv is not None and conv[2] > 0:
@@ -279,7 +303,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
                 raise _strict_error(conv, tol, epoch, i, s)
             loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, batch {i}; lower --lr or check the data")
+                raise _diverged(epoch, i, s, "the loss is not finite")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

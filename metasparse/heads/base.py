@@ -8,13 +8,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["HeadFit", "HeadOutput", "Head", "SolverConvergenceWarning", "SolverConvergenceError",
-           "unconverged_message"]
+__all__ = ["HeadFit", "HeadOutput", "Head", "NonFiniteFeaturesError", "SolverConvergenceWarning",
+           "SolverConvergenceError", "unconverged_message"]
 
 
 class SolverConvergenceWarning(RuntimeWarning):
     """Some episodes' inner solve stopped short of its tolerance (iteration cap or stagnation):
     their classifier, logits and gradients are those of an approximate solution."""
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features (or the logits they give) that are NaN or Inf: a head cannot fit them."""
 
 
 class SolverConvergenceError(RuntimeError):
@@ -114,15 +118,20 @@ class Head(nn.Module):
         if not isinstance(support, torch.Tensor) or support.dim() != 3:
             raise ValueError(f"support: expected a (B, n_support, d) tensor, got "
                              f"{getattr(support, 'shape', type(support))}")
-        if not support.is_floating_point():
-            raise ValueError(f"support: expected a floating tensor, got {support.dtype}")
+        if support.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"support: the heads take float32 or float64 features, got {support.dtype} "
+                             f"(convert with .float(); half precision is too coarse for the inner solvers)")
+        if support.shape[1] == 0:
+            raise ValueError("support: no support examples (n_support = 0); an episode needs at least one per class")
+        if support.shape[2] == 0:
+            raise ValueError("support: features of dimension d = 0; the backbone must output at least one feature")
         if support_labels.shape != support.shape[:2]:
             raise ValueError(f"support_labels: expected shape {tuple(support.shape[:2])}, got "
                              f"{tuple(support_labels.shape)}")
         if int(n_way) < 2:
             raise ValueError(f"n_way: expected >= 2, got {n_way}")
         if not _all_finite(support):
-            raise ValueError("support: features contain NaN or Inf (check the backbone output)")
+            raise NonFiniteFeaturesError("support: features contain NaN or Inf (check the backbone output)")
 
     @staticmethod
     def check_query(query: torch.Tensor, support: torch.Tensor) -> None:
@@ -150,8 +159,9 @@ class Head(nn.Module):
         scores = self._scores(query, support, support_labels, n_way, fit)
         if not _all_finite(scores):
             if not _all_finite(query):
-                raise ValueError("query: features contain NaN or Inf (check the backbone output)")
-            raise ValueError("head: non-finite logits from finite features (overflow: rescale the features)")
+                raise NonFiniteFeaturesError("query: features contain NaN or Inf (check the backbone output)")
+            raise NonFiniteFeaturesError("head: non-finite logits from finite features "
+                                         "(overflow: rescale the features)")
         return HeadOutput(logits=self.scale.to(scores.dtype) * scores, fit=fit)
 
     def forward(self, query, support, support_labels, n_way) -> torch.Tensor:

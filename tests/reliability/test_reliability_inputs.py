@@ -1,0 +1,265 @@
+"""Hostile input in the real formats: each is one line naming the file or flag, exit
+status 2, no traceback, no code run, nothing written or changed; bad data that used to be
+accepted is refused; valid files that used to be refused load."""
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, one_line_error, run_cli, snapshot
+
+
+class _Runs:
+    """A pickled object that, if ever called, creates a folder (the marker of code run)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _tiny(root, out, *extra, dataset="cifar-fs"):
+    return ["train", "--dataset", dataset, "--data-root", root, "--out", out, *TINY_IMAGES, *extra]
+
+
+def _train_fails(capsys, root, tmp_path, *needles, dataset="cifar-fs"):
+    """A training on data ``root`` fails with one line; ``root`` unchanged, no run left."""
+    before = snapshot(root)
+    out = tmp_path / "run"
+    line = one_line_error(capsys, _tiny(root, out, dataset=dataset), *needles)
+    assert snapshot(root) == before and not out.exists()
+    return line
+
+
+# ------------------------------------------------------------------ dataset files
+def test_dataset_pickle_naming_a_callable_is_refused_without_running_it(tmp_path, capsys, cifar_root):
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    marker = tmp_path / "code-ran"
+    with open(root / "CIFAR_FS_train.pickle", "wb") as f:
+        pickle.dump({"data": _Runs(marker), "labels": []}, f, protocol=2)
+    _train_fails(capsys, root, tmp_path, f"{root / 'CIFAR_FS_train.pickle'}: refusing to load global 'posix.mkdir'")
+    assert not marker.exists()
+
+
+def test_corrupt_png_in_a_learn2learn_folder(tmp_path, capsys):
+    from fixtures_formats import write_l2l_cifarfs_folders
+    root = tmp_path / "l2l"
+    write_l2l_cifarfs_folders(str(root), per_class=4, n_classes={"train": 4, "val": 3, "test": 3})
+    folder = root / "cifarfs" / "processed" / "train" / "apple"
+    bad = sorted(folder.iterdir())[1]
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    _train_fails(capsys, root, tmp_path, f"{bad}: not a readable PNG image")
+
+
+def test_learn2learn_cache_where_a_class_lists_another_class_images(tmp_path, capsys):
+    from fixtures_formats import write_l2l_miniimagenet
+    root = tmp_path / "l2l"
+    written = write_l2l_miniimagenet(str(root), per_class=6, size=84)
+    d = written["train"]
+    wnids = sorted(d["class_dict"])
+    d["class_dict"][wnids[1]] = d["class_dict"][wnids[1]][:-1] + [d["class_dict"][wnids[0]][0]]
+    with open(root / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump(d, f, protocol=4)
+    _train_fails(capsys, root, tmp_path, "mini-imagenet-cache-train.pkl: image", wnids[0], wnids[1],
+                 "each image must belong to one class", dataset="mini-imagenet")
+    d["class_dict"][wnids[1]] = ["0", "one"]     # not integers: named, with the file
+    with open(root / "mini-imagenet-cache-train.pkl", "wb") as f:
+        pickle.dump(d, f, protocol=4)
+    _train_fails(capsys, root, tmp_path, f"{root / 'mini-imagenet-cache-train.pkl'}: class_dict[{wnids[1]!r}] "
+                 f"must be a list of integer image indices", dataset="mini-imagenet")
+
+
+def test_protocol_2_pickles_with_empty_byte_strings_and_arrays_load(tmp_path):
+    """Python 3 writes b'' (and the buffer of a zero-length array) at protocol 2 as
+    __builtin__.bytes(): a valid dataset file must load."""
+    import episodes
+    from fixtures_formats import write_metaoptnet_cifar
+    root = tmp_path / "data"
+    written = write_metaoptnet_cifar(str(root), "cifar-fs", per_class=4, n_classes={"train": 3, "val": 3, "test": 3})
+    d = {**written["train"], "note": b"", "empty": np.zeros((0, 32, 32, 3), np.uint8), "buf": bytearray()}
+    with open(root / "CIFAR_FS_train.pickle", "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    assert b"bytes" in (root / "CIFAR_FS_train.pickle").read_bytes()
+    source = episodes.load_source("cifar-fs", root, "train")
+    assert torch.equal(source.data, torch.from_numpy(d["data"]).permute(0, 3, 1, 2))
+    # but bytes() may not be called with a size (it would allocate it)
+    from episodes.sources.safe_pickle import UnsafePickleError, loads_pickle
+
+    class Huge:
+        def __reduce__(self):
+            return (bytes, (10 ** 12,))
+    with pytest.raises(UnsafePickleError, match="not from a size"):
+        loads_pickle(pickle.dumps(Huge(), protocol=2), "huge.pickle")
+
+
+# ------------------------------------------------------------------ prepare
+def _archive(path, fine_shift=0, evil=None):
+    """A cifar-100-python.tar.gz (Python 2 pickles); fine label 0 becomes ``fine_shift`` + 0 ..."""
+    from fixtures_formats import py2_pickle_dumps, write_cifar100_archive
+    parts = write_cifar100_archive(str(path), train_per_class=1, test_per_class=1)
+    if fine_shift or evil:
+        for member in ("train", "test"):
+            parts[member]["fine_labels"] = [f + fine_shift if f == 99 else f for f in parts[member]["fine_labels"]]
+        with tarfile.open(path, "w:gz") as tar:
+            for name, obj in parts.items():
+                data = pickle.dumps(evil, protocol=2) if evil is not None and name == "train" else py2_pickle_dumps(obj)
+                info = tarfile.TarInfo(f"cifar-100-python/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_prepare_refuses_hostile_archives_and_writes_nothing(tmp_path, capsys):
+    good = _archive(tmp_path / "good.tar.gz")
+    out = tmp_path / "out"
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", truncated, "--out", out],
+                   f"{truncated}: truncated or corrupt archive", "download cifar-100-python.tar.gz again")
+    marker = tmp_path / "code-ran"
+    evil = _archive(tmp_path / "evil.tar.gz", evil=_Runs(marker))
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", evil, "--out", out],
+                   f"{evil}:cifar-100-python/train: refusing to load global 'posix.mkdir'")
+    assert not marker.exists()
+    shifted = _archive(tmp_path / "labels.tar.gz", fine_shift=1)     # fine label 100: silently dropped before
+    one_line_error(capsys, ["prepare", "fc100", "--cifar100", shifted, "--out", out],
+                   f"{shifted}: 'fine_labels' holds 2 label(s) outside 0..99 (e.g. 100)")
+    assert not out.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", good, "--out", afile], f"--out {afile}: is a file")
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", good, "--out", afile / "x"],
+                   f"{afile} is a file, not a folder")
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", good, "--out", ""], "--out ''")
+    assert afile.read_text() == "mine"
+
+
+# ------------------------------------------------------------------ flags
+def test_flags_a_user_can_get_wrong(tmp_path, capsys, syn_run, cifar_root):
+    out = tmp_path / "run"
+    one_line_error(capsys, ["train", *SYN, "--device", "tpu", "--out", out], "--device 'tpu'")
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL[:-2], "--device", "tpu"], "--device 'tpu'")
+    src = SYN.index("--source-options") + 1
+    for options, needle in (('{"bogus": 1}', "takes no option(s) ['bogus']"),
+                            ('{"n_factors": "six"}', "--source-options {\"n_factors\": \"six\"}: "),
+                            ('{"n_factors": 6, "noise_std": NaN}', "the examples contain NaN or Inf (from --source-options")):
+        one_line_error(capsys, ["train", *SYN[:src], options, *SYN[src + 1:], "--out", out], needle)
+    one_line_error(capsys, _tiny(cifar_root, out, "--source-options", '{"seed": 1}'),
+                   "--source-options: cifar-fs takes no source options")
+    for flags, needle in ((["--num-workers", "-1"], "--num-workers must be >= 0"),
+                          (["--seed", str(2 ** 70)], "--seed must fit in 64 bits"),
+                          (["--log-every", "-1"], "--log-every must be >= 0"),
+                          (["--backbone-options", '{"hidden": "x"}'], "backbone 'mlp': bad options"),
+                          (["--backbone-options", '{"depth": 3}'], "backbone 'mlp': bad options"),
+                          (["--head-options", '{"bogus": 1}'], "head 'ridge': bad options")):
+        one_line_error(capsys, ["train", *SYN, *flags, "--out", out], needle)
+    assert not out.exists()
+
+
+def test_nan_data_and_an_infinite_lr_and_divergence_are_told_apart(tmp_path, capsys):
+    src = SYN.index("--source-options") + 1
+    nan = SYN_SOURCE[:-1] + ', "noise_std": NaN}'
+    one_line_error(capsys, ["train", *SYN[:src], nan, *SYN[src + 1:], "--out", tmp_path / "a"],
+                   "synthetic/train: the examples contain NaN or Inf", "--source-options")
+    one_line_error(capsys, ["train", *SYN, "--lr", "inf", "--out", tmp_path / "b"],
+                   "--lr must be a finite number > 0, got inf")
+    line = one_line_error(capsys, ["train", *SYN, "--optimizer", "sgd", "--lr", "1e30", "--out", tmp_path / "c"],
+                          "the training diverged with --lr 1e+30", "lower --lr")
+    assert "backbone output" not in line
+    assert (tmp_path / "c" / "last.pt").exists()    # diverged after step 0: the run directory is a run
+
+
+def test_features_the_heads_cannot_take_are_named():
+    from metasparse.heads import GroupSparseSVMHead, ProtoNetHead, RidgeHead, SVMHead
+    labels = torch.arange(3).repeat_interleave(2)[None]
+    for head in (GroupSparseSVMHead(), SVMHead(), RidgeHead(), ProtoNetHead()):
+        half = torch.randn(1, 6, 4, dtype=torch.float16)
+        with pytest.raises(ValueError, match=r"float32 or float64 features, got torch.float16"):
+            head(half[:, :3], half, labels, 3)
+        with pytest.raises(ValueError, match=r"n_support = 0"):
+            head(torch.randn(1, 3, 4), torch.randn(1, 0, 4), labels[:, :0], 3)
+        with pytest.raises(ValueError, match=r"d = 0"):
+            head(torch.randn(1, 3, 0), torch.randn(1, 6, 0), labels, 3)
+
+
+# ------------------------------------------------------------------ checkpoints and configs
+def test_checkpoints_naming_a_callable_or_lacking_keys(tmp_path, capsys, syn_run):
+    from metasparse.engine.checkpoint import load_checkpoint, save_checkpoint
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "metasparse-checkpoint", "x": _Runs(marker)}, evil)
+    line = one_line_error(capsys, ["evaluate", "--checkpoint", evil, *EVAL],
+                          f"{evil}: not a loadable metasparse checkpoint (it references posix.mkdir")
+    assert "weights_only" not in line and not marker.exists()
+    ck = {k: v for k, v in load_checkpoint(syn_run / "best.pt").items() if k not in ("format", "version", "path")}
+    for key, value, needle in (("dataset", None, "the run configuration lacks ['dataset']"),
+                               ("backbone_options", "wide", "backbone_options must be a dict"),
+                               ("way", None, "--checkpoint: its run configuration has no valid 'way'")):
+        cfg = dict(ck["config"])
+        if value is None:
+            del cfg[key]
+        else:
+            cfg[key] = value
+        bad = tmp_path / f"bad_{key}.pt"
+        save_checkpoint(bad, {**ck, "config": cfg})
+        one_line_error(capsys, ["evaluate", "--checkpoint", bad, *EVAL, "--out", tmp_path / "e.json"], needle)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == []
+
+
+# ------------------------------------------------------------------ episode files
+@pytest.fixture(scope="module")
+def episodes_file(syn_run, tmp_path_factory):
+    from metasparse.cli import main
+    path = tmp_path_factory.mktemp("eps") / "eps.json"
+    assert main(["evaluate", "--checkpoint", str(syn_run), *EVAL, "--save-episodes", str(path),
+                 "--out", str(path.with_name("e.json"))]) == 0
+    return path
+
+
+def _mutations(doc):
+    """(name, edited copy of ``doc``, expected piece of the message) of each hostile episode file."""
+    n = doc["n_examples"]
+
+    def edited(fn):
+        d = json.loads(json.dumps(doc))
+        fn(d)
+        return d
+    yield "out of range", edited(lambda d: d["support_index"][0].__setitem__(0, n + 5)), "outside 0.."
+    yield "negative", edited(lambda d: d["query_index"][1].__setitem__(0, -1)), "query_index has indices outside"
+    yield "reversed", edited(lambda d: d["support_index"][0].reverse()), "are not of the classes class_ids lists"
+    yield "leakage", edited(lambda d: d["query_index"][0].__setitem__(0, d["support_index"][0][0])), \
+        "support and query must be disjoint"
+    yield "class twice", edited(lambda d: d["class_ids"][0].__setitem__(1, d["class_ids"][0][0])), \
+        "lists a class twice"
+    yield "float index", edited(lambda d: d["support_index"][0].__setitem__(0, 1.5)), "array of integers"
+    yield "way as text", edited(lambda d: d.__setitem__("way", str(d["way"]))), "'way' must be an integer"
+    yield "no episodes", edited(lambda d: d.update(class_ids=[], support_index=[], query_index=[])), "array shapes"
+
+
+def test_episode_files_are_validated_index_by_index(tmp_path, capsys, syn_run, episodes_file):
+    doc = json.loads(episodes_file.read_text())
+    for name, bad, needle in _mutations(doc):
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        path.write_text(json.dumps(bad))
+        before = snapshot(tmp_path)
+        one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", path, "--no-progress",
+                                "--device", "cpu", "--out", tmp_path / "e.json"], f"{path}: ", needle)
+        assert snapshot(tmp_path) == before, name
+    # a .pt episode file naming a callable: refused, not run, no torch advice
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "metasparse-episodes/1", "class_ids": _Runs(marker)}, evil)
+    line = one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", evil, "--no-progress",
+                                   "--device", "cpu"], f"{evil}: not a readable episode file")
+    assert "weights_only" not in line and not marker.exists()
+    # the valid file still evaluates
+    assert run_cli(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", episodes_file, "--no-progress",
+                            "--device", "cpu", "--out", tmp_path / "ok.json"])[0] == 0
