@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from metasparse.heads import SolverConvergenceWarning
 from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, one_line_error, run_cli, snapshot
 
 
@@ -263,3 +264,20 @@ def test_episode_files_are_validated_index_by_index(tmp_path, capsys, syn_run, e
     # the valid file still evaluates
     assert run_cli(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", episodes_file, "--no-progress",
                             "--device", "cpu", "--out", tmp_path / "ok.json"])[0] == 0
+
+
+def test_a_solver_stopped_short_is_never_silent(tmp_path, capsys):
+    """``--head-options '{"max_iter": 0}'`` cannot reach the tolerance: training warns with the
+    numbers and logs the gap; ``--strict-solver`` turns it into one line, exit status 1."""
+    head = ["--head", "group-sparse-svm", "--head-options", '{"max_iter": 0}']
+    syn = [a for a in SYN]
+    i = syn.index("--head")
+    del syn[i:i + 2]
+    with pytest.warns(SolverConvergenceWarning, match="stopped short of the solver tolerance"):
+        rc, _, err = run_cli(capsys, ["train", *syn, *head, "--out", tmp_path / "a"])
+    assert rc == 0, err
+    epochs = [json.loads(ln) for ln in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(ln).get("kind") == "epoch"]
+    assert epochs and epochs[-1]["train_unconverged_fraction"] > 0 and epochs[-1]["train_max_rel_gap"] > 1e-5
+    one_line_error(capsys, ["train", *syn, *head, "--strict-solver", "--out", tmp_path / "b"], "tol", rc=1)
+    assert (tmp_path / "b" / "last.pt").exists()    # stopped before an update: the run stays resumable
