@@ -56,6 +56,14 @@ def _run_config(config: TrainConfig) -> Dict[str, Any]:
     return config.run_config()
 
 
+def _record_epochs(path: Path, epochs: int) -> None:
+    """Set ``settings.epochs`` of the saved run configuration ``path`` (nothing else changes)."""
+    saved = json.loads(path.read_text())
+    if saved["settings"].get("epochs") != epochs:
+        saved["settings"]["epochs"] = int(epochs)
+        atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Meta-train as ``config`` says (a new run in ``config.out``, or its continuation with
     ``resume``): build the sources, samplers and model, run
@@ -85,6 +93,8 @@ def train(config: TrainConfig) -> TrainResult:
             out.mkdir(parents=True, exist_ok=True)
             if not config.resume:
                 atomic_write_text(out / "config.json", json.dumps(run, indent=1) + "\n")
+            else:   # --epochs raised on --resume: config.json records the new length
+                _record_epochs(out / "config.json", s.epochs)
         stream = SamplerStream(episode_sampler(train_source, run["way"], run["train_shot"], run["query"],
                                                run["episodes_per_batch"], s.seed, "train"),
                                s.batches_per_epoch, num_workers=config.num_workers,
