@@ -43,13 +43,13 @@ for spec in "${RUNS[@]}"; do
     $MS train --dataset "$DATASET" --data-root "$DATA_ROOT" $flags --out "$run" $TRAIN_FLAGS && touch "$run/done"
   fi
   # shellcheck disable=SC2086
-  $MS evaluate --checkpoint "$run/best.pt" --shot 1 5 --episodes 1000 --seed 0 --out "$run/test.json" $EVAL_FLAGS
+  $MS evaluate --checkpoint "$run/best.pt" --shot 1 5 --episodes 1000 --seed 0 --out "$run/test.json" --force $EVAL_FLAGS
 done
 
 ckpts=()
 for spec in "${RUNS[@]}"; do ckpts+=("$OUT/${spec%%|*}/best.pt"); done
 # shellcheck disable=SC2086
-$MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" $EVAL_FLAGS
+$MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" --force $EVAL_FLAGS
 
 echo
 echo "== $DATASET, 5-way, mean +- 95% CI over the meta-test episodes (compare with docs/reference_numbers.md)"

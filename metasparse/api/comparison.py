@@ -13,6 +13,9 @@ from ..registry import HEADS, head_entry
 from .data import check_data_fits, checkpoint_source
 from .episode_sets import EpisodeSpec, episode_sets
 from .model import checkpoint_model, swapped_head
+from .outputs import check_output_dir
+
+COMPARE_FILES = ("compare.json", "compare.md")
 
 __all__ = ["CompareConfig", "ComparisonResult", "compare"]
 
@@ -26,7 +29,8 @@ class CompareConfig:
     Each checkpoint is evaluated with its own head, or with each of ``heads`` (the sparse
     head once per value of ``lambda_ratios``). The first entry is the reference of the
     paired differences. ``out``: the folder of ``compare.json``, ``compare.md`` and the
-    figures."""
+    figures, checked before any work; results already there are replaced only with
+    ``force``."""
 
     checkpoints: Sequence[PathLike]
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -35,6 +39,7 @@ class CompareConfig:
     out: PathLike = "runs/compare"
     device: str = "auto"
     progress: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.checkpoints, (str, Path)) or not self.checkpoints:
@@ -79,6 +84,7 @@ def compare(config: CompareConfig) -> ComparisonResult:
     """Evaluate every (checkpoint, head) entry on the same episodes; write ``compare.json``,
     ``compare.md`` and the PNG figures to ``config.out``."""
     spec = config.episodes
+    check_output_dir(config.out, COMPARE_FILES, "--out", force=config.force)   # before the work, not after it
     device = resolve_device(config.device)
     cks = [load_checkpoint(p) for p in config.checkpoints]
     ref_cfg = cks[0]["config"]

@@ -93,8 +93,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.dataset is not None:
-            dataset_entry(self.dataset)
+        if self.dataset is not None:   # the canonical name: MetaOptNet's miniImageNet is mini-imagenet
+            self.dataset = dataset_entry(self.dataset).name
         for name in _OPTION_DICTS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):

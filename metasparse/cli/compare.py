@@ -14,6 +14,7 @@ def add_parser(sub) -> None:
     c.add_argument("--heads", nargs="+", help="evaluate every checkpoint with each of these heads")
     c.add_argument("--lambda-ratios", type=float, nargs="+", help="lambda ratios for the group-sparse-svm head")
     c.add_argument("--out", default="runs/compare", help="output folder (compare.json, compare.md, PNGs)")
+    c.add_argument("--force", action="store_true", help="overwrite results already at --out")
     add_episode_flags(c)
     c.set_defaults(run=run)
 
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from ..api import CompareConfig, compare
     result = compare(CompareConfig(
         checkpoints=args.checkpoints, episodes=episode_spec(args), heads=args.heads,
-        lambda_ratios=args.lambda_ratios, out=args.out, device=args.device, progress=not args.no_progress))
+        lambda_ratios=args.lambda_ratios, out=args.out, device=args.device, progress=not args.no_progress,
+        force=args.force))
     print_saved_episodes(result.saved_episodes, result.n_episodes, result.way)
     print(result.markdown)
     print("written: " + ", ".join(result.paths.values()))
