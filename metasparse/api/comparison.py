@@ -1,6 +1,7 @@
 """``compare(CompareConfig) -> ComparisonResult``: checkpoints and heads on identical episodes."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -8,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ..engine.checkpoint import load_checkpoint
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.distributed import resolve_device
+from ..engine.evaluate import parse_cache_size
 from ..errors import ConfigError
 from ..registry import HEADS, head_entry
 from .data import check_data_fits, checkpoint_source
@@ -30,7 +32,10 @@ class CompareConfig:
     head once per value of ``lambda_ratios``). The first entry is the reference of the
     paired differences. ``out``: the folder of ``compare.json``, ``compare.md`` and the
     figures, checked before any work; results already there are replaced only with
-    ``force``."""
+    ``force``. ``feature_cache``: the entries of one checkpoint are evaluated on features
+    embedded once per episode, cached on the device within half its free memory (else in a
+    quarter of the host's available memory, else re-embedded per entry, said in one line);
+    ``"auto"`` (that bound), ``"off"`` or a size (``"2GB"``) that caps it."""
 
     checkpoints: Sequence[PathLike]
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -40,8 +45,13 @@ class CompareConfig:
     device: str = "auto"
     progress: bool = True
     force: bool = False
+    feature_cache: Union[str, int, None] = "auto"
 
     def __post_init__(self) -> None:
+        try:
+            parse_cache_size(self.feature_cache)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if isinstance(self.checkpoints, (str, Path)) or not self.checkpoints:
             raise ConfigError(f"compare: expected a list of checkpoints, got {self.checkpoints!r}")
         if self.heads is not None:
@@ -117,7 +127,9 @@ def compare(config: CompareConfig) -> ComparisonResult:
     if len(set(names)) != len(names):
         raise ConfigError(f"compare: entry names must be unique, got {names}")
     sets = episode_sets(spec, ref_cfg, source)
-    result = compare_entries(entries, sets.streams, device, progress=config.progress)
+    result = compare_entries(entries, sets.streams, device, progress=config.progress,
+                             feature_cache=parse_cache_size(config.feature_cache),
+                             log=lambda msg: print(f"metasparse compare: {msg}", file=sys.stderr))
     paths = write_comparison(result, config.out, extra={"dataset": ref_cfg["dataset"], "split": spec.split,
                                                         "seed": spec.seed, "way": sets.way})
     return ComparisonResult(result, markdown_table(result), paths, sets.way, sets.n_episodes, sets.saved)
