@@ -15,9 +15,10 @@ from ..registry import HEADS, head_entry
 from .data import check_data_fits, checkpoint_source
 from .episode_sets import EpisodeSpec, episode_sets
 from .model import checkpoint_model, swapped_head
+from ..tradeoff import write_tradeoff
 from .outputs import check_output_dir
 
-COMPARE_FILES = ("compare.json", "compare.md")
+COMPARE_FILES = ("compare.json", "compare.md", "tradeoff.json", "tradeoff.md")
 
 __all__ = ["CompareConfig", "ComparisonResult", "compare"]
 
@@ -29,8 +30,11 @@ class CompareConfig:
     """Compare ``checkpoints`` (of one dataset) on the episodes of ``episodes``.
 
     Each checkpoint is evaluated with its own head, or with each of ``heads`` (the sparse
-    head once per value of ``lambda_ratios``). The first entry is the reference of the
-    paired differences. ``out``: the folder of ``compare.json``, ``compare.md`` and the
+    head once per value of ``lambda_ratios``; ``lambda_ratios`` without ``heads`` means
+    ``heads = ["svm", "group-sparse-svm"]``). The first entry is the reference of the
+    paired differences. With ``lambda_ratios`` the trade-off files are written too
+    (:mod:`metasparse.tradeoff`: accuracy against ``lambda / lambda_max`` and against the
+    fraction of features used, per shot). ``out``: the folder of ``compare.json``, ``compare.md`` and the
     figures, checked before any work; results already there are replaced only with
     ``force``. ``feature_cache``: the entries of one checkpoint are evaluated on features
     embedded once per episode, cached on the device within half its free memory (else in a
@@ -56,6 +60,8 @@ class CompareConfig:
             raise ConfigError(f"compare: expected a list of checkpoints, got {self.checkpoints!r}")
         if self.heads is not None:
             self.heads = [head_entry(h).name for h in self.heads]
+        elif self.lambda_ratios:   # a lambda sweep: the vanilla SVM (lambda = 0, the reference) and the sweep
+            self.heads = ["svm", "group-sparse-svm"]
 
 
 @dataclass
@@ -130,6 +136,7 @@ def compare(config: CompareConfig) -> ComparisonResult:
     result = compare_entries(entries, sets.streams, device, progress=config.progress,
                              feature_cache=parse_cache_size(config.feature_cache),
                              log=lambda msg: print(f"metasparse compare: {msg}", file=sys.stderr))
-    paths = write_comparison(result, config.out, extra={"dataset": ref_cfg["dataset"], "split": spec.split,
-                                                        "seed": spec.seed, "way": sets.way})
+    extra = {"dataset": ref_cfg["dataset"], "split": spec.split, "seed": spec.seed, "way": sets.way}
+    paths = write_comparison(result, config.out, extra=extra)
+    paths.update(write_tradeoff(result, config.out, extra=extra))
     return ComparisonResult(result, markdown_table(result), paths, sets.way, sets.n_episodes, sets.saved)
