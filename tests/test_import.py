@@ -92,13 +92,14 @@ def test_metaoptnet_pth_with_dataparallel_prefix(l2l_net, tmp_path, capsys):
     torch.save({"embedding": {f"module.{k}": backbone[k] for k in METAOPTNET_KEYS},
                 "head": {"scale": torch.tensor([7.5])}}, src)
     dst = tmp_path / "mon.pt"
-    assert main(["import", str(src), "--from", "metaoptnet", "--dataset", "miniImageNet", "--out", str(dst)]) == 0
+    assert main(["import", str(src), "--from", "metaoptnet", "--dataset", "FC100", "--out", str(dst)]) == 0
     assert "logit scale 7.5" in capsys.readouterr().out
-    model, ck = _same_features(dst, l2l_net.features, 84)
-    assert ck["config"]["n_features"] == 16000 and ck["config"]["head"] == "svm"
+    model, ck = _same_features(dst, l2l_net.features, 32)
+    assert ck["config"]["n_features"] == 2560 and ck["config"]["head"] == "svm"
+    assert ck["config"]["dataset"] == "fc100" and ck["config"]["example_shape"] == [3, 32, 32]
     assert float(model.head.scale.detach()) == 7.5
     assert "already holds a result; pass --force" in _err(
-        capsys, ["import", str(src), "--from", "metaoptnet", "--dataset", "miniImageNet", "--out", str(dst)])
+        capsys, ["import", str(src), "--from", "metaoptnet", "--dataset", "fc100", "--out", str(dst)])
 
 
 @pytest.mark.parametrize("case,expected", [

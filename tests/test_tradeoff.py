@@ -42,7 +42,7 @@ def run(tmp_path_factory):
 def test_compare_lambda_ratios_writes_the_tradeoff(run, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(run.run_dir / "best.pt"), str(run.run_dir / "last.pt"), "--lambda-ratios", "0.01",
-                 "0.3", "0.9", "--shot", "1", "2", "--out", str(out), *EVAL]) == 0
+                 "0.9", "--shot", "1", "2", "--out", str(out), *EVAL]) == 0
     t = json.loads((out / "tradeoff.json").read_text())
     assert set(t["shots"]) == {"1", "2"} and t["dataset"] == "synthetic"
     for shot in ("1", "2"):
@@ -51,7 +51,7 @@ def test_compare_lambda_ratios_writes_the_tradeoff(run, tmp_path, capsys):
         for s in t["shots"][shot]["series"]:
             assert s["reference"]["features_used_fraction"] == 1.0          # the svm head uses every feature
             used = [p["features_used_fraction"] for p in s["points"]]
-            assert [p["lambda_ratio"] for p in s["points"]] == [0.01, 0.3, 0.9]
+            assert [p["lambda_ratio"] for p in s["points"]] == [0.01, 0.9]
             assert used[0] >= used[-1] and used[-1] < 1.0
             assert all(0 <= p["ci95"] and 0 <= p["accuracy"] <= 1 for p in s["points"])
     rows = json.loads((out / "compare.json").read_text())["shots"]["1"]
