@@ -30,7 +30,7 @@ from .heads import GroupSparseSVMHead, Head, ProtoNetHead, RidgeHead, SVMHead
 
 __all__ = ["HeadEntry", "BackboneEntry", "DatasetEntry", "HEADS", "BACKBONES", "DATASETS", "SOLVERS",
            "DEFAULT_HEAD", "head_entry", "head_options", "build_head", "backbone_entry", "build_backbone",
-           "backbone_options_for_data", "dataset_entry", "dataset_defaults"]
+           "backbone_options_for_data", "dataset_entry", "dataset_name", "dataset_defaults"]
 
 
 # ----------------------------------------------------------------------------- heads
@@ -191,11 +191,28 @@ DATASETS: Dict[str, DatasetEntry] = {
     for name, defaults in DATASET_DEFAULTS.items()}
 
 
+def _dataset_key(name: str) -> str:
+    return "".join(c for c in str(name).strip().lower() if c not in "-_ ")
+
+
+# the names users type: MetaOptNet's (miniImageNet, CIFAR_FS, FC100), learn2learn's, any case,
+# with or without dashes / underscores
+_DATASET_KEYS = {_dataset_key(name): name for name in DATASETS}
+
+
+def dataset_name(name: str) -> str:
+    """The canonical name (stored in run configs) of dataset ``name``: ``miniImageNet``,
+    ``mini_imagenet``, ``CIFAR_FS``, ``cifarfs``, ``FC100``... in any case."""
+    key = _DATASET_KEYS.get(_dataset_key(name))
+    if key is None:
+        raise ConfigError(f"--dataset {name!r}: expected one of {list(DATASETS)} (any case; MetaOptNet's "
+                          f"miniImageNet, CIFAR_FS, FC100 work too)")
+    return key
+
+
 def dataset_entry(name: str) -> DatasetEntry:
-    """The dataset called ``name`` (canonical names only: they are stored in run configs)."""
-    if name not in DATASETS:
-        raise ConfigError(f"--dataset {name!r}: expected one of {list(DATASETS)}")
-    return DATASETS[name]
+    """The dataset called ``name`` (a canonical name or one :func:`dataset_name` resolves)."""
+    return DATASETS[dataset_name(name)]
 
 
 def dataset_defaults(name: str) -> Dict[str, Any]:

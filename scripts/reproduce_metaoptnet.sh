@@ -43,22 +43,14 @@ for spec in "${RUNS[@]}"; do
     $MS train --dataset "$DATASET" --data-root "$DATA_ROOT" $flags --out "$run" $TRAIN_FLAGS && touch "$run/done"
   fi
   # shellcheck disable=SC2086
-  $MS evaluate --checkpoint "$run/best.pt" --shot 1 5 --episodes 1000 --seed 0 --out "$run/test.json" $EVAL_FLAGS
+  $MS evaluate --checkpoint "$run/best.pt" --shot 1 5 --episodes 1000 --seed 0 --out "$run/test.json" --force $EVAL_FLAGS
 done
 
 ckpts=()
 for spec in "${RUNS[@]}"; do ckpts+=("$OUT/${spec%%|*}/best.pt"); done
 # shellcheck disable=SC2086
-$MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" $EVAL_FLAGS
+$MS compare "${ckpts[@]}" --shot 1 5 --episodes 1000 --seed 0 --out "$OUT/compare" --force $EVAL_FLAGS
 
 echo
-echo "== $DATASET, 5-way, mean +- 95% CI over the meta-test episodes (compare with docs/reference_numbers.md)"
-python3 - "$OUT" "${RUNS[@]}" <<'PYEOF'
-import json, sys
-out, runs = sys.argv[1], [r.split("|")[0] for r in sys.argv[2:]]
-print(f"| head | 1-shot | 5-shot | features used (5-shot) |\n|---|---|---|---|")
-for name in runs:
-    r = json.load(open(f"{out}/{name}/test.json"))["results"]
-    f = lambda s: f"{100 * r[s]['accuracy']:.2f} +- {100 * r[s]['ci95']:.2f}"
-    print(f"| {name} | {f('1')} | {f('5')} | {100 * r['5']['features_used_fraction']:.1f}% |")
-PYEOF
+# our numbers next to MetaOptNet's published ones (docs/reference_numbers.md), one table
+python3 "$(dirname "$0")/reference_table.py" "$DATASET" "$OUT" "${RUNS[@]%%|*}"

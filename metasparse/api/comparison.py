@@ -1,6 +1,7 @@
 """``compare(CompareConfig) -> ComparisonResult``: checkpoints and heads on identical episodes."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -8,11 +9,16 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from ..engine.checkpoint import load_checkpoint
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.distributed import resolve_device
+from ..engine.evaluate import parse_cache_size
 from ..errors import ConfigError
 from ..registry import HEADS, head_entry
 from .data import check_data_fits, checkpoint_source
 from .episode_sets import EpisodeSpec, episode_sets
 from .model import checkpoint_model, swapped_head
+from ..tradeoff import write_tradeoff
+from .outputs import check_output_dir
+
+COMPARE_FILES = ("compare.json", "compare.md", "tradeoff.json", "tradeoff.md")
 
 __all__ = ["CompareConfig", "ComparisonResult", "compare"]
 
@@ -24,9 +30,16 @@ class CompareConfig:
     """Compare ``checkpoints`` (of one dataset) on the episodes of ``episodes``.
 
     Each checkpoint is evaluated with its own head, or with each of ``heads`` (the sparse
-    head once per value of ``lambda_ratios``). The first entry is the reference of the
-    paired differences. ``out``: the folder of ``compare.json``, ``compare.md`` and the
-    figures."""
+    head once per value of ``lambda_ratios``; ``lambda_ratios`` without ``heads`` means
+    ``heads = ["svm", "group-sparse-svm"]``). The first entry is the reference of the
+    paired differences. With ``lambda_ratios`` the trade-off files are written too
+    (:mod:`metasparse.tradeoff`: accuracy against ``lambda / lambda_max`` and against the
+    fraction of features used, per shot). ``out``: the folder of ``compare.json``, ``compare.md`` and the
+    figures, checked before any work; results already there are replaced only with
+    ``force``. ``feature_cache``: the entries of one checkpoint are evaluated on features
+    embedded once per episode, cached on the device within half its free memory (else in a
+    quarter of the host's available memory, else re-embedded per entry, said in one line);
+    ``"auto"`` (that bound), ``"off"`` or a size (``"2GB"``) that caps it."""
 
     checkpoints: Sequence[PathLike]
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -35,12 +48,20 @@ class CompareConfig:
     out: PathLike = "runs/compare"
     device: str = "auto"
     progress: bool = True
+    force: bool = False
+    feature_cache: Union[str, int, None] = "auto"
 
     def __post_init__(self) -> None:
+        try:
+            parse_cache_size(self.feature_cache)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if isinstance(self.checkpoints, (str, Path)) or not self.checkpoints:
             raise ConfigError(f"compare: expected a list of checkpoints, got {self.checkpoints!r}")
         if self.heads is not None:
             self.heads = [head_entry(h).name for h in self.heads]
+        elif self.lambda_ratios:   # a lambda sweep: the vanilla SVM (lambda = 0, the reference) and the sweep
+            self.heads = ["svm", "group-sparse-svm"]
 
 
 @dataclass
@@ -79,6 +100,7 @@ def compare(config: CompareConfig) -> ComparisonResult:
     """Evaluate every (checkpoint, head) entry on the same episodes; write ``compare.json``,
     ``compare.md`` and the PNG figures to ``config.out``."""
     spec = config.episodes
+    check_output_dir(config.out, COMPARE_FILES, "--out", force=config.force)   # before the work, not after it
     device = resolve_device(config.device)
     cks = [load_checkpoint(p) for p in config.checkpoints]
     ref_cfg = cks[0]["config"]
@@ -111,7 +133,10 @@ def compare(config: CompareConfig) -> ComparisonResult:
     if len(set(names)) != len(names):
         raise ConfigError(f"compare: entry names must be unique, got {names}")
     sets = episode_sets(spec, ref_cfg, source)
-    result = compare_entries(entries, sets.streams, device, progress=config.progress)
-    paths = write_comparison(result, config.out, extra={"dataset": ref_cfg["dataset"], "split": spec.split,
-                                                        "seed": spec.seed, "way": sets.way})
+    result = compare_entries(entries, sets.streams, device, progress=config.progress,
+                             feature_cache=parse_cache_size(config.feature_cache),
+                             log=lambda msg: print(f"metasparse compare: {msg}", file=sys.stderr))
+    extra = {"dataset": ref_cfg["dataset"], "split": spec.split, "seed": spec.seed, "way": sets.way}
+    paths = write_comparison(result, config.out, extra=extra)
+    paths.update(write_tradeoff(result, config.out, extra=extra))
     return ComparisonResult(result, markdown_table(result), paths, sets.way, sets.n_episodes, sets.saved)

@@ -13,7 +13,8 @@ from ..errors import ConfigError
 from ..registry import head_entry, head_options
 from .data import check_data_fits, checkpoint_source
 from .episode_sets import EpisodeSpec, episode_sets
-from .model import checkpoint_model, swapped_head
+from .model import ModelSpec, checkpoint_model, swapped_head
+from .outputs import check_output_file, evaluation_file_name
 
 __all__ = ["EvalConfig", "EvaluationResult", "evaluate"]
 
@@ -27,8 +28,10 @@ class EvalConfig:
 
     ``head`` swaps the trained head (keeping the backbone); ``lambda_ratio``, ``solver``
     and ``head_options`` re-parameterise the swapped head, or the trained one when
-    ``head`` is None. ``out``: the results JSON (default
-    ``eval_{head}_{split}.json`` next to the checkpoint)."""
+    ``head`` is None. ``out``: the results JSON (default: next to the checkpoint, a name
+    that encodes what was evaluated, :func:`~metasparse.api.outputs.evaluation_file_name`,
+    e.g. ``eval_best_group-sparse-svm_r0.01_test_1-5shot_seed0.json``); an existing file
+    is replaced only with ``force``. The output location is checked before any work."""
 
     checkpoint: PathLike
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -39,6 +42,7 @@ class EvalConfig:
     out: Optional[PathLike] = None
     device: str = "auto"
     progress: bool = True
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.head_options is not None and not isinstance(self.head_options, dict):
@@ -87,12 +91,21 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
     spec = config.episodes
     ck = load_checkpoint(config.checkpoint)
     cfg = ck["config"]
+    ModelSpec.from_config(cfg, ck["path"])   # a configuration the model can be rebuilt from
+    head_name, head_opts, head = swapped_head(cfg, config.head, config.lambda_ratio, config.solver,
+                                              config.head_options)
+    if config.out:
+        out = Path(config.out)
+    else:
+        out = Path(ck["path"]).parent / evaluation_file_name(
+            ck["path"], head_name, head_opts, spec.split, spec.shots, spec.seed, spec.episodes_file,
+            {"way": spec.way, "query": spec.query, "episodes": spec.n_episodes,
+             "data_root": str(spec.data_root) if spec.data_root else None})
+    check_output_file(out, "--out", force=config.force)   # before the work, not after it
     device = resolve_device(config.device)
     source = checkpoint_source(ck, spec.data_root, spec.split)
     check_data_fits(ck, source)
     model = checkpoint_model(ck).to(device)
-    head_name, head_opts, head = swapped_head(cfg, config.head, config.lambda_ratio, config.solver,
-                                              config.head_options)
     if head is not None:
         head.to(device)
     sets = episode_sets(spec, cfg, source)
@@ -100,7 +113,6 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
     for k, eps in sets.streams.items():
         results[str(k)] = evaluate_episodes(model, eps, device, head=head, progress=config.progress,
                                             desc=f"{k}-shot", total=len(eps)).summary()
-    out = Path(config.out) if config.out else Path(ck["path"]).parent / f"eval_{head_name}_{spec.split}.json"
     result = EvaluationResult(ck["path"], cfg["dataset"], spec.split, head_name, head_opts, cfg["head"], spec.seed,
                               str(spec.episodes_file) if spec.episodes_file else None, results, sets.way,
                               sets.n_episodes, out, sets.saved)

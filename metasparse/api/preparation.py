@@ -6,12 +6,19 @@ from pathlib import Path
 from typing import Dict, Union
 
 from ..errors import ConfigError
-from ..registry import DATASETS
+from ..registry import DATASETS, dataset_name
 from .data import build_cifar_fs_fc100
 
 __all__ = ["PrepareConfig", "prepare"]
 
 PathLike = Union[str, Path]
+
+
+def _canonical(name: str) -> str:
+    try:
+        return dataset_name(name)
+    except ConfigError:
+        return name
 
 
 @dataclass
@@ -25,6 +32,8 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         buildable = [d.name for d in DATASETS.values() if d.from_cifar100]
+        if _canonical(self.dataset) in buildable:
+            self.dataset = _canonical(self.dataset)
         if self.dataset not in buildable:
             raise ConfigError(f"prepare: dataset {self.dataset!r}: expected one of {buildable}")
         if str(self.out).strip() == "":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-from ..engine.config import TrainSettings
+from ..engine.config import LEGACY_SCHEDULE, TrainSettings, milestone_epochs
 from ..errors import ConfigError
 from ..registry import (DATASETS, DEFAULT_HEAD, backbone_entry, dataset_defaults, dataset_entry, head_entry,
                         head_options)
@@ -95,8 +95,8 @@ class TrainConfig:
         if str(self.out).strip() == "":   # Path("") is the current directory
             raise ConfigError("--out '': expected a run directory")
         self.out = Path(self.out)
-        if self.dataset is not None:
-            dataset_entry(self.dataset)
+        if self.dataset is not None:   # the canonical name: MetaOptNet's miniImageNet is mini-imagenet
+            self.dataset = dataset_entry(self.dataset).name
         for name in _OPTION_DICTS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):
@@ -149,6 +149,7 @@ class TrainConfig:
         for name in _SETTINGS_FIELDS:
             if getattr(self, name) is not None:
                 setattr(s, name, getattr(self, name))
+        s.lr_milestones = milestone_epochs(s.epochs)   # fixed for the life of the run (resume keeps them)
         s.strict_solver = bool(self.strict_solver)
         cfg["settings"] = s.to_dict()
         cfg["val_seed"] = int(s.seed) + 1_000_003
@@ -156,7 +157,23 @@ class TrainConfig:
 
     def resumed_run_config(self, saved: Mapping[str, Any]) -> Dict[str, Any]:
         """``saved`` (the ``config.json`` of the run being resumed) after checking that the
-        given fields agree with it; ``data_root`` and ``strict_solver`` may change."""
+        given fields agree with it; ``data_root`` and ``strict_solver`` may change, and
+        ``epochs`` may be raised: the run goes on with the learning-rate milestones it was
+        created with (stored as epochs), so the schedule of the epochs already trained, and
+        of those still to come, is the one an uninterrupted run of the new length with the
+        same milestones follows. Runs created before the milestones were stored as epochs
+        (fractions of ``epochs``) keep their schedule and cannot be lengthened."""
+        saved_settings = saved.get("settings", {})
+        legacy = "lr_schedule" not in saved_settings
+        raised = self.epochs is not None and self.epochs != saved_settings.get("epochs")
+        if raised:
+            if self.epochs < saved_settings.get("epochs", 0):
+                raise ConfigError(f"--epochs {self.epochs} is below the run's {saved_settings.get('epochs')} epochs; "
+                                  f"--resume can only raise --epochs")
+            if legacy:
+                raise ConfigError(f"--epochs {self.epochs}: this run stores its learning-rate milestones as fractions "
+                                  f"of its {saved_settings.get('epochs')} epochs (an older metasparse), so raising "
+                                  f"--epochs would move them; resume without --epochs")
         if self.dataset is not None and self.dataset != saved["dataset"]:
             raise ConfigError(f"--dataset {self.dataset} contradicts the run being resumed ({saved['dataset']})")
         for name in _RUN_FIELDS:
@@ -166,6 +183,8 @@ class TrainConfig:
                                   f"({name}={saved.get(name)!r}); drop the flag or start a new --out")
         for name in _SETTINGS_FIELDS:
             value = getattr(self, name)
+            if name == "epochs" and raised:
+                continue
             if value is not None and saved["settings"].get(name) != value:
                 raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
                                   f"({name}={saved['settings'].get(name)!r}); drop the flag or start a new --out")
@@ -177,5 +196,9 @@ class TrainConfig:
             config["data_root"] = str(self.data_root)
         if self.strict_solver is not None:   # does not change the computation
             config["settings"]["strict_solver"] = bool(self.strict_solver)
+        if legacy:
+            config["settings"]["lr_schedule"] = LEGACY_SCHEDULE
+        if raised:
+            config["settings"]["epochs"] = int(self.epochs)
         return config
 

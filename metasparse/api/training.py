@@ -234,6 +234,14 @@ def _remove_dirs(created: List[Path]) -> None:
             break
 
 
+def _record_epochs(path: Path, epochs: int) -> None:
+    """Set ``settings.epochs`` of the saved run configuration ``path`` (nothing else changes)."""
+    saved = json.loads(path.read_text())
+    if saved["settings"].get("epochs") != epochs:
+        saved["settings"]["epochs"] = int(epochs)
+        atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Meta-train as ``config`` says (a new run in ``config.out``, or its continuation with
     ``resume``): build the sources, samplers and model, run
@@ -329,6 +337,8 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
         if ctx.is_main and new_run:
             atomic_write_text(out / "config.json", json.dumps(run, indent=1) + "\n")
             written.append(out / "config.json")
+        elif ctx.is_main:   # --epochs raised on --resume: config.json records the new length
+            _record_epochs(out / "config.json", s.epochs)
         if ctx.is_main:
             print(f"metasparse train: {run['dataset']} {run['backbone']} + {run['head']} "
                   f"{run['head_options']} | {run['way']}-way {run['train_shot']}-shot, "

@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     c.add_argument("--heads", nargs="+", help="evaluate every checkpoint with each of these heads")
     c.add_argument("--lambda-ratios", type=float, nargs="+", help="lambda ratios for the group-sparse-svm head")
     c.add_argument("--out", default="runs/compare", help="output folder (compare.json, compare.md, PNGs)")
+    c.add_argument("--force", action="store_true", help="overwrite results already at --out")
+    c.add_argument("--feature-cache", default="auto", help="bound of the cache of features embedded once per "
+                   "checkpoint: auto (half the free device memory) | off | a size such as 4GB")
     add_episode_flags(c)
     c.set_defaults(run=run)
 
@@ -22,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from ..api import CompareConfig, compare
     result = compare(CompareConfig(
         checkpoints=args.checkpoints, episodes=episode_spec(args), heads=args.heads,
-        lambda_ratios=args.lambda_ratios, out=args.out, device=args.device, progress=not args.no_progress))
+        lambda_ratios=args.lambda_ratios, out=args.out, device=args.device, progress=not args.no_progress,
+        force=args.force, feature_cache=args.feature_cache))
     print_saved_episodes(result.saved_episodes, result.n_episodes, result.way)
     print(result.markdown)
     print("written: " + ", ".join(result.paths.values()))

@@ -16,7 +16,9 @@ def add_parser(sub) -> None:
     e.add_argument("--lambda-ratio", type=float, help="lambda1 / lambda_max of the group-sparse-svm head")
     e.add_argument("--solver", choices=list(SOLVERS))
     e.add_argument("--head-options", help="JSON options of the (swapped) head")
-    e.add_argument("--out", help="results JSON (default: next to the checkpoint)")
+    e.add_argument("--out", help="results JSON (default: next to the checkpoint, named after what was "
+                   "evaluated: eval_{checkpoint}_{head}[_r{lambda}]_{split}_{shots}shot_seed{seed}[_{hash}].json)")
+    e.add_argument("--force", action="store_true", help="overwrite results already at --out")
     add_episode_flags(e)
     e.set_defaults(run=run)
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(EvalConfig(
         checkpoint=args.checkpoint, episodes=episode_spec(args), head=args.head, lambda_ratio=args.lambda_ratio,
         solver=args.solver, head_options=json_arg(args.head_options, "--head-options"), out=args.out,
-        device=args.device, progress=not args.no_progress))
+        device=args.device, progress=not args.no_progress, force=args.force))
     print_saved_episodes(result.saved_episodes, result.n_episodes, result.way)
     rows = [[f"{result.way}-way {k}-shot", r["episodes"], f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f}",
              f"{100 * r['features_used_fraction']:.1f}", f"{r['features_used_mean']:.0f} / {r['n_features']}"]

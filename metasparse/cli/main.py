@@ -9,11 +9,11 @@ from typing import Optional, Sequence
 from .. import __version__
 from ..errors import MetasparseError
 from ..heads import SolverConvergenceError
-from . import compare, demo, evaluate, prepare, train
+from . import compare, demo, evaluate, import_cmd, prepare, train
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (train, evaluate, compare, prepare, demo)
+COMMANDS = (train, evaluate, compare, prepare, demo, import_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

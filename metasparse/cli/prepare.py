@@ -10,7 +10,8 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prepare", help="build CIFAR-FS / FC100 from cifar-100-python.tar.gz")
-    p.add_argument("dataset", choices=[d.name for d in DATASETS.values() if d.from_cifar100])
+    p.add_argument("dataset", help=" | ".join(d.name for d in DATASETS.values() if d.from_cifar100)
+                   + " (any case: CIFAR_FS, FC100 work too)")
     p.add_argument("--cifar100", required=True, help="path to the official cifar-100-python.tar.gz")
     p.add_argument("--out", required=True, help="output folder for the MetaOptNet-format pickles")
     p.set_defaults(run=run)

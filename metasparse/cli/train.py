@@ -14,7 +14,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub) -> None:
     t = sub.add_parser("train", help="meta-train a backbone + head", description="Meta-train with MetaOptNet's "
                        "protocol (defaults per dataset; see docs/cli.md).")
-    t.add_argument("--dataset", choices=list(DATASETS))
+    t.add_argument("--dataset", help=" | ".join(DATASETS) + " (any case; MetaOptNet's miniImageNet, CIFAR_FS, "
+                   "FC100 work too)")
     t.add_argument("--data-root", help="folder holding the dataset files (not needed for synthetic)")
     t.add_argument("--source-options", help="JSON keyword arguments of the source (synthetic: n_factors, mixing, ...)")
     t.add_argument("--backbone", help=" | ".join(BACKBONES) + " (default: resnet12; mlp for synthetic)")

@@ -8,6 +8,12 @@ For entries ``e = 1..E`` evaluated on the same episodes ``t = 1..T``:
 * average fraction of features used per task, and the feature-usage curve
   ``u_e[j] = #{t : W_t[j, :] != 0} / T`` sorted decreasingly.
 
+Embed once, compare many: the entries that share a model (one checkpoint with several
+heads or ``lambda_ratio``) are evaluated on features embedded once per episode
+(:func:`~metasparse.engine.evaluate.embed_episodes`; on the device within a memory bound,
+else in host memory, else, said in one line, re-embedded per entry); the numbers are
+those of evaluating each entry on its own.
+
 Outputs (``write_comparison``): ``compare.json``, ``compare.md`` and, per shot,
 ``feature_usage_{K}shot.png`` and ``accuracy_vs_sparsity_{K}shot.png``.
 """
@@ -16,14 +22,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 
 from ..metrics.accuracy import paired_difference
 from .checkpoint import atomic_write_text
-from .evaluate import EvalResult, evaluate_episodes
+from .evaluate import EvalResult, embed_episodes, evaluate_episodes, evaluate_features
 
 __all__ = ["Entry", "compare_entries", "write_comparison", "markdown_table"]
 
@@ -37,19 +43,39 @@ class Entry:
 
 
 def compare_entries(entries: List[Entry], episodes_by_shot: Dict[int, Iterable], device: torch.device,
-                    progress: bool = True, ctx=None) -> Dict[str, Any]:
+                    progress: bool = True, ctx=None, feature_cache: Optional[int] = None,
+                    log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Evaluate every entry on the episodes of every shot; ``feature_cache``: the bound
+    (bytes) of the feature cache of the entries sharing a model (None: the default bound,
+    0: no cache, embed per entry)."""
     if not entries:
         raise ValueError("compare: nothing to compare")
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"compare: entry names must be unique, got {names}")
-    out: Dict[str, Any] = {"reference": entries[0].name, "shots": {}}
+    groups: Dict[int, List[Entry]] = {}
+    for e in entries:
+        groups.setdefault(id(e.model), []).append(e)
+    out: Dict[str, Any] = {"reference": entries[0].name, "shots": {}, "feature_cache": {}}
     for shot, episodes in episodes_by_shot.items():
         results: Dict[str, EvalResult] = {}
-        for e in entries:
-            results[e.name] = evaluate_episodes(e.model, episodes, device, head=e.head, ctx=ctx,
-                                                progress=progress, desc=f"{e.name} {shot}-shot",
-                                                total=len(episodes) if hasattr(episodes, "__len__") else None)
+        total = len(episodes) if hasattr(episodes, "__len__") else None
+        for group in groups.values():
+            model = group[0].model
+            cache = None
+            if len(group) > 1 and total is not None and feature_cache != 0:
+                cache = embed_episodes(model, episodes, device, ctx=ctx, max_bytes=feature_cache, progress=progress,
+                                       desc=f"embed {shot}-shot", log=log)
+            out["feature_cache"].setdefault(str(shot), []).append(
+                None if cache is None else {"entries": len(group), "where": str(cache.where), "bytes": cache.nbytes})
+            for e in group:
+                if cache is not None:
+                    results[e.name] = evaluate_features(e.head if e.head is not None else model.head, cache, device,
+                                                        ctx=ctx, progress=progress, desc=f"{e.name} {shot}-shot")
+                else:
+                    results[e.name] = evaluate_episodes(model, episodes, device, head=e.head, ctx=ctx,
+                                                        progress=progress, desc=f"{e.name} {shot}-shot", total=total)
+            del cache
         ref = results[entries[0].name]
         rows = []
         for e in entries:

@@ -3,9 +3,9 @@ docs/maths.md section 6, and the flags of MetaOptNet's ``train.py`` / README).
 
 Common: 5-way, 6 query images per class, 8 episodes per batch, 1000 batches per epoch,
 60 epochs, SGD (momentum 0.9, Nesterov, weight decay 5e-4), lr 0.1 multiplied by
-0.06 / 0.012 / 0.0024 from epochs 20 / 40 / 50 (milestones scale with ``--epochs``),
-validation after every epoch on 2000 5-shot 15-query episodes, best checkpoint by
-validation accuracy. Per dataset:
+0.06 / 0.012 / 0.0024 from epochs 20 / 40 / 50 (1-based, as MetaOptNet's log numbers
+them; see :func:`lr_factor`), validation after every epoch on 2000 5-shot 15-query
+episodes, best checkpoint by validation accuracy. Per dataset:
 
 =============  ==========  ==============  =================  ==========
 dataset        train shot  label smoothing  DropBlock size     image size
@@ -26,7 +26,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
-__all__ = ["TrainSettings", "DATASET_DEFAULTS", "lr_factor"]
+__all__ = ["TrainSettings", "DATASET_DEFAULTS", "lr_factor", "milestone_epochs", "LR_MILESTONE_FRACTIONS",
+           "LEGACY_SCHEDULE"]
+
+#: MetaOptNet's milestones 20 / 40 / 50 of 60 epochs as fractions: a new run of ``E`` epochs
+#: gets the milestones ``round(f * E)`` (:func:`milestone_epochs`), fixed from then on
+LR_MILESTONE_FRACTIONS = (1 / 3, 2 / 3, 5 / 6)
+#: ``lr_schedule`` of runs created before the milestones were stored as epochs
+LEGACY_SCHEDULE = "fractions"
 
 
 @dataclass
@@ -39,8 +46,9 @@ class TrainSettings:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    lr_milestones: List[float] = field(default_factory=lambda: [1 / 3, 2 / 3, 5 / 6])   # fractions of epochs
+    lr_milestones: List[float] = field(default_factory=lambda: [20, 40, 50])   # 1-based epochs (see lr_factor)
     lr_factors: List[float] = field(default_factory=lambda: [0.06, 0.012, 0.0024])
+    lr_schedule: str = "epochs"                  # "epochs"; "fractions": runs made before (see lr_factor)
     label_smoothing: float = 0.0
     seed: int = 0
     checkpoint_every: int = 200                  # also save last.pt every this many batches (0: epoch end only)
@@ -51,12 +59,37 @@ class TrainSettings:
         return asdict(self)
 
 
+def milestone_epochs(epochs: int, fractions=LR_MILESTONE_FRACTIONS) -> List[int]:
+    """The milestones of a new run of ``epochs`` epochs: ``round(f * epochs)`` (60 epochs:
+    MetaOptNet's 20 / 40 / 50). They are stored in the run configuration, so raising
+    ``--epochs`` on ``--resume`` keeps them."""
+    return [int(round(f * epochs)) for f in fractions]
+
+
 def lr_factor(epoch: int, settings: TrainSettings) -> float:
-    """Multiplier of the base lr in (0-based) ``epoch``: the last factor whose milestone
-    ``round(fraction * epochs)`` is <= epoch (MetaOptNet: 20/40/50 of 60)."""
+    r"""Multiplier of the base lr in (0-based) ``epoch``.
+
+    MetaOptNet builds ``LambdaLR(opt, lambda e: 1 if e < 20 else 0.06 if e < 40 else
+    0.012 if e < 50 else 0.0024)`` (construction sets the lr of ``e = 0``) and calls
+    ``scheduler.step()`` at the *start* of each epoch ``e = 1..60`` of its loop, so its
+    epoch ``e`` (1-based, as its log prints it) trains with ``lambda(e)``: 19 epochs at
+    0.1, the first drop in epoch 20.  Here: the last factor whose milestone ``m`` (stored
+    as an epoch, ``settings.lr_milestones``) satisfies ``epoch + 1 >= m``.
+
+    ``lr_schedule == "fractions"`` (runs created before the milestones were stored as
+    epochs) keeps what those runs trained with: fractions of ``settings.epochs`` and
+    ``epoch >= round(fraction * epochs)``, one epoch later than MetaOptNet.
+    """
     f = 1.0
-    for frac, fac in zip(settings.lr_milestones, settings.lr_factors):
-        if epoch >= round(frac * settings.epochs):
+    if settings.lr_schedule == LEGACY_SCHEDULE:
+        for frac, fac in zip(settings.lr_milestones, settings.lr_factors):
+            if epoch >= round(frac * settings.epochs):
+                f = fac
+        return f
+    if settings.lr_schedule != "epochs":
+        raise ValueError(f"lr_schedule must be 'epochs' or {LEGACY_SCHEDULE!r}, got {settings.lr_schedule!r}")
+    for m, fac in zip(settings.lr_milestones, settings.lr_factors):
+        if epoch + 1 >= m:
             f = fac
     return f
 

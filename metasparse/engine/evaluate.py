@@ -12,12 +12,22 @@ For episode ``t`` with fitted weights ``W_t`` (d x N) the head reports
   the SVM heads): the summary then has ``max_rel_gap`` and ``unconverged_episodes``, and
   an evaluation in which some episode's solve stopped short of its tolerance ends with
   one :class:`~metasparse.heads.SolverConvergenceWarning`.
+
+Embed once, evaluate many (:func:`embed_episodes`, :func:`evaluate_features`): in eval
+mode the features ``f(S_t), f(Q_t)`` of an episode do not depend on the head, so a
+comparison of several heads (or several ``lambda_ratio``) on one checkpoint embeds every
+episode once into a :class:`FeatureCache` (on the device when it fits in the memory
+bound, else in host memory, moved batch by batch) and fits every head on the cached
+features: the results are identical to :func:`evaluate_episodes` (same tensors, same
+batches). When the features do not fit either bound, :func:`embed_episodes` returns
+None and the caller embeds again per head (the result is the same, only slower).
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,7 +38,8 @@ from ..heads.base import SolverConvergenceWarning, unconverged_message
 from ..metrics.accuracy import episode_accuracy, mean_ci
 from .distributed import DistContext, gather_objects, shard_bounds
 
-__all__ = ["EvalResult", "evaluate_episodes"]
+__all__ = ["EvalResult", "evaluate_episodes", "FeatureCache", "embed_episodes", "evaluate_features",
+           "feature_cache_budget", "parse_cache_size"]
 
 
 @dataclass
@@ -74,22 +85,37 @@ def evaluate_episodes(model: nn.Module, episodes: Iterable, device: torch.device
     model.eval()
     if head is not None:
         head.eval()
+
+    def items():
+        for batch in episodes:
+            lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
+            local = batch[lo:hi].to(device, non_blocking=True) if hi > lo else None
+            yield batch.n_way, local
+
+    def predict(local, n_way):
+        logits, fit = model(local.support, local.support_labels, local.query, n_way, head=head)
+        return logits, fit, local.query_labels
+
+    return _evaluate(items(), predict, ctx, progress, desc, total)
+
+
+def _evaluate(items: Iterable[Tuple[int, Any]], predict: Callable, ctx: DistContext, progress: bool, desc: str,
+              total: Optional[int]) -> EvalResult:
+    """The evaluation loop: ``items`` yields ``(n_way, local)`` per batch (``local`` None
+    when this rank's shard is empty); ``predict(local, n_way) -> (logits, fit, labels)``."""
     accs: List[np.ndarray] = []
     unused: List[np.ndarray] = []
     losses: List[np.ndarray] = []
     gaps: List[np.ndarray] = []
     converged: List[np.ndarray] = []
     usage, tol = None, None
-    bar = tqdm(episodes, desc=desc, unit="batch", total=total, disable=not (progress and ctx.is_main),
+    bar = tqdm(items, desc=desc, unit="batch", total=total, disable=not (progress and ctx.is_main),
                dynamic_ncols=True, leave=False)
-    for batch in bar:
-        lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
-        n_way = batch.n_way
-        if hi > lo:
-            local = batch[lo:hi].to(device, non_blocking=True)
-            logits, fit = model(local.support, local.support_labels, local.query, n_way, head=head)
-            acc = episode_accuracy(logits, local.query_labels).double().cpu().numpy()
-            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_way).float(), local.query_labels.reshape(-1),
+    for n_way, local in bar:
+        if local is not None:
+            logits, fit, labels = predict(local, n_way)
+            acc = episode_accuracy(logits, labels).double().cpu().numpy()
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, n_way).float(), labels.reshape(-1),
                                                    reduction="none").reshape(logits.shape[:2]).mean(1)
             active = fit.active.detach().cpu()
             out = (acc, (1.0 - active.double().mean(1)).numpy(), ce.double().cpu().numpy(),
@@ -116,6 +142,166 @@ def evaluate_episodes(model: nn.Module, episodes: Iterable, device: torch.device
     if ctx.is_main:
         _warn_unconverged(res, tol, desc)
     return res
+
+
+# ----------------------------------------------------------------------------- feature cache
+@dataclass
+class FeatureBatch:
+    """The features of this rank's shard of one batch of episodes: ``support`` (B, NK, d),
+    ``query`` (B, NQ, d) in the model's ``head_dtype``, with their labels."""
+
+    support: torch.Tensor
+    support_labels: torch.Tensor
+    query: torch.Tensor
+    query_labels: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in (self.support, self.support_labels, self.query,
+                                                          self.query_labels))
+
+    def to(self, device) -> "FeatureBatch":
+        """A copy on ``device`` (asynchronous host -> device only: a device -> host copy must
+        be complete before the tensors are read)."""
+        device = torch.device(device)
+        nb = device.type != "cpu"
+        return FeatureBatch(*(t.to(device, non_blocking=nb) for t in (self.support, self.support_labels,
+                                                                       self.query, self.query_labels)))
+
+
+@dataclass
+class FeatureCache:
+    """Every batch of an episode stream as features: ``batches`` ``[(n_way, FeatureBatch or
+    None)]``, stored on ``where`` (the device, or ``cpu`` when only host memory could hold
+    them), ``nbytes`` in all."""
+
+    batches: List[Tuple[int, Optional[FeatureBatch]]]
+    where: torch.device
+    nbytes: int
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def parse_cache_size(text) -> Optional[int]:
+    """``"auto"`` / None -> None (the default bound), ``"off"`` / ``"0"`` -> 0, else a size
+    such as ``"512MB"``, ``"8GiB"``, ``"2e9"`` in bytes."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)):
+        return int(text)
+    t = str(text).strip().lower().replace(" ", "")
+    if t == "auto":
+        return None
+    if t in ("off", "no", "none", "0"):
+        return 0
+    units = {"kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40, "kb": 1e3, "mb": 1e6, "gb": 1e9,
+             "tb": 1e12, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1}
+    for u, f in units.items():
+        if t.endswith(u):
+            t, factor = t[:-len(u)], f
+            break
+    else:
+        factor = 1
+    try:
+        value = float(t) * factor
+    except ValueError:
+        raise ValueError(f"--feature-cache {text!r}: expected auto, off or a size such as 512MB or 8GiB") from None
+    if not value >= 0:
+        raise ValueError(f"--feature-cache {text!r}: expected a size >= 0")
+    return int(value)
+
+
+def _available_host_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):   # pragma: no cover - non-POSIX
+        return 2 ** 30
+
+
+def feature_cache_budget(device: torch.device, max_bytes: Optional[int] = None) -> Tuple[int, int]:
+    """``(device bytes, host bytes)`` the cache may take. Default: half the free memory of
+    a CUDA device and a quarter of the available host memory (on a CPU device, the host
+    bound for both). ``max_bytes`` caps both (0: no cache)."""
+    host = _available_host_bytes() // 4
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        dev = free // 2
+    else:
+        dev = host
+    if max_bytes is not None:
+        dev, host = min(dev, max_bytes), min(host, max_bytes)
+    return int(dev), int(host)
+
+
+@torch.no_grad()
+def embed_episodes(model: nn.Module, episodes, device: torch.device, ctx: Optional[DistContext] = None,
+                   max_bytes: Optional[int] = None, progress: bool = True, desc: str = "embed",
+                   log: Optional[Callable[[str], None]] = None) -> Optional[FeatureCache]:
+    """Embed every episode of ``episodes`` (a re-iterable stream with ``len``) once with
+    ``model`` (eval mode): a :class:`FeatureCache` on ``device`` when the features fit in
+    its bound (:func:`feature_cache_budget`), else in host memory, else None (``log``
+    says why: the caller then embeds per head). The size is estimated from the first
+    batch and checked as the cache grows."""
+    ctx = ctx or DistContext(device=device)
+    model.eval()
+    dev_budget, host_budget = feature_cache_budget(device, max_bytes)
+    if max(dev_budget, host_budget) <= 0:
+        return None
+    n_batches = len(episodes)
+    where = device
+    batches: List[Tuple[int, Optional[FeatureBatch]]] = []
+    nbytes = 0
+    bar = tqdm(episodes, desc=desc, unit="batch", total=n_batches, disable=not (progress and ctx.is_main),
+               dynamic_ncols=True, leave=False)
+    for batch in bar:
+        lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
+        fb = None
+        if hi > lo:
+            local = batch[lo:hi].to(device, non_blocking=True)
+            fb = FeatureBatch(model.embed(local.support), local.support_labels, model.embed(local.query),
+                              local.query_labels)
+            nbytes += fb.nbytes
+            if not batches:   # the first batch: estimate the whole cache and choose where it lives
+                estimate = fb.nbytes * n_batches
+                if estimate > dev_budget:
+                    where = torch.device("cpu")
+                    if estimate > host_budget:
+                        bar.close()
+                        if log:
+                            log(f"{desc}: the features ({estimate / 1e9:.2f} GB) exceed the feature cache bound "
+                                f"({max(dev_budget, host_budget) / 1e9:.2f} GB); embedding the episodes once per "
+                                f"head instead (same results, slower)")
+                        return None
+            if nbytes > (dev_budget if where == device else host_budget):
+                bar.close()
+                if log:
+                    log(f"{desc}: the feature cache outgrew its bound; embedding once per head instead")
+                return None
+            if where != device:
+                fb = fb.to(where)
+        batches.append((batch.n_way, fb))
+    bar.close()
+    return FeatureCache(batches, where, nbytes)
+
+
+@torch.no_grad()
+def evaluate_features(head: nn.Module, cache: FeatureCache, device: torch.device, ctx: Optional[DistContext] = None,
+                      progress: bool = True, desc: str = "eval") -> EvalResult:
+    """:func:`evaluate_episodes` of a model whose head is ``head`` on the episodes of
+    ``cache`` (their features): the same result, without the backbone."""
+    ctx = ctx or DistContext(device=device)
+    head.eval()
+
+    def items() -> Iterator[Tuple[int, Optional[FeatureBatch]]]:
+        for n_way, fb in cache.batches:
+            yield n_way, (fb.to(device) if fb is not None and cache.where != device else fb)
+
+    def predict(fb: FeatureBatch, n_way: int):
+        out = head.predict(fb.query, fb.support, fb.support_labels, n_way)
+        return out.logits, out.fit, fb.query_labels
+
+    return _evaluate(items(), predict, ctx, progress, desc, len(cache))
 
 
 def _fit_convergence(fit):

@@ -9,8 +9,11 @@ and returns ``logits = scale * query @ W*``.  ``lambda1 = lambda_ratio * lambda_
 per episode (``lambda_max`` treated as a constant in the backward pass), or an
 absolute ``lambda1``.
 
-``SVMHead`` is the same problem with ``lambda1 = 0`` (MetaOptNet's SVM-CS).  Its
-``C_reg`` is MetaOptNet's / learn2learn's: their QP
+``SVMHead`` is exactly this head at ``lambda_ratio = 0`` (MetaOptNet's SVM-CS): the two
+share ``lambda2``, ``dual_reg`` and the solver defaults, so the default comparison of the
+two heads changes one thing, ``lambda1``.  The shared defaults are MetaOptNet's SVM-CS:
+``C = 0.1``, i.e. ``lambda2 = 1 / C = 10`` (:data:`DEFAULT_LAMBDA2`), and
+``dual_reg = 1`` (:data:`DEFAULT_DUAL_REG`).  MetaOptNet's / learn2learn's QP
 ``min_a 1/2 a^T (K (x) I + I) a - a^T y  s.t. a <= C y, sum_l a_il = 0`` is our dual
 with ``a = C (Y - Lam)``, i.e. ``lambda2 = 1 / C_reg`` and ``dual_reg = 1``
 (predictions agree; see tests/heads).  ``solver="qpth"`` runs learn2learn's
@@ -31,9 +34,14 @@ from ..solvers.simplex import project_simplex
 from ..solvers.svm_dual import GroupSparseSVMDual
 from .base import Head, HeadFit
 
-__all__ = ["GroupSparseSVMHead", "SVMHead"]
+__all__ = ["GroupSparseSVMHead", "SVMHead", "DEFAULT_LAMBDA2", "DEFAULT_DUAL_REG"]
 
 _SOLVERS = ("dual", "cvxpylayers")
+
+#: ridge weight shared by both SVM heads: MetaOptNet's SVM-CS cost ``C = 0.1`` (``lambda2 = 1/C``)
+DEFAULT_LAMBDA2 = 10.0
+#: dual smoothing shared by both SVM heads (MetaOptNet's QP has ``dual_reg = 1``)
+DEFAULT_DUAL_REG = 1.0
 
 
 def _positive(name, value):
@@ -51,7 +59,8 @@ class GroupSparseSVMHead(Head):
     lambda_ratio: lambda1 / lambda_max per episode (default 0.01 when ``lambda1`` is
         not given); ``>= 1`` gives ``W* = 0`` exactly.
     lambda1: absolute group-Lasso weight (instead of ``lambda_ratio``; exactly one).
-    lambda2: ridge weight (> 0).  dual_reg: dual smoothing rho (>= 0).
+    lambda2: ridge weight (> 0; default 10 = 1 / MetaOptNet's C = 0.1).
+    dual_reg: dual smoothing rho (>= 0; default 1, MetaOptNet's QP).
     solver: ``"dual"`` (batched FISTA, implicit or unrolled backward) or
         ``"cvxpylayers"`` (exact, slow reference).
     learn_lambda1 / learn_lambda2: make ``lambda_ratio`` (or ``lambda1``) and
@@ -67,8 +76,8 @@ class GroupSparseSVMHead(Head):
     (relative) with ``tol``.
     """
 
-    def __init__(self, lambda_ratio: Optional[float] = None, lambda2: float = 1.0,
-                 dual_reg: float = 1.0, solver: str = "dual", *, lambda1: Optional[float] = None,
+    def __init__(self, lambda_ratio: Optional[float] = None, lambda2: float = DEFAULT_LAMBDA2,
+                 dual_reg: float = DEFAULT_DUAL_REG, solver: str = "dual", *, lambda1: Optional[float] = None,
                  learn_lambda1: bool = False, learn_lambda2: bool = False, tol: float = 1e-5,
                  max_iter: int = 2000, backward: str = "implicit", init_scale: float = 1.0,
                  learn_scale: bool = True, lambda_max_rtol: float = 5e-3,
@@ -108,6 +117,12 @@ class GroupSparseSVMHead(Head):
         self._cvxpylayer = None
 
     # -------------------------------------------------------------- parameters
+    @property
+    def vanilla(self) -> bool:
+        """True when ``lambda1 = 0`` for every episode (``lambda_ratio = 0`` or ``lambda1 = 0``,
+        not learnable): the plain SVM-CS, for which no ``lambda_max`` is needed."""
+        return not self.learn_lambda1 and float(self.lambda1_value) == 0.0
+
     def _lambda1_param(self, like):
         v = self.log_lambda1.exp() if self.learn_lambda1 else self.lambda1_value
         return v.to(dtype=like.dtype, device=like.device)
@@ -128,7 +143,9 @@ class GroupSparseSVMHead(Head):
         l2 = self._lambda2(B, support)
         rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")
         lmax, Lam0 = None, None
-        if self.relative:
+        if self.vanilla:   # lambda1 = 0: the same solve whether it was asked as a ratio or absolute
+            l1 = torch.zeros(B, dtype=support.dtype, device=support.device)
+        elif self.relative:
             lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol,
                                             cpu_threads=self.solver.cpu_threads)
             l1 = self._lambda1_param(support) * lmax
@@ -185,30 +202,43 @@ def _default_dtype(dtype):
 
 
 class SVMHead(GroupSparseSVMHead):
-    r"""MetaOptNet's SVM-CS head: the group-sparse SVM with ``lambda1 = 0``.
+    r"""MetaOptNet's SVM-CS head: exactly :class:`GroupSparseSVMHead` at ``lambda_ratio = 0``.
 
-    ``C_reg`` (MetaOptNet / learn2learn default 0.1) maps to ``lambda2 = 1/C_reg``,
-    ``dual_reg = 1``.  ``solver="dual"`` (default) uses the batched custom solver,
-    ``"qpth"`` learn2learn's ``SVClassifier`` with ``max_iters`` interior-point
-    iterations (MetaOptNet trains with 15), ``"cvxpylayers"`` the cvxpy reference.
+    It takes the same ``lambda2`` (default 10), ``dual_reg`` (default 1) and solver options
+    as the group-sparse head, so ``SVMHead(**opts)`` and
+    ``GroupSparseSVMHead(lambda_ratio=0, **opts)`` give identical logits.  ``C_reg``
+    (MetaOptNet's / learn2learn's cost; default 0.1) is another way to give ``lambda2 =
+    1/C_reg``: pass at most one of the two.  ``solver="dual"`` (default) uses the batched
+    custom solver, ``"qpth"`` learn2learn's ``SVClassifier`` with ``max_iters``
+    interior-point iterations (MetaOptNet trains with 15; its QP is the ``dual_reg = 1``
+    problem, so ``qpth`` needs ``dual_reg = 1``), ``"cvxpylayers"`` the cvxpy reference.
     With ``"qpth"`` (and ``"cvxpylayers"``) the fit's ``gap`` is ``P(W) - D(proj(Lam))``
     at the returned pair and ``converged`` is ``rel_gap <= tol``; 15 interior-point
     iterations are typically far below the default ``tol = 1e-5``, fewer may not be.
     """
 
-    def __init__(self, C_reg: float = 0.1, solver: str = "dual", *, max_iters: int = 15,
-                 learn_lambda2: bool = False, tol: float = 1e-5, max_iter: int = 2000,
-                 backward: str = "implicit", init_scale: float = 1.0, learn_scale: bool = True,
-                 cpu_threads: Optional[int] = 1):
-        C_reg = _positive("C_reg", C_reg)
+    def __init__(self, C_reg: Optional[float] = None, solver: str = "dual", *, lambda2: Optional[float] = None,
+                 dual_reg: float = DEFAULT_DUAL_REG, max_iters: int = 15, learn_lambda2: bool = False,
+                 tol: float = 1e-5, max_iter: int = 2000, backward: str = "implicit", init_scale: float = 1.0,
+                 learn_scale: bool = True, cpu_threads: Optional[int] = 1):
+        if C_reg is not None and lambda2 is not None:
+            raise ValueError("SVMHead: give at most one of C_reg and lambda2 (lambda2 = 1 / C_reg)")
+        if C_reg is not None:
+            lambda2 = 1.0 / _positive("C_reg", C_reg)
+        elif lambda2 is None:
+            lambda2 = DEFAULT_LAMBDA2
+        lambda2 = _positive("lambda2", lambda2)
         if solver not in _SOLVERS + ("qpth",):
             raise ValueError(f"solver: expected one of {_SOLVERS + ('qpth',)}, got {solver!r}")
-        super().__init__(lambda1=0.0, lambda2=1.0 / C_reg, dual_reg=1.0,
+        if solver == "qpth" and float(dual_reg) != 1.0:
+            raise ValueError(f"solver 'qpth' solves MetaOptNet's QP, whose dual_reg is 1; got dual_reg={dual_reg} "
+                             f"(use solver 'dual')")
+        super().__init__(lambda_ratio=0.0, lambda2=lambda2, dual_reg=dual_reg,
                          solver="dual" if solver == "qpth" else solver, learn_lambda2=learn_lambda2,
                          tol=tol, max_iter=max_iter, backward=backward, init_scale=init_scale,
                          learn_scale=learn_scale, cpu_threads=cpu_threads)
         self.solver_name = solver
-        self.C_reg = C_reg
+        self.C_reg = 1.0 / lambda2
         self.max_iters = int(max_iters)
 
     def fit(self, support, support_labels, n_way) -> HeadFit:

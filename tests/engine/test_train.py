@@ -71,9 +71,9 @@ def test_label_smoothing_matches_metaoptnet_formula():
                                torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1)))
 
 
-def test_lr_schedule_metaoptnet():
+def test_lr_schedule_metaoptnet():   # 0-based epochs; MetaOptNet's first drop is in its (1-based) epoch 20
     s = TrainSettings(epochs=60)
-    assert [lr_factor(e, s) for e in (0, 19, 20, 39, 40, 49, 50, 59)] == [1, 1, .06, .06, .012, .012, .0024, .0024]
+    assert [lr_factor(e, s) for e in (0, 18, 19, 38, 39, 48, 49, 59)] == [1, 1, .06, .06, .012, .012, .0024, .0024]
 
 
 # ----------------------------------------------------------------------------- DDP
