@@ -140,11 +140,11 @@ class FactorWorld:
         from tqdm import tqdm
 
         chunk = 8192
+        source = self.world.images(rows)          # sorted rows: one read (a memory map for a procedural cache)
         out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
-        for start in tqdm(range(0, len(rows), chunk), desc="loading images", disable=not progress or len(rows) <= chunk,
+        for start in tqdm(range(0, len(rows), chunk), desc="preparing images", disable=not progress or len(rows) <= chunk,
                           leave=False):
-            block = torch.from_numpy(np.ascontiguousarray(self.world.images(rows[start:start + chunk])))
-            block = block.permute(0, 3, 1, 2).float()
+            block = torch.from_numpy(np.array(source[start:start + chunk])).permute(0, 3, 1, 2).float()
             if size != block.shape[-1]:
                 block = F.interpolate(block, size=(size, size), mode="area")
             out[start:start + chunk] = block.round().clamp(0, 255).to(torch.uint8)

@@ -43,7 +43,7 @@ from .shapes3d import FACTOR_SIZES, IMAGE_SHAPE, Shapes3DWorld, reference_factor
 __all__ = ["ProceduralShapes3D", "SHAPE_NAMES", "hue_to_rgb", "CACHE_VERSION"]
 
 SHAPE_NAMES = ("cube", "cylinder", "sphere", "capsule")
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 _RES = 64
 _EYE = np.array([0.0, 1.9, -4.0])
 _TARGET = np.array([0.0, 0.75, 0.0])
@@ -106,6 +106,13 @@ def _camera_rays(supersample: int) -> Tuple[np.ndarray, np.ndarray]:
     return np.broadcast_to(_EYE, d.shape).copy(), d
 
 
+def _meets_ball(o: np.ndarray, d: np.ndarray, centre: np.ndarray, radius: float) -> np.ndarray:
+    """Rays ``o + t d`` (unit ``d``, ``t > 0``) that pass within ``radius`` of ``centre``."""
+    oc = centre - o
+    t = np.maximum((oc * d).sum(-1), 0.0)
+    return np.linalg.norm(oc - d * t[..., None], axis=-1) <= radius
+
+
 @lru_cache(maxsize=4)
 def _background(orientation_deg: float, supersample: int):
     """Per-ray floor point (or None), floor mask and the floor / wall shading."""
@@ -129,25 +136,36 @@ def _geometry(scale: float, shape: int, orientation_deg: float, supersample: int
     """The maps (A, F, W), float32 (64, 64) each, of one (scale, shape, orientation)."""
     o, d, floor, bg_hit, floor_shade, wall_shade = _background(float(orientation_deg), supersample)
     size, angle = _BASE_SIZE * scale, np.deg2rad(orientation_deg)
-    # sphere tracing of the object
-    t = np.full(d.shape[:-1], 2.5)
+    centre, bound = np.array([0.0, size / 2, 0.0]), 0.8 * size        # the object lies inside this ball
+    n_rays = d.shape[:-1]
+    # sphere tracing of the object, only for the rays that meet its bounding ball
+    near = _meets_ball(o, d, centre, bound)
+    od, dd = o[near], d[near]
+    t = np.full(len(dd), 2.5)
     for _ in range(steps):
-        dist = _sdf(o + d * t[..., None], shape, size, angle)
-        t = t + dist
-    p = o + d * t[..., None]
-    hit = (np.abs(_sdf(p, shape, size, angle)) < 2e-3) & (t < np.linalg.norm(bg_hit - o, axis=-1))
+        t = t + _sdf(od + dd * t[:, None], shape, size, angle)
+    p = od + dd * t[:, None]
+    hit_near = (np.abs(_sdf(p, shape, size, angle)) < 2e-3) & (t < np.linalg.norm(bg_hit[near] - od, axis=-1))
     eps = 1e-3
     grad = np.stack([_sdf(p + e, shape, size, angle) - _sdf(p - e, shape, size, angle)
                      for e in np.eye(3) * eps], axis=-1)
     normal = grad / np.maximum(np.linalg.norm(grad, axis=-1, keepdims=True), 1e-9)
-    obj_shade = 0.3 + 0.7 * np.clip(normal @ _LIGHT, 0.0, 1.0)
-    # soft shadow on the background (march from the floor / wall point towards the light)
-    shadow = np.ones(d.shape[:-1])
-    s = np.full(d.shape[:-1], 0.02)
+    hit, obj_shade = np.zeros(n_rays, bool), np.zeros(n_rays)
+    hit[near] = hit_near
+    obj_shade[near] = 0.3 + 0.7 * np.clip(normal @ _LIGHT, 0.0, 1.0)
+    # soft shadow on the background: march from the floor / wall point towards the light,
+    # only where that ray meets the bounding ball (elsewhere the object casts no shadow)
+    lit = np.broadcast_to(_LIGHT, bg_hit.shape)
+    dark = _meets_ball(bg_hit, lit, centre, bound * 1.3) & ~hit
+    q = bg_hit[dark]
+    shadow_dark = np.ones(len(q))
+    s = np.full(len(q), 0.02)
     for _ in range(24):
-        h = _sdf(bg_hit + _LIGHT * s[..., None], shape, size, angle)
-        shadow = np.minimum(shadow, np.clip(6.0 * h / s, 0.0, 1.0))
+        h = _sdf(q + _LIGHT * s[:, None], shape, size, angle)
+        shadow_dark = np.minimum(shadow_dark, np.clip(6.0 * h / s, 0.0, 1.0))
         s = s + np.clip(h, 0.03, 0.4)
+    shadow = np.ones(n_rays)
+    shadow[dark] = shadow_dark
     shadow = 0.45 + 0.55 * shadow
     a = np.where(hit, obj_shade, 0.0)
     f = np.where(~hit & floor, shadow * floor_shade, 0.0)
@@ -193,10 +211,11 @@ class ProceduralShapes3D(Shapes3DWorld):
         idx = self.factor_indices(rows)
         combos, inverse = np.unique(idx[:, 3:], axis=0, return_inverse=True)
         inverse = np.asarray(inverse).reshape(-1)
-        maps = np.stack([self.maps(*c) for c in combos])[inverse]                 # (k, 3, 64, 64)
+        maps = np.stack([self.maps(*c) for c in combos]).reshape(len(combos), 3, -1)      # (c, 3, 4096)
         colours = np.stack([hue_to_rgb(self.factor_values[j][idx[:, j]]) for j in (2, 0, 1)], axis=1)  # (k, 3, 3)
-        img = np.einsum("kmhw,kmc->khwc", maps, colours.astype(np.float32), optimize=True)
-        return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+        img = np.matmul(colours.transpose(0, 2, 1).astype(np.float32) * 255.0, maps[inverse])   # (k, rgb, 4096)
+        img = img.reshape(len(rows), 3, _RES, _RES).transpose(0, 2, 3, 1)
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
     # -- cache ---------------------------------------------------------------------------
     def cache_path(self, sorted_rows: np.ndarray) -> str:

@@ -56,7 +56,7 @@ def test_deterministic_and_cached(tmp_path):
     cached_world = ProceduralShapes3D(cache_dir=tmp_path, supersample=1)
     np.testing.assert_array_equal(cached_world.images(rows), fresh)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 1 and files[0].startswith("shapes3d-procedural-v1-ss1-3-") and files[0].endswith(".npy")
+    assert len(files) == 1 and files[0].startswith("shapes3d-procedural-v2-ss1-3-") and files[0].endswith(".npy")
     first = (tmp_path / files[0]).stat().st_mtime_ns
     again = ProceduralShapes3D(cache_dir=tmp_path, supersample=1).images(np.array([5, 1200, 479999]))
     assert isinstance(again, np.memmap) and (tmp_path / files[0]).stat().st_mtime_ns == first
