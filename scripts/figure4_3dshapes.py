@@ -31,7 +31,7 @@ form); on classification tasks with the group-sparse SVM head
 (``group_sparse_svm``, ``lambda_ratio``) and the same head at lambda = 0 (``svm``, the
 vanilla multiclass SVM), outer cross-entropy.
 
-Scores of ``f`` on ``n_eval`` fresh images of the same rho distribution: MCC (Pearson,
+Scores of ``f`` on ``n_eval`` images drawn uniformly from the grid (as the paper's code does): MCC (Pearson,
 Hungarian matching) and DCI (Lasso importances) from :mod:`metasparse.metrics.disentanglement`;
 mean and 95% interval (Student t) over seeds.
 
@@ -252,8 +252,12 @@ class Inner:
 
 
 # --------------------------------------------------------------------------- train / score
-def eval_positions(fw: FactorWorld, s: Settings, rho: float) -> np.ndarray:
-    return fw.sample(rho, (s.n_eval,), np.random.default_rng([s.world_seed, 77, int(round(rho * 1000))]))
+def eval_positions(fw: FactorWorld, s: Settings) -> np.ndarray:
+    """``n_eval`` pool positions drawn uniformly: the scores are measured on the whole grid,
+    out of the training distribution (as in the paper's code), so that correlated factors
+    do not inflate the MCC of an entangled representation."""
+    n = len(fw.rows)
+    return np.random.default_rng([s.world_seed, 77]).choice(n, min(s.n_eval, n), replace=False)
 
 
 @torch.no_grad()
@@ -294,7 +298,7 @@ def train_one(method: str, rho: float, seed: int, fw: FactorWorld, s: Settings, 
         if step % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(recent):.3f}")
     seconds = time.time() - start
-    pos = eval_positions(fw, s, rho)
+    pos = eval_positions(fw, s)
     codes, z = codes_of(encoder, fw, pos), fw.z[pos]
     match = match_factors(z, codes)
     d = dci(z, codes, seed=seed)
@@ -330,22 +334,47 @@ def summarise(records: List[Dict]) -> Dict:
     return out
 
 
-def run(s: Settings, fw: FactorWorld, progress: bool = True) -> Tuple[Dict, Dict]:
-    """All (rho, method, seed) runs; returns (results by rho, encoders kept for the traversal)."""
+_FW: Optional[FactorWorld] = None          # the world of the worker processes (inherited by fork)
+
+
+def _job(args):
+    method, rho, seed, s, progress, keep, threads = args
+    torch.set_num_threads(threads)
+    scores, encoder = train_one(method, rho, seed, _FW, s, progress)
+    return scores, ({k: v.cpu() for k, v in encoder.state_dict().items()} if keep else None)
+
+
+def run(s: Settings, fw: FactorWorld, progress: bool = True, workers: int = 1) -> Tuple[Dict, Dict]:
+    """All (rho, method, seed) runs, in ``workers`` processes (forked, one torch thread each;
+    the numbers do not depend on ``workers``); returns (results by rho, the encoders kept
+    for the traversal: sparse and ridge at the largest rho, seed 0)."""
+    global _FW
     from tqdm import tqdm
 
-    results: Dict[str, Dict] = {}
-    keep: Dict[str, nn.Module] = {}
     jobs = [(rho, method, seed) for rho in s.rhos for method in s.methods for seed in range(s.seeds)]
+    keep = [rho == max(s.rhos) and seed == 0 and method in ("group_lasso", "ridge") for rho, method, seed in jobs]
+    threads = torch.get_num_threads()
+    args = [(m, rho, seed, s, progress and workers == 1, k, threads) for (rho, m, seed), k in zip(jobs, keep)]
+    _FW = fw
+    try:
+        if workers > 1 and fw.device.type == "cpu":
+            import multiprocessing as mp
+            with mp.get_context("fork").Pool(workers) as pool:
+                outs = list(tqdm(pool.imap(_job, args), total=len(args), desc="figure 4 runs", disable=not progress))
+        else:
+            outs = [_job(a) for a in tqdm(args, desc="figure 4 runs", disable=not progress)]
+    finally:
+        _FW = None
     records: Dict[Tuple[float, str], List[Dict]] = {}
-    for rho, method, seed in tqdm(jobs, desc="figure 4 runs", disable=not progress):
-        scores, encoder = train_one(method, rho, seed, fw, s, progress)
+    encoders: Dict[str, nn.Module] = {}
+    for (rho, method, seed), (scores, state) in zip(jobs, outs):
         records.setdefault((rho, method), []).append(scores)
-        if rho == max(s.rhos) and seed == 0 and method in ("group_lasso", "ridge"):
-            keep[method] = encoder
-    for rho in s.rhos:
-        results[f"{rho:g}"] = {m: summarise(records[(rho, m)]) for m in s.methods}
-    return results, keep
+        if state is not None:
+            enc = ConvEncoder(s.image_size, s.widths, s.hidden, fw.z.shape[1]).to(fw.device)
+            enc.load_state_dict(state)
+            encoders[method] = enc
+    results = {f"{rho:g}": {m: summarise(records[(rho, m)]) for m in s.methods} for rho in s.rhos}
+    return results, encoders
 
 
 # --------------------------------------------------------------------------- plots
@@ -387,7 +416,7 @@ def plot_traversal(encoders: Dict[str, nn.Module], fw: FactorWorld, s: Settings,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pos = eval_positions(fw, s, rho)
+    pos = eval_positions(fw, s)
     z = fw.z[pos]
     names = [m for m in ("group_lasso", "ridge") if m in encoders]
     d = fw.z.shape[1]
@@ -433,12 +462,19 @@ def parse_args(argv=None):
     p.add_argument("--pool-size", type=int, default=None, help="grid rows the tasks draw from (0: all)")
     p.add_argument("--image-size", type=int, default=None, choices=[16, 32, 64])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1: best on a shared machine)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU: forked processes)")
+    p.add_argument("--support-size", type=int, default=None, help="factors per task")
+    p.add_argument("--n-outputs", type=int, default=None, help="regression outputs per task")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lambda-ratio", type=float, default=None, help="inner group-Lasso lambda / lambda_max")
+    p.add_argument("--ridge-lam", type=float, default=None, help="inner ridge lambda")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     s = Settings(**(QUICK if a.quick else {}))
     over = {"seeds": a.seeds, "steps": a.steps, "classification_steps": a.classification_steps,
-            "pool_size": a.pool_size, "image_size": a.image_size}
+            "pool_size": a.pool_size, "image_size": a.image_size, "support_size": a.support_size,
+            "n_outputs": a.n_outputs, "lr": a.lr, "lambda_ratio": a.lambda_ratio, "ridge_lam": a.ridge_lam}
     s = replace(s, **{k: v for k, v in over.items() if v is not None})
     if a.rhos is not None:
         s = replace(s, rhos=tuple(a.rhos))
@@ -448,6 +484,8 @@ def parse_args(argv=None):
         p.error("--seeds, --steps and --classification-steps must be >= 1 and --pool-size >= 0")
     if any(not 0 <= r < 1 for r in s.rhos):
         p.error(f"--rhos must be in [0, 1), got {list(s.rhos)}")
+    if not 1 <= s.support_size <= 6 or s.n_outputs < 1:
+        p.error(f"--support-size must be in 1..6 and --n-outputs >= 1, got {s.support_size}, {s.n_outputs}")
     return a, s
 
 
@@ -459,11 +497,12 @@ def make_world(a) -> Shapes3DWorld:
     return ProceduralShapes3D(cache_dir=cache, progress=not a.no_progress)
 
 
-def experiment(s: Settings, world: Shapes3DWorld, out: Path, device="cpu", progress: bool = True) -> Dict:
+def experiment(s: Settings, world: Shapes3DWorld, out: Path, device="cpu", progress: bool = True,
+               workers: int = 1) -> Dict:
     """Run everything and write OUT/figure4.json, figure4.png, figure4_traversal.png."""
     start = time.time()
     fw = FactorWorld(world, s, device, progress)
-    results, encoders = run(s, fw, progress)
+    results, encoders = run(s, fw, progress, workers)
     result = {"settings": asdict(s),
               "world": {"name": world.name, "procedural": bool(world.procedural), "grid": list(world.factor_sizes),
                         "pool": int(len(fw.rows)), "factors": list(FACTOR_NAMES)},
@@ -491,7 +530,7 @@ def main(argv=None) -> Optional[Dict]:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    result = experiment(s, world, a.out, a.device, progress=not a.no_progress)
+    result = experiment(s, world, a.out, a.device, progress=not a.no_progress, workers=max(1, a.workers))
     print_table(result)
     print(f"wrote {a.out / 'figure4.json'}, {a.out / 'figure4.png'} ({result['runtime_s']:.0f} s)")
     return result
