@@ -92,7 +92,7 @@ class Settings:
     pool_size: int = 0               # grid rows the tasks draw from (0: the whole grid)
     z_noise: float = 1.0
     support_size: int = 3
-    n_outputs: int = 1
+    n_outputs: int = 3
     n_classes: int = 3
     target_noise: float = 0.1
     n_support: int = 25
@@ -100,10 +100,10 @@ class Settings:
     tasks_per_step: int = 8
     steps: int = 5000
     classification_steps: int = 5000
-    lr: float = 1e-3
+    lr: float = 2e-3
     widths: Tuple[int, ...] = (32, 32, 64, 64)
     hidden: int = 256
-    lambda_ratio: float = 0.3
+    lambda_ratio: float = 0.1
     ridge_lam: float = 0.1
     svm_lambda_ratio: float = 0.3
     n_eval: int = 4000
@@ -112,8 +112,8 @@ class Settings:
     world_seed: int = 0
 
 
-QUICK = dict(image_size=32, pool_size=16000, steps=300, classification_steps=200, n_eval=1500,
-             widths=(16, 32, 32, 64), hidden=128, tasks_per_step=8)
+QUICK = dict(image_size=16, pool_size=16000, steps=400, classification_steps=150, n_eval=1500,
+             widths=(16, 32, 32, 64), hidden=128, tasks_per_step=8, inner_max_iter=150)
 
 
 # --------------------------------------------------------------------------- world
@@ -449,7 +449,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--quick", action="store_true", help="reduced CPU setting (32 px, 16000-row pool, 300 steps)")
+    p.add_argument("--quick", action="store_true", help="reduced CPU setting (16 px, 16000-row pool, 400 / 150 steps)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per (rho, method) (default 5)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder holding the released 3dshapes.h5 (default: the procedural stand-in)")

@@ -64,7 +64,7 @@ def test_same_seed_same_numbers_and_rho_distribution(tiny_world):
     again, _ = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
     assert first["mcc"] == again["mcc"] and first["train_loss_last50"] == again["train_loss_last50"]
     pos, y, support = fig4.draw_tasks(fw, s, 0.6, 1, 0, "regression")
-    assert pos.shape == (2, 16) and y.shape == (2, 16, 1) and (support.sum(1) == s.support_size).all()
+    assert pos.shape == (2, 16) and y.shape == (2, 16, 3) and (support.sum(1) == s.support_size).all()
 
 
 def test_missing_data_root_exits_2(tmp_path, capsys):
@@ -73,3 +73,13 @@ def test_missing_data_root_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.strip().count("\n") == 0 and "3dshapes.h5" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_parallel_workers_give_the_same_numbers(tiny_world):
+    s = fig4.Settings(**{**TINY, "rhos": (0.3,), "seeds": 1, "methods": ("group_lasso", "ridge")})
+    fw = fig4.FactorWorld(tiny_world, s, progress=False)
+    serial, enc1 = fig4.run(s, fw, progress=False, workers=1)
+    parallel, enc2 = fig4.run(s, fw, progress=False, workers=2)
+    drop = lambda res: {m: {k: v for k, v in rec.items() if k != "train_seconds_mean"}  # noqa: E731
+                        for m, rec in res["0.3"].items()}
+    assert drop(serial) == drop(parallel) and set(enc1) == set(enc2) == {"group_lasso", "ridge"}
