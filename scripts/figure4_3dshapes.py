@@ -344,15 +344,17 @@ def _job(args):
     return scores, ({k: v.cpu() for k, v in encoder.state_dict().items()} if keep else None)
 
 
-def run(s: Settings, fw: FactorWorld, progress: bool = True, workers: int = 1) -> Tuple[Dict, Dict]:
+def run(s: Settings, fw: FactorWorld, progress: bool = True, workers: int = 1,
+        traversal_rho: Optional[float] = None) -> Tuple[Dict, Dict]:
     """All (rho, method, seed) runs, in ``workers`` processes (forked, one torch thread each;
     the numbers do not depend on ``workers``); returns (results by rho, the encoders kept
-    for the traversal: sparse and ridge at the largest rho, seed 0)."""
+    for the traversal: sparse and ridge at ``traversal_rho`` (default the largest rho), seed 0)."""
     global _FW
     from tqdm import tqdm
 
     jobs = [(rho, method, seed) for rho in s.rhos for method in s.methods for seed in range(s.seeds)]
-    keep = [rho == max(s.rhos) and seed == 0 and method in ("group_lasso", "ridge") for rho, method, seed in jobs]
+    t_rho = max(s.rhos) if traversal_rho is None else traversal_rho
+    keep = [rho == t_rho and seed == 0 and method in ("group_lasso", "ridge") for rho, method, seed in jobs]
     threads = torch.get_num_threads()
     args = [(m, rho, seed, s, progress and workers == 1, k, threads) for (rho, m, seed), k in zip(jobs, keep)]
     _FW = fw
@@ -464,6 +466,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (1: best on a shared machine)")
     p.add_argument("--workers", type=int, default=1, help="runs in parallel (CPU: forked processes)")
+    p.add_argument("--traversal-rho", type=float, default=None,
+                   help="rho of the encoders drawn in figure4_traversal.png (default: the largest)")
+    p.add_argument("--traversal-only", action="store_true",
+                   help="only train the two seed-0 encoders at --traversal-rho and redraw figure4_traversal.png")
     p.add_argument("--support-size", type=int, default=None, help="factors per task")
     p.add_argument("--n-outputs", type=int, default=None, help="regression outputs per task")
     p.add_argument("--lr", type=float, default=None)
@@ -484,6 +490,10 @@ def parse_args(argv=None):
         p.error("--seeds, --steps and --classification-steps must be >= 1 and --pool-size >= 0")
     if any(not 0 <= r < 1 for r in s.rhos):
         p.error(f"--rhos must be in [0, 1), got {list(s.rhos)}")
+    if a.traversal_rho is not None and a.traversal_rho not in s.rhos:
+        p.error(f"--traversal-rho must be one of --rhos {list(s.rhos)}, got {a.traversal_rho}")
+    if a.traversal_only and a.traversal_rho is None:
+        p.error("--traversal-only needs --traversal-rho")
     if not 1 <= s.support_size <= 6 or s.n_outputs < 1:
         p.error(f"--support-size must be in 1..6 and --n-outputs >= 1, got {s.support_size}, {s.n_outputs}")
     return a, s
@@ -498,11 +508,12 @@ def make_world(a) -> Shapes3DWorld:
 
 
 def experiment(s: Settings, world: Shapes3DWorld, out: Path, device="cpu", progress: bool = True,
-               workers: int = 1) -> Dict:
+               workers: int = 1, traversal_rho: Optional[float] = None) -> Dict:
     """Run everything and write OUT/figure4.json, figure4.png, figure4_traversal.png."""
     start = time.time()
+    t_rho = max(s.rhos) if traversal_rho is None else traversal_rho
     fw = FactorWorld(world, s, device, progress)
-    results, encoders = run(s, fw, progress, workers)
+    results, encoders = run(s, fw, progress, workers, t_rho)
     result = {"settings": asdict(s),
               "world": {"name": world.name, "procedural": bool(world.procedural), "grid": list(world.factor_sizes),
                         "pool": int(len(fw.rows)), "factors": list(FACTOR_NAMES)},
@@ -510,8 +521,18 @@ def experiment(s: Settings, world: Shapes3DWorld, out: Path, device="cpu", progr
     atomic_write_bytes(out / "figure4.json", json.dumps(result, indent=1).encode())
     plot_figure4(result, out / "figure4.png")
     if encoders:
-        plot_traversal(encoders, fw, s, max(s.rhos), out / "figure4_traversal.png")
+        plot_traversal(encoders, fw, s, t_rho, out / "figure4_traversal.png")
     return result
+
+
+def traversal_only(s: Settings, world: Shapes3DWorld, out: Path, rho: float, device="cpu", progress: bool = True,
+                   workers: int = 1) -> None:
+    """Train the sparse and the ridge encoder at ``rho``, seed 0 (the same runs as in the
+    full experiment) and write only OUT/figure4_traversal.png."""
+    s1 = replace(s, rhos=(rho,), seeds=1, methods=("group_lasso", "ridge"))
+    fw = FactorWorld(world, s1, device, progress)
+    _, encoders = run(s1, fw, progress, workers, rho)
+    plot_traversal(encoders, fw, s1, rho, out / "figure4_traversal.png")
 
 
 def print_table(result: Dict) -> None:
@@ -530,7 +551,12 @@ def main(argv=None) -> Optional[Dict]:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    result = experiment(s, world, a.out, a.device, progress=not a.no_progress, workers=max(1, a.workers))
+    if a.traversal_only:
+        traversal_only(s, world, a.out, a.traversal_rho, a.device, not a.no_progress, max(1, a.workers))
+        print(f"wrote {a.out / 'figure4_traversal.png'}")
+        return None
+    result = experiment(s, world, a.out, a.device, progress=not a.no_progress, workers=max(1, a.workers),
+                        traversal_rho=a.traversal_rho)
     print_table(result)
     print(f"wrote {a.out / 'figure4.json'}, {a.out / 'figure4.png'} ({result['runtime_s']:.0f} s)")
     return result

@@ -50,6 +50,8 @@ def test_core_writes_figure4_json_and_pngs(tmp_path, tiny_world):
     for name in ("figure4.png", "figure4_traversal.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert saved["world"]["grid"] == [2, 3, 2, 2, 4, 3] and res["settings"]["seeds"] == 2
+    fig4.traversal_only(s, tiny_world, tmp_path / "t", 0.6, progress=False)
+    assert (tmp_path / "t" / "figure4_traversal.png").stat().st_size > 1000 and not (tmp_path / "t" / "figure4.json").exists()
 
 
 def test_same_seed_same_numbers_and_rho_distribution(tiny_world):
@@ -83,3 +85,10 @@ def test_parallel_workers_give_the_same_numbers(tiny_world):
     drop = lambda res: {m: {k: v for k, v in rec.items() if k != "train_seconds_mean"}  # noqa: E731
                         for m, rec in res["0.3"].items()}
     assert drop(serial) == drop(parallel) and set(enc1) == set(enc2) == {"group_lasso", "ridge"}
+
+
+def test_traversal_flags_are_checked(tmp_path, capsys):
+    for argv in (["--traversal-only"], ["--traversal-rho", "0.5"]):
+        with pytest.raises(SystemExit) as e:
+            fig4.main(["--out", str(tmp_path / "o"), "--no-progress", *argv])
+        assert e.value.code == 2 and "--traversal" in capsys.readouterr().err
