@@ -56,7 +56,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -142,8 +142,8 @@ class FactorWorld:
         chunk = 8192
         source = self.world.images(rows)          # sorted rows: one read (a memory map for a procedural cache)
         out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
-        for start in tqdm(range(0, len(rows), chunk), desc="preparing images", disable=not progress or len(rows) <= chunk,
-                          leave=False):
+        for start in tqdm(range(0, len(rows), chunk), desc="preparing images",
+                          disable=not progress or len(rows) <= chunk, leave=False):
             block = torch.from_numpy(np.array(source[start:start + chunk])).permute(0, 3, 1, 2).float()
             if size != block.shape[-1]:
                 block = F.interpolate(block, size=(size, size), mode="area")

@@ -18,8 +18,9 @@ back wall) with one object, made with numpy:
 
   ``rgb(h)`` = HSV ``(h, 0.8, 1)`` to RGB, so a batch of images is three weighted sums.
 
-Rendering the whole grid (480000 images, 5.9 GB) takes minutes on 2 cores (the
-geometry about a minute, the colouring ~1 ms per 10 images per core).  With
+Rendering the whole grid (480000 images, 5.9 GB) takes minutes: on 2 cores shared with
+other jobs (load average ~10) the 480 geometries took 76 s and the colouring about 1 ms
+per image, about 10 minutes in all (extrapolated from 40000 images).  With
 ``cache_dir``, every set of rows asked for is written once to
 ``cache_dir/shapes3d-procedural-v1-<n>-<hash>.npy`` (atomic write) and later read
 back memory-mapped.
@@ -79,8 +80,7 @@ def _sdf(p: np.ndarray, shape: int, size: float, angle: float) -> np.ndarray:
     q = _rot_y(p - np.array([0.0, r, 0.0]), -angle)        # object frame, centre at the origin
     if shape == 0:                                         # cube, half side r * 0.85
         d = np.abs(q) - r * 0.85
-        out = np.linalg.norm(np.maximum(d, 0.0), axis=-1) + np.minimum(d.max(-1), 0.0)
-        return out - 0.0
+        return np.linalg.norm(np.maximum(d, 0.0), axis=-1) + np.minimum(d.max(-1), 0.0)
     if shape == 1:                                         # upright cylinder
         d = np.stack([np.hypot(q[..., 0], q[..., 2]) - r * 0.85, np.abs(q[..., 1]) - r], axis=-1)
         return np.linalg.norm(np.maximum(d, 0.0), axis=-1) + np.minimum(d.max(-1), 0.0)
