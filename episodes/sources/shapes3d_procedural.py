@@ -18,9 +18,10 @@ back wall) with one object, made with numpy:
 
   ``rgb(h)`` = HSV ``(h, 0.8, 1)`` to RGB, so a batch of images is three weighted sums.
 
-Rendering the whole grid (480000 images, 5.9 GB) takes minutes: on 2 cores shared with
-other jobs (load average ~10) the 480 geometries took 76 s and the colouring about 1 ms
-per image, about 10 minutes in all (extrapolated from 40000 images).  With
+Rendering the whole grid (480000 images, 5.9 GB) takes minutes: 170 s wall (one
+process, written to the cache) on 2 cores shared with other jobs (load average ~2.5);
+under heavier load (~10) the 480 geometries took 76 s and the colouring about 1 ms per
+image.  With
 ``cache_dir``, every set of rows asked for is written once to
 ``cache_dir/shapes3d-procedural-v1-<n>-<hash>.npy`` (atomic write) and later read
 back memory-mapped.
