@@ -44,4 +44,8 @@ timeout 60 "$PY" scripts/bench_heads.py --device cuda --features resnet12 --imag
   --no-baselines --out "$OUT/bench_heads_32" || echo "!! bench_heads 32x32 failed or timed out"
 timeout 60 "$PY" scripts/bench_heads.py --device cuda --features resnet12 --image-size 84 --shots 5 15 --query 6 \
   --no-baselines --out "$OUT/bench_heads_84" || echo "!! bench_heads 84x84 failed or timed out"
+# Optional, not run by default (not timed yet; rendering the procedural grid once takes ~3 CPU
+# minutes): Figure 4 on 3D Shapes at full size
+# (64 px, the whole 480000-image grid, 5000 steps per run, 5 seeds x 4 rhos x 4 methods):
+#   "$PY" scripts/figure4_3dshapes.py --out "$OUT/figure4_full" --device cuda [--data-root DIR_WITH_3dshapes.h5]
 echo "gpu_check done; outputs in $OUT"

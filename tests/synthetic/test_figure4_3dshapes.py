@@ -1,0 +1,95 @@
+"""scripts/figure4_3dshapes.py's core on a tiny 3D-Shapes file (reduced grid, random pixels): the
+outputs' shape, the intervals, determinism, the row distribution, and the bad-input exit."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "episodes"))
+from test_shapes3d import write_release_layout  # noqa: E402
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_scripts_{name}", ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+fig4 = _load("figure4_3dshapes")
+TINY = dict(rhos=(0.0, 0.6), seeds=2, image_size=16, pool_size=0, steps=3, classification_steps=2, n_eval=120,
+            widths=(4, 4, 8, 8), hidden=16, tasks_per_step=2, n_support=8, n_query=8, inner_max_iter=50)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    path = tmp_path_factory.mktemp("shapes") / "3dshapes.h5"
+    write_release_layout(path, sizes=(2, 3, 2, 2, 4, 3))
+    from episodes.sources.shapes3d import Shapes3DH5
+    return Shapes3DH5(path, expected_sizes=None)
+
+
+def test_core_writes_figure4_json_and_pngs(tmp_path, tiny_world):
+    s = fig4.Settings(**TINY)
+    res = fig4.experiment(s, tiny_world, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "figure4.json").read_text())
+    assert set(saved["results"]) == {"0", "0.6"} and saved["0.6"] == saved["results"]["0.6"]
+    for rho in ("0", "0.6"):
+        assert set(saved[rho]) == set(fig4.METHODS)
+        for m, rec in saved[rho].items():
+            assert rec["n_seeds"] == 2 and 0 <= rec["mcc_mean"] <= 1 and len(rec["mcc_seeds"]) == 2
+            a, b = rec["mcc_seeds"]
+            assert rec["mcc_mean"] == pytest.approx((a + b) / 2)
+            assert rec["mcc_ci95"] == pytest.approx(12.7062047 * abs(a - b) / 2, rel=1e-6)   # t_{0.975, 1} s / sqrt 2
+    for name in ("figure4.png", "figure4_traversal.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert saved["world"]["grid"] == [2, 3, 2, 2, 4, 3] and res["settings"]["seeds"] == 2
+    fig4.traversal_only(s, tiny_world, tmp_path / "t", 0.6, progress=False)
+    assert (tmp_path / "t" / "figure4_traversal.png").stat().st_size > 1000
+    assert not (tmp_path / "t" / "figure4.json").exists()
+
+
+def test_same_seed_same_numbers_and_rho_distribution(tiny_world):
+    s = fig4.Settings(**TINY)
+    fw = fig4.FactorWorld(tiny_world, s, progress=False)
+    np.testing.assert_allclose(fw.z.mean(0), 0, atol=1e-12)
+    np.testing.assert_allclose(fw.z.std(0), 1, atol=1e-12)
+    cov = 0.4 * np.eye(6) + 0.6
+    ref = multivariate_normal(np.zeros(6), cov).pdf(fw.z)
+    np.testing.assert_allclose(fw.probabilities(0.6), ref / ref.sum(), rtol=1e-9)
+    first, _ = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
+    again, _ = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
+    assert first["mcc"] == again["mcc"] and first["train_loss_last50"] == again["train_loss_last50"]
+    pos, y, support = fig4.draw_tasks(fw, s, 0.6, 1, 0, "regression")
+    assert pos.shape == (2, 16) and y.shape == (2, 16, 3) and (support.sum(1) == s.support_size).all()
+
+
+def test_missing_data_root_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        fig4.main(["--out", str(tmp_path / "o"), "--data-root", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().count("\n") == 0 and "3dshapes.h5" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_parallel_workers_give_the_same_numbers(tiny_world):
+    s = fig4.Settings(**{**TINY, "rhos": (0.3,), "seeds": 1, "methods": ("group_lasso", "ridge")})
+    fw = fig4.FactorWorld(tiny_world, s, progress=False)
+    serial, enc1 = fig4.run(s, fw, progress=False, workers=1)
+    parallel, enc2 = fig4.run(s, fw, progress=False, workers=2)
+    drop = lambda res: {m: {k: v for k, v in rec.items() if k != "train_seconds_mean"}  # noqa: E731
+                        for m, rec in res["0.3"].items()}
+    assert drop(serial) == drop(parallel) and set(enc1) == set(enc2) == {"group_lasso", "ridge"}
+
+
+def test_traversal_flags_are_checked(tmp_path, capsys):
+    for argv in (["--traversal-only"], ["--traversal-rho", "0.5"]):
+        with pytest.raises(SystemExit) as e:
+            fig4.main(["--out", str(tmp_path / "o"), "--no-progress", *argv])
+        assert e.value.code == 2 and "--traversal" in capsys.readouterr().err
