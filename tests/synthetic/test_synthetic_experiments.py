@@ -73,7 +73,7 @@ def test_group_sparse_svm_head_disentangles_better_than_vanilla_svm():
 
 def test_identifiability_cli_writes_results(tmp_path):
     res = ident.main(["--out", str(tmp_path), "--steps", "3", "--tasks-per-step", "4", "--lasso-ratios", "0.1",
-                      "--ridge-lams", "0.1", "--no-classification", "--no-progress"])
+                      "--ridge-lams", "0.1", "--no-classification", "--no-progress", "--seeds", "2"])
     saved = json.loads((tmp_path / "identifiability.json").read_text())
     assert len(saved["configs"]) == 4 == len(res["configs"])
     kinds = {(c["inner"], c["supports"]): c for c in saved["configs"]}
@@ -83,6 +83,11 @@ def test_identifiability_cli_writes_results(tmp_path):
     for c in saved["configs"]:
         assert {"inner", "regularization", "mcc", "r2", "dci", "used_features_mean"} <= set(c)
         assert set(c["dci"]) == {"disentanglement", "completeness", "informativeness"}
+        # mean, per-seed values and the Student-t 95% half-width, recomputed here
+        assert c["seeds"] == [0, 1] and len(c["mcc_seeds"]) == 2 == len(c["per_seed"])
+        assert c["mcc"] == pytest.approx(np.mean(c["mcc_seeds"]))
+        assert [r["mcc"] for r in c["per_seed"]] == c["mcc_seeds"] and c["mcc_seeds"][0] != c["mcc_seeds"][1]
+        assert c["mcc_ci95"] == pytest.approx(12.7062047 * abs(c["mcc_seeds"][0] - c["mcc_seeds"][1]) / 2)
     for name in ("identifiability_mcc.png", "identifiability_training.png", "identifiability_supports.png"):
         assert (tmp_path / name).stat().st_size > 0
     with pytest.raises(SystemExit):
@@ -91,6 +96,21 @@ def test_identifiability_cli_writes_results(tmp_path):
     assert replot == saved
     with pytest.raises(FileNotFoundError, match="identifiability.json"):
         ident.main(["--out", str(tmp_path / "empty"), "--plot-only"])
+
+
+def test_identifiability_ci95_and_workers():
+    assert ident.ci95([1.0]) is None
+    v = [0.2, 0.5, 0.4, 0.9, 0.7]
+    assert ident.ci95(v) == pytest.approx(2.7764451 * np.std(v, ddof=1) / np.sqrt(5))
+    with pytest.raises(SystemExit):
+        ident.parse_args(["--out", "x", "--seeds", "0"])
+    settings = ident.Settings(steps=2, tasks_per_step=4, n_eval=200, n_eval_tasks=4, n_checkpoints=1)
+    cfgs = [ident.Config("group_lasso", 0.1)]
+    serial = ident.run(settings, cfgs, progress=False, seeds=2, workers=1)
+    parallel = ident.run(settings, cfgs, progress=False, seeds=2, workers=2)
+    for key in ("mcc_seeds", "r2_seeds", "used_features_mean"):
+        assert serial["configs"][0][key] == parallel["configs"][0][key]
+    assert serial["baselines"]["observations_x"]["mcc_seeds"] == parallel["baselines"]["observations_x"]["mcc_seeds"]
 
 
 def test_identifiability_same_seed_same_numbers():
