@@ -23,8 +23,19 @@ ident = _load("identifiability")
 
 
 def test_figure1_disentangled_lasso_wins_when_sparse(tmp_path):
+    ref = tmp_path / "reference.json"
+    ref.write_text(json.dumps({"0.05": {"disentangled-lasso": [0.5, 0.9]}, "0.8": {"entangled-ridge": [0.1, 0.2]}}))
     res = fig1.main(["--out", str(tmp_path), "--seeds", "3", "--n-factors", "40", "--ratios", "0.05", "0.8",
-                     "--n-train", "20", "40", "--n-test", "300", "--no-progress"])
+                     "--n-train", "20", "40", "--n-test", "300", "--no-progress", "--reference", str(ref),
+                     "--compare-from", "30"])
+    cmp = json.loads((tmp_path / "figure1_vs_reference.json").read_text())
+    ours = [res["0.05"]["disentangled-lasso"]["r2_mean"][1], res["0.8"]["entangled-ridge"]["r2_mean"][1]]
+    diffs = [abs(ours[0] - 0.9), abs(ours[1] - 0.2)]           # only n = 40 >= 30 counts
+    assert cmp["n_points"] == 2 and set(cmp["curves"]) == {"0.05/disentangled-lasso", "0.8/entangled-ridge"}
+    assert cmp["mean_abs_difference"] == pytest.approx(np.mean(diffs))
+    assert cmp["max_abs_difference"] == pytest.approx(max(diffs))
+    assert cmp["curves"]["0.05/disentangled-lasso"]["difference"][0] == pytest.approx(
+        res["0.05"]["disentangled-lasso"]["r2_mean"][0] - 0.5)
     saved = json.loads((tmp_path / "figure1.json").read_text())
     assert saved == res and set(saved) == {"0.05", "0.8"}
     assert (tmp_path / "figure1.png").stat().st_size > 0
@@ -43,9 +54,24 @@ def test_figure1_disentangled_lasso_wins_when_sparse(tmp_path):
                                    atol=1e-6)
 
 
-def test_figure1_rejects_bad_flags():
+def test_figure1_rejects_bad_flags(tmp_path):
     with pytest.raises(SystemExit):
         fig1.parse_args(["--out", "x", "--ratios", "1.5"])
+    for bad in (["--rho", "1"], ["--lasso-folds", "1"], ["--reference", str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit):
+            fig1.parse_args(["--out", "x", *bad])
+    with pytest.raises(ValueError, match="values for"):
+        fig1.compare_to_reference({"0.05": {"entangled-lasso": {"n": [50, 75], "r2_mean": [0.1, 0.2]}}},
+                                  {"0.05": {"entangled-lasso": [0.1]}})
+
+
+def test_figure1_correlated_factors():
+    """--rho: z ~ N(0, Sigma) with Sigma_ij = rho^|i-j| (checked on the covariance itself)."""
+    sigma = fig1.factor_covariance(4, 0.5)
+    np.testing.assert_allclose(sigma[0], [1, 0.5, 0.25, 0.125])
+    a = fig1.run_one_seed(0.2, [30], 0, 20, 200, 0.04, rho=0.0)
+    b = fig1.run_one_seed(0.2, [30], 0, 20, 200, 0.04, rho=0.6)
+    assert a != b and a["disentangled-ridge"] == pytest.approx(a["entangled-ridge"], abs=1e-6)
 
 
 def test_sparse_inner_problem_disentangles_better_than_ridge():
