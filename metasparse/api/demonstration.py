@@ -2,11 +2,14 @@
 (``metasparse demo``; a client of :func:`~metasparse.api.train` and
 :func:`~metasparse.api.load_model`).
 
-1. A synthetic few-shot world (docs/maths.md section 5): latent factors z in R^m,
-   classes whose means use l of the m factors, observations x = g(z) with an
-   invertible mixing g (default: a random rotation, i.e. *linearly entangled* inputs).
-2. Meta-train the same linear encoder f(x) = A x + b twice (same seed, same initial A,
-   same episodes; an MLP with no hidden layer, enough for a linear mixing and fast): once with the
+1. A synthetic few-shot world (docs/maths.md section 5) where the paper's assumptions
+   hold: latent factors z in R^m, classes whose means use l of the m factors (random
+   supports: they vary enough across classes), within-class noise 0.5, observations
+   x = g(z) with an invertible mixing g (a random rotation: *linearly entangled* inputs).
+2. Meta-train the same linear encoder f(x) = A x + b with unit-norm rows of A (so the
+   encoder cannot rescale features against the head's penalty) twice (same seed, same
+   initial A, same episodes; an MLP with no hidden layer, enough for a linear mixing and
+   fast): once with the
    group-sparse SVM head (lambda1 = lambda_ratio * lambda_max per episode), once with
    the vanilla SVM head (lambda1 = 0, MetaOptNet's SVM-CS).
 3. Meta-test both final models (``last.pt``: the demo is about the representation
@@ -52,9 +55,10 @@ from .training import train
 
 __all__ = ["DemoConfig", "demo", "DEMO_SOURCE", "demo_train_config"]
 
-# the synthetic world of the demo: 24 factors, 2 per class, rotation mixing (x = L z, L orthogonal)
+# the synthetic world of the demo: 24 factors, 2 per class, rotation mixing (x = L z, L orthogonal),
+# within-class noise 0.5 (class means 1-2 away from 0 on their factors)
 DEMO_SOURCE = {"n_factors": 24, "factors_per_class": 2, "mixing": "rotation", "examples_per_class": 60,
-               "n_classes": [64, 16, 20]}
+               "n_classes": [64, 16, 20], "noise_std": 0.5}
 
 
 @dataclass
@@ -82,7 +86,7 @@ def demo_train_config(head: str, out: Path, *, epochs: int, batches: int, lambda
     m = int(source["n_factors"])
     return TrainConfig(
         out=out, dataset="synthetic", source_options=dict(source), backbone="mlp",
-        backbone_options={"in_dim": m, "out_dim": m, "hidden": []}, head=head,
+        backbone_options={"in_dim": m, "out_dim": m, "hidden": [], "unit_rows": True}, head=head,
         lambda_ratio=lambda_ratio if head == "group-sparse-svm" else None,
         way=5, train_shot=5, query=10, episodes_per_batch=8, val_episodes=val_episodes, val_shot=5, val_query=15,
         epochs=epochs, batches_per_epoch=batches, optimizer="adam", lr=2e-2, weight_decay=0.0, seed=seed,
