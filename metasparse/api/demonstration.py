@@ -180,7 +180,8 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
     if quick:
         source.update(examples_per_class=30)
     print(f"metasparse demo: synthetic world with {source['n_factors']} latent factors ({source['factors_per_class']} "
-          f"per class), {source['mixing']} mixing; a linear encoder meta-trained with the group-sparse SVM head "
+          f"per class, within-class noise {source.get('noise_std', 1.0)}), {source['mixing']} mixing; a linear encoder "
+          f"(unit-norm rows) meta-trained with the group-sparse SVM head "
           f"(lambda/lambda_max = {ratio}) and with the vanilla SVM head; {epochs} epochs x {batches} batches of 8 "
           f"5-way 5-shot episodes each.")
     runs = {}
