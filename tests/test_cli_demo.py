@@ -26,6 +26,10 @@ def test_demo_quick(tmp_path):
     for f in ("compare.json", "compare.md", "demo.md", "feature_usage_5shot.png", "accuracy_vs_sparsity_5shot.png",
               "group-sparse-svm/best.pt", "svm/best.pt"):
         assert (out / f).is_file(), f
+    for head in ("svm", "group-sparse-svm"):         # the same unit-row linear encoder for both heads
+        cfg = json.loads((out / head / "config.json").read_text())
+        assert cfg["backbone_options"]["unit_rows"] is True and cfg["backbone_options"]["hidden"] == []
+        assert cfg["source_options"]["noise_std"] == 0.5
 
     # a rerun into its own output replaces its runs, keeps a file it did not write
     notes = out / "svm" / "notes.txt"
