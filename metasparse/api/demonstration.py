@@ -43,9 +43,9 @@ import torch
 from episodes.sources.synthetic import make_synthetic_source
 
 from ..engine.checkpoint import atomic_write_text
-from ..errors import ConfigError
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.streams import FixedStream
+from ..errors import ConfigError
 from ..metrics import disentanglement as dis
 from .data import sample_fixed_episodes
 from .model import load_model
