@@ -3,14 +3,22 @@
 
 For each ratio l/m and training-set size n, one sparse linear regression task per seed:
 support ``S`` of ``l = round(ratio * m)`` factors, ``w_j ~ N(0, 1)`` on ``S`` (0 elsewhere),
-``z ~ N(0, I_m)``, ``y = w^T z + eps`` with ``Var(eps) = noise_ratio * ||w||^2`` (the
-same signal-to-noise ratio in every task and panel: best attainable R^2 =
-1 / (1 + noise_ratio)).
+``z ~ N(0, Sigma)`` with ``Sigma_ij = rho^|i-j|`` (``--rho``; 0: ``z ~ N(0, I_m)``),
+``y = w^T z + eps`` with ``Var(eps) = noise_ratio * w^T Sigma w`` (the same
+signal-to-noise ratio in every task and panel: best attainable R^2 =
+1 / (1 + noise_ratio); the default 0.04 is a signal-to-noise ratio of 5 in
+amplitude, ``||Xw|| / ||eps||``).
 Lasso and Ridge, each with its regularisation chosen by validation on the training
-set (sklearn ``LassoCV`` 5-fold / ``RidgeCV`` leave-one-out), are fitted on the
-disentangled features ``z`` and on the entangled features ``L z`` (``L`` a random
-rotation, so Ridge gives identical predictions on both).  The test R^2 on
+set (sklearn ``LassoCV``, ``--lasso-folds`` shuffled folds / ``RidgeCV`` leave-one-out), are
+fitted on the disentangled features ``z`` and on the entangled features ``L z`` (``L`` a
+random rotation, so Ridge gives identical predictions on both).  The test R^2 on
 ``--n-test`` fresh samples is averaged over seeds (mean and standard error).
+
+``--reference FILE`` (a JSON ``{"<ratio>": {"<method>": [R^2 per n]}}``, e.g. numbers
+read off a published figure's logs) writes ``OUT/figure1_vs_reference.json``: per curve
+and n the reference, ours and the difference, and the mean and largest absolute
+difference over n >= ``--compare-from`` (default 50); the PNG draws the reference
+curves (thin, grey markers).
 
 Output: ``OUT/figure1.json`` shaped
 ``{"0.05": {"disentangled-lasso": {"n": [...], "r2_mean": [...], "r2_se": [...]}, ...}, ...}``,
@@ -26,7 +34,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -46,14 +54,15 @@ RIDGE_ALPHAS = np.logspace(-3, 4, 36)
 
 
 def fit_and_score(method: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                  y_test: np.ndarray, seed: int) -> float:
-    """Test R^2 of Lasso (5-fold CV over its path) or Ridge (LOO CV over a grid)."""
+                  y_test: np.ndarray, seed: int, lasso_folds: int = 5) -> float:
+    """Test R^2 of Lasso (``lasso_folds``-fold CV over its path) or Ridge (LOO CV over a grid)."""
     from sklearn.linear_model import LassoCV, RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.model_selection import KFold
 
     if method.endswith("lasso"):
-        model = LassoCV(cv=KFold(5, shuffle=True, random_state=seed), alphas=50, max_iter=20000, tol=1e-5)
+        model = LassoCV(cv=KFold(lasso_folds, shuffle=True, random_state=seed), alphas=50, max_iter=20000,
+                        tol=1e-5)
     else:
         model = RidgeCV(alphas=RIDGE_ALPHAS)
     with warnings.catch_warnings():
@@ -62,31 +71,39 @@ def fit_and_score(method: str, x_train: np.ndarray, y_train: np.ndarray, x_test:
     return float(r2_score(y_test, model.predict(x_test)))
 
 
+def factor_covariance(n_factors: int, rho: float) -> np.ndarray:
+    """``Sigma_ij = rho^|i-j|`` (an AR(1) / Toeplitz correlation between neighbouring factors)."""
+    from scipy.linalg import toeplitz
+    return toeplitz(rho ** np.arange(n_factors, dtype=float))
+
+
 def run_one_seed(ratio: float, ns: Sequence[int], seed: int, n_factors: int, n_test: int,
-                 noise_ratio: float) -> Dict[str, List[float]]:
+                 noise_ratio: float, rho: float = 0.0, lasso_folds: int = 5) -> Dict[str, List[float]]:
     """Test R^2 of the four methods for every n (training sets are nested prefixes)."""
     l = max(1, int(round(ratio * n_factors)))
     rng = np.random.default_rng([seed, int(round(ratio * 1e4)), n_factors])
     rotation = make_mixing("rotation", n_factors, seed=rng)
     tasks = sample_sparse_tasks(1, max(ns) + n_test, n_factors=n_factors, support_size=l, mixing=rotation,
                                 noise_std=0.0, seed=rng, dtype=torch.float64)
-    z = tasks.z[0].numpy()
-    x = tasks.x[0].numpy()                                  # L z
-    signal = tasks.y[0, :, 0].numpy()                       # w^T z
-    w_norm = float(np.linalg.norm(tasks.weights[0, 0].numpy()))
-    y = signal + np.sqrt(noise_ratio) * w_norm * rng.standard_normal(signal.shape)
+    w = tasks.weights[0, 0].numpy()
+    sigma = factor_covariance(n_factors, rho)
+    z = tasks.z[0].numpy() @ np.linalg.cholesky(sigma).T    # N(0, Sigma); rho = 0: unchanged
+    x = rotation.g(z)                                       # L z
+    signal = z @ w
+    y = signal + np.sqrt(noise_ratio * float(w @ sigma @ w)) * rng.standard_normal(signal.shape)
     test = slice(max(ns), None)
     out: Dict[str, List[float]] = {m: [] for m in METHODS}
     for n in ns:
         for method in METHODS:
             feats = z if method.startswith("disentangled") else x
-            out[method].append(fit_and_score(method, feats[:n], y[:n], feats[test], y[test], seed))
+            out[method].append(fit_and_score(method, feats[:n], y[:n], feats[test], y[test], seed, lasso_folds))
     return out
 
 
 def run_figure1(ratios: Sequence[float] = (0.05, 0.2, 0.8), ns: Sequence[int] = (25, 50, 75, 100, 125, 150),
-                seeds: int = 10, n_factors: int = 100, n_test: int = 1000, noise_ratio: float = 0.1,
-                progress: bool = True) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
+                seeds: int = 10, n_factors: int = 100, n_test: int = 1000, noise_ratio: float = 0.04,
+                progress: bool = True, rho: float = 0.0,
+                lasso_folds: int = 5) -> Dict[str, Dict[str, Dict[str, List[float]]]]:
     """All panels: ``{ratio: {method: {"n", "r2_mean", "r2_se"}}}`` (ratio keys as ``f"{r:g}"``)."""
     from tqdm import tqdm
 
@@ -96,7 +113,7 @@ def run_figure1(ratios: Sequence[float] = (0.05, 0.2, 0.8), ns: Sequence[int] = 
     for ratio in ratios:
         per_seed = {m: [] for m in METHODS}
         for seed in range(seeds):
-            scores = run_one_seed(float(ratio), ns, seed, n_factors, n_test, noise_ratio)
+            scores = run_one_seed(float(ratio), ns, seed, n_factors, n_test, noise_ratio, rho, lasso_folds)
             for m in METHODS:
                 per_seed[m].append(scores[m])
             bar.update(1)
@@ -118,8 +135,33 @@ STYLE = {
 }
 
 
-def plot_figure1(results, path: Path) -> None:
-    """One panel per l/m ratio: test R^2 against n with standard-error bars."""
+def compare_to_reference(results, reference, min_n: int = 50) -> Dict:
+    """Differences ``ours - reference`` per curve and n present in both, and their
+    mean / largest absolute value over the points with ``n >= min_n``."""
+    curves, diffs = {}, []
+    for ratio, panel in results.items():
+        ref_panel = reference.get(ratio)
+        if ref_panel is None:
+            continue
+        for method, curve in panel.items():
+            ref = ref_panel.get(method)
+            if ref is None:
+                continue
+            if len(ref) != len(curve["n"]):
+                raise ValueError(f"reference {ratio}/{method}: {len(ref)} values for {len(curve['n'])} sizes n")
+            d = [float(a - b) for a, b in zip(curve["r2_mean"], ref)]
+            curves[f"{ratio}/{method}"] = {"n": curve["n"], "ours": curve["r2_mean"], "reference": list(ref),
+                                           "difference": d}
+            diffs += [abs(v) for v, n in zip(d, curve["n"]) if n >= min_n]
+    if not diffs:
+        raise ValueError("the reference shares no curve with the results")
+    return {"min_n": min_n, "mean_abs_difference": float(np.mean(diffs)), "max_abs_difference": float(max(diffs)),
+            "n_points": len(diffs), "curves": curves}
+
+
+def plot_figure1(results, path: Path, reference: Optional[Dict] = None) -> None:
+    """One panel per l/m ratio: test R^2 against n with standard-error bars (and the
+    reference curves, thin with x markers, when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -130,11 +172,15 @@ def plot_figure1(results, path: Path) -> None:
         for method, curve in results[ratio].items():
             ax.errorbar(curve["n"], curve["r2_mean"], yerr=curve["r2_se"], label=method, capsize=3,
                         markersize=4, **STYLE.get(method, {}))
+            ref = (reference or {}).get(ratio, {}).get(method)
+            if ref is not None:
+                style = dict(STYLE.get(method, {}), marker="x", linestyle=":", linewidth=1, alpha=0.7)
+                ax.plot(curve["n"], ref, label=f"{method} (reference)", **style)
         ax.set_title(f"l/m = {float(ratio) * 100:g}%")
         ax.set_xlabel("training samples n")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test $R^2$")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
+    axes[0][-1].legend(fontsize=6 if reference else 8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -149,7 +195,13 @@ def parse_args(argv=None):
     p.add_argument("--n-train", type=int, nargs="+", default=[25, 50, 75, 100, 125, 150],
                    help="training-set sizes n")
     p.add_argument("--n-test", type=int, default=1000, help="test samples per task (default 1000)")
-    p.add_argument("--noise-ratio", type=float, default=0.1, help="noise variance / signal variance (default 0.1)")
+    p.add_argument("--noise-ratio", type=float, default=0.04,
+                   help="noise variance / signal variance (default 0.04: amplitude SNR 5)")
+    p.add_argument("--rho", type=float, default=0.0, help="correlation rho^|i-j| between factors (default 0)")
+    p.add_argument("--lasso-folds", type=int, default=5, help="cross-validation folds of LassoCV (default 5)")
+    p.add_argument("--reference", type=Path, default=None,
+                   help="JSON {ratio: {method: [R^2 per n]}} to compare with (figure1_vs_reference.json)")
+    p.add_argument("--compare-from", type=int, default=50, help="smallest n in the reference summary (default 50)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
     if args.seeds < 2:
@@ -160,18 +212,35 @@ def parse_args(argv=None):
         p.error(f"--n-train values must be >= 10 (5-fold CV), got {args.n_train}")
     if args.n_factors < 2 or args.n_test < 2 or args.noise_ratio < 0:
         p.error("--n-factors and --n-test must be >= 2 and --noise-ratio >= 0")
+    if not 0 <= args.rho < 1:
+        p.error(f"--rho must lie in [0, 1), got {args.rho}")
+    if not 2 <= args.lasso_folds <= min(args.n_train):
+        p.error(f"--lasso-folds must be in 2..min(--n-train), got {args.lasso_folds}")
+    if args.reference is not None:
+        try:
+            args.reference_data = {f"{float(r):g}": v for r, v in json.loads(args.reference.read_text()).items()}
+        except (OSError, ValueError) as e:
+            p.error(f"--reference {args.reference}: expected a JSON {{ratio: {{method: [R^2 per n]}}}} ({e})")
     return args
 
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
+    reference = getattr(args, "reference_data", None)
     results = run_figure1(args.ratios, args.n_train, args.seeds, args.n_factors, args.n_test,
-                          args.noise_ratio, progress=not args.no_progress)
+                          args.noise_ratio, progress=not args.no_progress, rho=args.rho,
+                          lasso_folds=args.lasso_folds)
     out = args.out
+    comparison = compare_to_reference(results, reference, args.compare_from) if reference else None
     atomic_write(out / "figure1.json", json.dumps(results, indent=1).encode())
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "reference_data"}
     atomic_write(out / "figure1_config.json", json.dumps(config, indent=1).encode())
-    plot_figure1(results, out / "figure1.png")
+    if comparison is not None:
+        atomic_write(out / "figure1_vs_reference.json", json.dumps(comparison, indent=1).encode())
+        print(f"against {args.reference}: mean |difference| {comparison['mean_abs_difference']:.3f}, largest "
+              f"{comparison['max_abs_difference']:.3f} over {comparison['n_points']} points with n >= "
+              f"{comparison['min_n']}")
+    plot_figure1(results, out / "figure1.png", reference)
     for ratio, panel in results.items():
         line = ", ".join(f"{m}={panel[m]['r2_mean'][0]:.3f}" for m in METHODS)
         print(f"l/m={ratio} n={panel[METHODS[0]]['n'][0]}: {line}")

@@ -29,11 +29,19 @@ recovered up to mixing inside the blocks of the ``blocks`` partition?), and, on 
 tasks, the features each task's inner predictor uses (count, and precision / recall
 against the true support after matching learned features to factors).
 
-Output: ``OUT/identifiability.json`` (settings, baselines, one record per
-configuration) and PNGs ``identifiability_mcc.png``, ``identifiability_training.png``,
-``identifiability_supports.png``.
+Seeds (``--seeds N``, default 5): seed ``s = --seed + i`` draws its own world ``g``, its own
+task stream, evaluation data and encoder initialisation; every configuration is trained
+once per seed.  Each configuration's record holds the mean over seeds of every score
+(``mcc`` is the mean MCC), the per-seed MCCs ``mcc_seeds`` and the half-width of the
+95% confidence interval of the mean, ``mcc_ci95 = t_{0.975, N-1} * sd / sqrt(N)``
+(Student t; ``None`` for one seed), likewise ``r2_seeds`` / ``r2_ci95``, and the
+per-seed records in ``per_seed``.
 
-    python scripts/identifiability.py --out results/identifiability
+Output: ``OUT/identifiability.json`` (settings, baselines, one record per
+configuration) and PNGs ``identifiability_mcc.png`` (means with 95% intervals),
+``identifiability_training.png``, ``identifiability_supports.png``.
+
+    python scripts/identifiability.py --out results/identifiability --seeds 5 --workers 2
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -313,17 +321,97 @@ def default_configs(lasso_ratios, ridge_lams, supports, svm_ratios, classificati
     return configs
 
 
-def run(settings: Settings, configs: Sequence[Config], progress: bool = True) -> Dict:
+def ci95(values: Sequence[float]) -> Optional[float]:
+    """Half-width of the 95% confidence interval of the mean of ``values`` (Student t,
+    ``t_{0.975, n-1} * sd / sqrt(n)``); ``None`` for fewer than two values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return None
+    return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
+
+
+_MEAN_KEYS = ("mcc", "r2", "mcc_spearman", "block_r2", "used_features_mean", "support_precision",
+              "support_recall", "query_loss", "train_loss_last50", "train_seconds")
+
+
+def aggregate(records: Sequence[Dict]) -> Dict:
+    """One configuration over seeds: means of the scores, ``mcc_seeds`` / ``mcc_ci95`` (and
+    ``r2_seeds`` / ``r2_ci95``), the mean training curve, the per-seed records and the
+    support examples of the first seed."""
+    first = records[0]
+    out = {k: first[k] for k in ("name", "task", "inner", "regularization", "supports", "true_support_size",
+                                 "assumption7")}
+    out["n_seeds"] = len(records)
+    out["seeds"] = [r["seed"] for r in records]
+    for key in _MEAN_KEYS:
+        out[key] = float(np.mean([r[key] for r in records]))
+    out["mcc_seeds"] = [r["mcc"] for r in records]
+    out["mcc_ci95"] = ci95(out["mcc_seeds"])
+    out["r2_seeds"] = [r["r2"] for r in records]
+    out["r2_ci95"] = ci95(out["r2_seeds"])
+    out["dci"] = {k: float(np.mean([r["dci"][k] for r in records])) for k in first["dci"]}
+    steps = [p["step"] for p in first["history"]]
+    out["history"] = [{"step": st, "mcc": float(np.mean([r["history"][i]["mcc"] for r in records])),
+                       "r2": float(np.mean([r["history"][i]["r2"] for r in records]))} for i, st in enumerate(steps)]
+    out["example_true_supports"] = first["example_true_supports"]
+    out["example_used_factors"] = first["example_used_factors"]
+    out["per_seed"] = [{k: v for k, v in r.items() if k not in ("history", "example_true_supports",
+                                                                "example_used_factors")} for r in records]
+    return out
+
+
+def _aggregate_baselines(per_seed: Sequence[Dict]) -> Dict:
+    out = {}
+    for key in per_seed[0]:
+        vals = [b[key]["mcc"] for b in per_seed]
+        out[key] = {"mcc": float(np.mean(vals)), "mcc_seeds": vals, "mcc_ci95": ci95(vals),
+                    "r2": float(np.mean([b[key]["r2"] for b in per_seed])),
+                    "per_seed": [b[key] for b in per_seed]}
+    return out
+
+
+def _train_job(job):
+    """One (configuration, seed) training: a top-level function so worker processes can run it."""
+    cfg, settings = job
+    torch.set_num_threads(1)
+    rec = train_config(cfg, settings, make_world(settings), progress=False)
+    rec["seed"] = settings.seed
+    return rec
+
+
+def run(settings: Settings, configs: Sequence[Config], progress: bool = True, seeds: int = 1,
+        workers: int = 1) -> Dict:
+    """Train every configuration for seeds ``settings.seed .. settings.seed + seeds - 1``
+    (``workers`` processes) and aggregate over seeds.  Same arguments -> same numbers
+    whatever ``workers``."""
     from tqdm import tqdm
 
-    mixing = make_world(settings)
-    result = {"settings": asdict(settings), "baselines": baselines(settings, mixing), "configs": [], "skipped": []}
+    seed_settings = [replace(settings, seed=settings.seed + i) for i in range(seeds)]
     reason = heads_available() if any(c.inner == "group_sparse_svm" for c in configs) else None
-    for cfg in tqdm(configs, desc="configurations", disable=not progress):
-        if cfg.inner == "group_sparse_svm" and reason is not None:
-            result["skipped"].append({"name": cfg.name, "reason": reason})
-            continue
-        result["configs"].append(train_config(cfg, settings, mixing, progress))
+    runnable = [c for c in configs if not (c.inner == "group_sparse_svm" and reason is not None)]
+    result = {"settings": {**asdict(settings), "seeds": [s.seed for s in seed_settings]},
+              "baselines": _aggregate_baselines([baselines(s, make_world(s)) for s in seed_settings]),
+              "configs": [], "skipped": [{"name": c.name, "reason": reason} for c in configs if c not in runnable]}
+    jobs = [(cfg, s) for cfg in runnable for s in seed_settings]
+    bar = tqdm(total=len(jobs), desc="configurations x seeds", disable=not progress)
+    records: List[Dict] = []
+    if workers <= 1:
+        for cfg, s in jobs:
+            rec = train_config(cfg, s, make_world(s), progress)
+            rec["seed"] = s.seed
+            records.append(rec)
+            bar.update(1)
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for rec in pool.map(_train_job, jobs):
+                records.append(rec)
+                bar.update(1)
+    bar.close()
+    for i in range(len(runnable)):
+        result["configs"].append(aggregate(records[i * seeds:(i + 1) * seeds]))
     return result
 
 
@@ -349,14 +437,18 @@ def plot_mcc(result: Dict, path: Path) -> None:
                 continue
             xs = [pos[r["regularization"]["value"]] for r in rs]
             label = f"{kind} supports (A7 {'holds' if rs[0]['assumption7'] else 'fails'})"
-            ax.plot(xs, [r["mcc"] for r in rs], "o-", color=colors[kind], label=f"MCC, {label}")
-            ax.plot(xs, [r["r2"] for r in rs], "s--", color=colors[kind], alpha=0.6, label=f"R$^2$, {kind}")
+            ax.errorbar(xs, [r["mcc"] for r in rs], yerr=[r.get("mcc_ci95") or 0.0 for r in rs], fmt="o-",
+                        capsize=3, color=colors[kind], label=f"MCC, {label}")
+            ax.errorbar(xs, [r["r2"] for r in rs], yerr=[r.get("r2_ci95") or 0.0 for r in rs], fmt="s--",
+                        capsize=3, color=colors[kind], alpha=0.6, label=f"R$^2$, {kind}")
         ax.axhline(base, color="gray", lw=1, ls=":", label="MCC of x itself")
         ax.set_xticks(range(len(values)))
         ax.set_xticklabels([f"{v:g}" for v in values])
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(recs[0]["regularization"]["name"])
-        ax.set_title(f"{task}: inner {inner}")
+        n_seeds = recs[0].get("n_seeds", 1)
+        ax.set_title(f"{task}: inner {inner}\nmean" + (f" +- 95% CI over {n_seeds} seeds" if n_seeds > 1 else
+                                                          " (1 seed)"), fontsize=9)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("score of learned representation")
     axes[0][-1].legend(fontsize=7, loc="lower left")
@@ -382,7 +474,8 @@ def plot_training(result: Dict, path: Path) -> None:
             ls = "-" if rec["supports"] == "random" else "--"
             label = f"{rec['inner']} {rec['regularization']['name']}={rec['regularization']['value']:g}, {rec['supports']}"
             ax.plot([p["step"] for p in h], [p["mcc"] for p in h], ls, color=color, label=label)
-        ax.set_title(f"{task} (solid: random supports, dashed: blocks)", fontsize=9)
+        ax.set_title(f"{task}, mean over {recs[0].get('n_seeds', 1)} seed(s) "
+                     f"(solid: random supports, dashed: blocks)", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("MCC")
         ax.set_ylim(0, 1.02)
@@ -442,7 +535,9 @@ def parse_args(argv=None):
     p.add_argument("--n-support", type=int, default=d.n_support, help="inner training examples per task")
     p.add_argument("--n-query", type=int, default=d.n_query, help="outer held-out examples per task")
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per configuration: --seed .. --seed + N - 1 (default 5)")
+    p.add_argument("--workers", type=int, default=1, help="training processes in parallel (default 1)")
     p.add_argument("--lasso-ratios", type=float, nargs="+", default=[0.03, 0.1, 0.3],
                    help="group-Lasso lambda / lambda_max values")
     p.add_argument("--ridge-lams", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="ridge lam values")
@@ -460,6 +555,8 @@ def parse_args(argv=None):
         p.error(f"--support-size must be in 1..--n-factors={a.n_factors}, got {a.support_size}")
     if "blocks" in a.supports and (a.n_factors % a.block_size or a.support_size % a.block_size):
         p.error(f"--block-size={a.block_size} must divide --n-factors and --support-size")
+    if a.seeds < 1 or a.workers < 1:
+        p.error(f"--seeds and --workers must be >= 1, got {a.seeds} and {a.workers}")
     if any(r < 0 for r in a.lasso_ratios + a.svm_ratios + a.ridge_lams):
         p.error("regularisation values must be >= 0")
     return a
@@ -486,14 +583,15 @@ def main(argv=None) -> Dict:
                         classification_steps=a.classification_steps, lr=a.lr, seed=a.seed)
     configs = default_configs(a.lasso_ratios, a.ridge_lams, a.supports, a.svm_ratios, a.classification)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
-    result = run(settings, configs, progress=not a.no_progress)
+    result = run(settings, configs, progress=not a.no_progress, seeds=a.seeds, workers=a.workers)
     atomic_write(a.out / "identifiability.json", json.dumps(result, indent=1).encode())
     plot_all(result, a.out)
     b = result["baselines"]
     print(f"baselines: x itself MCC={b['observations_x']['mcc']:.3f}, untrained encoder "
-          f"MCC={b['untrained_encoder']['mcc']:.3f}")
+          f"MCC={b['untrained_encoder']['mcc']:.3f} (means over {a.seeds} seed(s))")
     for rec in result["configs"]:
-        print(f"{rec['name']:<55} MCC={rec['mcc']:.3f} R2={rec['r2']:.3f} "
+        ci = "" if rec["mcc_ci95"] is None else f" +- {rec['mcc_ci95']:.3f}"
+        print(f"{rec['name']:<55} MCC={rec['mcc']:.3f}{ci} R2={rec['r2']:.3f} "
               f"DCI-D={rec['dci']['disentanglement']:.3f} blockR2={rec['block_r2']:.3f} "
               f"used={rec['used_features_mean']:.1f}/{settings.n_factors} "
               f"({rec['train_seconds']:.0f}s)")

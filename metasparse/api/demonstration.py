@@ -2,11 +2,14 @@
 (``metasparse demo``; a client of :func:`~metasparse.api.train` and
 :func:`~metasparse.api.load_model`).
 
-1. A synthetic few-shot world (docs/maths.md section 5): latent factors z in R^m,
-   classes whose means use l of the m factors, observations x = g(z) with an
-   invertible mixing g (default: a random rotation, i.e. *linearly entangled* inputs).
-2. Meta-train the same linear encoder f(x) = A x + b twice (same seed, same initial A,
-   same episodes; an MLP with no hidden layer, enough for a linear mixing and fast): once with the
+1. A synthetic few-shot world (docs/maths.md section 5) where the paper's assumptions
+   hold: latent factors z in R^m, classes whose means use l of the m factors (random
+   supports: they vary enough across classes), within-class noise 0.5, observations
+   x = g(z) with an invertible mixing g (a random rotation: *linearly entangled* inputs).
+2. Meta-train the same linear encoder f(x) = A x + b with unit-norm rows of A (so the
+   encoder cannot rescale features against the head's penalty) twice (same seed, same
+   initial A, same episodes; an MLP with no hidden layer, enough for a linear mixing and
+   fast): once with the
    group-sparse SVM head (lambda1 = lambda_ratio * lambda_max per episode), once with
    the vanilla SVM head (lambda1 = 0, MetaOptNet's SVM-CS).
 3. Meta-test both final models (``last.pt``: the demo is about the representation
@@ -18,6 +21,14 @@
 
 Writes ``OUT/{group-sparse-svm,svm}/`` (runs), ``OUT/compare.{json,md}``, the PNGs and
 ``OUT/demo.json`` / ``OUT/demo.md`` with the final table.
+
+Files it did not create are never touched.  Before anything else the demo records what
+it is about to write in ``OUT/.metasparse-demo.json`` (its ownership record).  A rerun into
+the same ``OUT`` may replace exactly those paths (in its run directories only the files
+training writes: ``config.json``, ``metrics.jsonl``, ``best.pt``, ``last.pt`` and their
+temporary files; anything else there is left alone).  If one of the demo's output paths
+already exists and the record does not list it (say ``OUT/svm`` is a run of yours), the
+demo stops with a :class:`~metasparse.errors.ConfigError` before doing any work.
 """
 from __future__ import annotations
 
@@ -34,6 +45,7 @@ from episodes.sources.synthetic import make_synthetic_source
 from ..engine.checkpoint import atomic_write_text
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.streams import FixedStream
+from ..errors import ConfigError
 from ..metrics import disentanglement as dis
 from .data import sample_fixed_episodes
 from .model import load_model
@@ -43,9 +55,10 @@ from .training import train
 
 __all__ = ["DemoConfig", "demo", "DEMO_SOURCE", "demo_train_config"]
 
-# the synthetic world of the demo: 24 factors, 2 per class, rotation mixing (x = L z, L orthogonal)
+# the synthetic world of the demo: 24 factors, 2 per class, rotation mixing (x = L z, L orthogonal),
+# within-class noise 0.5 (class means 1-2 away from 0 on their factors)
 DEMO_SOURCE = {"n_factors": 24, "factors_per_class": 2, "mixing": "rotation", "examples_per_class": 60,
-               "n_classes": [64, 16, 20]}
+               "n_classes": [64, 16, 20], "noise_std": 0.5}
 
 
 @dataclass
@@ -73,11 +86,76 @@ def demo_train_config(head: str, out: Path, *, epochs: int, batches: int, lambda
     m = int(source["n_factors"])
     return TrainConfig(
         out=out, dataset="synthetic", source_options=dict(source), backbone="mlp",
-        backbone_options={"in_dim": m, "out_dim": m, "hidden": []}, head=head,
+        backbone_options={"in_dim": m, "out_dim": m, "hidden": [], "unit_rows": True}, head=head,
         lambda_ratio=lambda_ratio if head == "group-sparse-svm" else None,
         way=5, train_shot=5, query=10, episodes_per_batch=8, val_episodes=val_episodes, val_shot=5, val_query=15,
         epochs=epochs, batches_per_epoch=batches, optimizer="adam", lr=2e-2, weight_decay=0.0, seed=seed,
         checkpoint_every=0, log_every=10, device=device, progress=progress)
+
+
+HEADS = ("group-sparse-svm", "svm")
+MARKER = ".metasparse-demo.json"
+# the top-level files the demo writes (write_comparison's and its own)
+DEMO_FILES = ("demo.json", "demo.md", "compare.json", "compare.md", "feature_usage_1shot.png",
+              "feature_usage_5shot.png", "accuracy_vs_sparsity_1shot.png", "accuracy_vs_sparsity_5shot.png")
+# what training writes in a run directory (checkpoints are written through ``.NAME.*.tmp`` files)
+RUN_FILES = ("config.json", "metrics.jsonl", "best.pt", "last.pt")
+
+
+def _read_marker(out: Path) -> Optional[Dict[str, Any]]:
+    path = out / MARKER
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--out {out}: {path} is not a readable demo record ({e}); remove it or choose "
+                          f"another --out") from None
+    if not (isinstance(record, dict) and record.get("created_by") == "metasparse demo"
+            and isinstance(record.get("files"), list) and isinstance(record.get("run_dirs"), list)):
+        raise ConfigError(f"--out {out}: {path} is not a metasparse demo record; choose another --out")
+    return record
+
+
+def claim_output(out: Path) -> Dict[str, Any]:
+    """Check that the demo may write into ``out`` and record what it will write there.
+
+    The demo's outputs are ``out/{group-sparse-svm,svm}/`` and :data:`DEMO_FILES`.  Each of
+    them must be absent or listed in the ownership record ``out/.metasparse-demo.json``
+    left by an earlier demo; otherwise :class:`ConfigError` (nothing is written).  In
+    run directories the record lists, only training's own files (:data:`RUN_FILES` and
+    ``.*.tmp``) are deleted, so that training starts afresh.  Then the record is
+    (re)written with every path this run will create.  Returns the record."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the demo's outputs")
+    record = _read_marker(out) if out.is_dir() else None
+    owned_files = set(record["files"]) if record else set()
+    owned_dirs = set(record["run_dirs"]) if record else set()
+    for name in DEMO_FILES:
+        if (out / name).exists() and name not in owned_files:
+            raise ConfigError(f"--out {out}: {out / name} exists and was not written by metasparse demo "
+                              f"(not listed in {out / MARKER}); choose another --out")
+    for head in HEADS:
+        run_dir = out / head
+        if run_dir.exists() and head not in owned_dirs:
+            raise ConfigError(f"--out {out}: {run_dir} exists and was not created by metasparse demo "
+                              f"(not listed in {out / MARKER}); choose another --out")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {out}: {run_dir} is a file; expected the demo's run folder")
+    record = {"created_by": "metasparse demo", "files": list(DEMO_FILES), "run_dirs": list(HEADS)}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / MARKER, json.dumps(record, indent=1) + "\n")
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    for head in HEADS:                        # a previous demo's runs: start afresh
+        run_dir = out / head
+        if not run_dir.is_dir():
+            continue
+        for f in run_dir.iterdir():
+            if f.is_file() and (f.name in RUN_FILES or (f.name.startswith(".") and f.name.endswith(".tmp"))):
+                f.unlink()
+    return record
 
 
 @torch.no_grad()
@@ -92,6 +170,7 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
     t0 = time.time()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     out = Path(config.out)
+    claim_output(out)                        # before any work: refuses outputs it did not create
     quick = config.quick
     epochs = config.epochs or (2 if quick else 10)
     batches = config.batches_per_epoch or (5 if quick else 50)
@@ -101,16 +180,13 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
     if quick:
         source.update(examples_per_class=30)
     print(f"metasparse demo: synthetic world with {source['n_factors']} latent factors ({source['factors_per_class']} "
-          f"per class), {source['mixing']} mixing; a linear encoder meta-trained with the group-sparse SVM head "
+          f"per class, within-class noise {source.get('noise_std', 1.0)}), {source['mixing']} mixing; a linear encoder "
+          f"(unit-norm rows) meta-trained with the group-sparse SVM head "
           f"(lambda/lambda_max = {ratio}) and with the vanilla SVM head; {epochs} epochs x {batches} batches of 8 "
           f"5-way 5-shot episodes each.")
     runs = {}
-    for head in ("group-sparse-svm", "svm"):
+    for head in HEADS:
         run_dir = out / head
-        if (run_dir / "config.json").exists() or (run_dir / "last.pt").exists():  # a previous demo: start afresh
-            for f in run_dir.iterdir():
-                if f.is_file():
-                    f.unlink()
         print(f"\n== meta-training with the {head} head -> {run_dir}")
         train(demo_train_config(head, run_dir, epochs=epochs, batches=batches, lambda_ratio=ratio, seed=config.seed,
                                 source=source, val_episodes=10 if quick else 50, device=config.device,

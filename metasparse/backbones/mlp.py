@@ -6,6 +6,12 @@ is the size of the learned representation (set it to the number of latent factor
 m to score it against the ground truth z with MCC). Optional LayerNorm-free and
 BatchNorm-free on purpose: every example is encoded independently, so results do not
 depend on how episodes are batched or sharded across processes.
+
+``unit_rows=True``: the last layer's weight rows are divided by their norms,
+``f_i(x) = a_i^T h(x) / ||a_i|| + b_i``, so each learned feature is a unit-norm
+functional of the last hidden layer (of ``x`` itself with no hidden layer).  This
+removes the encoder's freedom to rescale features, which a sparse head's penalty
+(relative to ``lambda_max``) otherwise lets it trade against sparsity; the demo uses it.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ __all__ = ["MLP"]
 
 class MLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (128, 128),
-                 negative_slope: float = 0.1, dropout: float = 0.0):
+                 negative_slope: float = 0.1, dropout: float = 0.0, unit_rows: bool = False):
         super().__init__()
+        self.unit_rows = bool(unit_rows)
         if in_dim < 1 or out_dim < 1:
             raise ValueError(f"MLP: in_dim and out_dim must be positive, got {in_dim}, {out_dim}")
         dims = [int(in_dim), *[int(h) for h in hidden], int(out_dim)]
@@ -38,4 +45,9 @@ class MLP(nn.Module):
         return self.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+        if not self.unit_rows:
+            return self.net(x.flatten(1))
+        h = self.net[:-1](x.flatten(1))
+        last = self.net[-1]
+        weight = last.weight / last.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return nn.functional.linear(h, weight, last.bias)

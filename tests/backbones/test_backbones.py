@@ -1,4 +1,5 @@
 """Backbones: output sizes, parameter counts against learn2learn, DropBlock behaviour."""
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,21 @@ def test_dropblock_ramp():
     assert db.keep_rate() == pytest.approx(1 - 0.1 / 100)
     db.num_batches_tracked.fill_(10_000)
     assert db.keep_rate() == pytest.approx(0.9)
+
+
+def test_mlp_unit_rows():
+    """unit_rows: the output is h(x) @ (A / row norms)^T + b, computed here independently;
+    rescaling a row of A leaves the features unchanged."""
+    torch.manual_seed(0)
+    for hidden in ((), (6,)):
+        m = build_backbone("mlp", in_dim=5, out_dim=4, hidden=hidden, unit_rows=True)
+        x = torch.randn(8, 5)
+        h = m.net[:-1](x)
+        a = m.net[-1].weight.detach().numpy()
+        expect = h.detach().numpy() @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T + m.net[-1].bias.detach().numpy()
+        np.testing.assert_allclose(m(x).detach().numpy(), expect, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            m.net[-1].weight[1] *= 7.0
+        np.testing.assert_allclose(m(x).detach().numpy(), expect, rtol=1e-5, atol=1e-6)
+    plain = build_backbone("mlp", in_dim=5, out_dim=4, hidden=())
+    assert plain.unit_rows is False

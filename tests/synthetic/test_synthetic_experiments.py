@@ -23,8 +23,19 @@ ident = _load("identifiability")
 
 
 def test_figure1_disentangled_lasso_wins_when_sparse(tmp_path):
+    ref = tmp_path / "reference.json"
+    ref.write_text(json.dumps({"0.05": {"disentangled-lasso": [0.5, 0.9]}, "0.8": {"entangled-ridge": [0.1, 0.2]}}))
     res = fig1.main(["--out", str(tmp_path), "--seeds", "3", "--n-factors", "40", "--ratios", "0.05", "0.8",
-                     "--n-train", "20", "40", "--n-test", "300", "--no-progress"])
+                     "--n-train", "20", "40", "--n-test", "300", "--no-progress", "--reference", str(ref),
+                     "--compare-from", "30"])
+    cmp = json.loads((tmp_path / "figure1_vs_reference.json").read_text())
+    ours = [res["0.05"]["disentangled-lasso"]["r2_mean"][1], res["0.8"]["entangled-ridge"]["r2_mean"][1]]
+    diffs = [abs(ours[0] - 0.9), abs(ours[1] - 0.2)]           # only n = 40 >= 30 counts
+    assert cmp["n_points"] == 2 and set(cmp["curves"]) == {"0.05/disentangled-lasso", "0.8/entangled-ridge"}
+    assert cmp["mean_abs_difference"] == pytest.approx(np.mean(diffs))
+    assert cmp["max_abs_difference"] == pytest.approx(max(diffs))
+    assert cmp["curves"]["0.05/disentangled-lasso"]["difference"][0] == pytest.approx(
+        res["0.05"]["disentangled-lasso"]["r2_mean"][0] - 0.5)
     saved = json.loads((tmp_path / "figure1.json").read_text())
     assert saved == res and set(saved) == {"0.05", "0.8"}
     assert (tmp_path / "figure1.png").stat().st_size > 0
@@ -43,9 +54,24 @@ def test_figure1_disentangled_lasso_wins_when_sparse(tmp_path):
                                    atol=1e-6)
 
 
-def test_figure1_rejects_bad_flags():
+def test_figure1_rejects_bad_flags(tmp_path):
     with pytest.raises(SystemExit):
         fig1.parse_args(["--out", "x", "--ratios", "1.5"])
+    for bad in (["--rho", "1"], ["--lasso-folds", "1"], ["--reference", str(tmp_path / "missing.json")]):
+        with pytest.raises(SystemExit):
+            fig1.parse_args(["--out", "x", *bad])
+    with pytest.raises(ValueError, match="values for"):
+        fig1.compare_to_reference({"0.05": {"entangled-lasso": {"n": [50, 75], "r2_mean": [0.1, 0.2]}}},
+                                  {"0.05": {"entangled-lasso": [0.1]}})
+
+
+def test_figure1_correlated_factors():
+    """--rho: z ~ N(0, Sigma) with Sigma_ij = rho^|i-j| (checked on the covariance itself)."""
+    sigma = fig1.factor_covariance(4, 0.5)
+    np.testing.assert_allclose(sigma[0], [1, 0.5, 0.25, 0.125])
+    a = fig1.run_one_seed(0.2, [30], 0, 20, 200, 0.04, rho=0.0)
+    b = fig1.run_one_seed(0.2, [30], 0, 20, 200, 0.04, rho=0.6)
+    assert a != b and a["disentangled-ridge"] == pytest.approx(a["entangled-ridge"], abs=1e-6)
 
 
 def test_sparse_inner_problem_disentangles_better_than_ridge():
@@ -73,7 +99,7 @@ def test_group_sparse_svm_head_disentangles_better_than_vanilla_svm():
 
 def test_identifiability_cli_writes_results(tmp_path):
     res = ident.main(["--out", str(tmp_path), "--steps", "3", "--tasks-per-step", "4", "--lasso-ratios", "0.1",
-                      "--ridge-lams", "0.1", "--no-classification", "--no-progress"])
+                      "--ridge-lams", "0.1", "--no-classification", "--no-progress", "--seeds", "2"])
     saved = json.loads((tmp_path / "identifiability.json").read_text())
     assert len(saved["configs"]) == 4 == len(res["configs"])
     kinds = {(c["inner"], c["supports"]): c for c in saved["configs"]}
@@ -83,6 +109,11 @@ def test_identifiability_cli_writes_results(tmp_path):
     for c in saved["configs"]:
         assert {"inner", "regularization", "mcc", "r2", "dci", "used_features_mean"} <= set(c)
         assert set(c["dci"]) == {"disentanglement", "completeness", "informativeness"}
+        # mean, per-seed values and the Student-t 95% half-width, recomputed here
+        assert c["seeds"] == [0, 1] and len(c["mcc_seeds"]) == 2 == len(c["per_seed"])
+        assert c["mcc"] == pytest.approx(np.mean(c["mcc_seeds"]))
+        assert [r["mcc"] for r in c["per_seed"]] == c["mcc_seeds"] and c["mcc_seeds"][0] != c["mcc_seeds"][1]
+        assert c["mcc_ci95"] == pytest.approx(12.7062047 * abs(c["mcc_seeds"][0] - c["mcc_seeds"][1]) / 2)
     for name in ("identifiability_mcc.png", "identifiability_training.png", "identifiability_supports.png"):
         assert (tmp_path / name).stat().st_size > 0
     with pytest.raises(SystemExit):
@@ -91,6 +122,21 @@ def test_identifiability_cli_writes_results(tmp_path):
     assert replot == saved
     with pytest.raises(FileNotFoundError, match="identifiability.json"):
         ident.main(["--out", str(tmp_path / "empty"), "--plot-only"])
+
+
+def test_identifiability_ci95_and_workers():
+    assert ident.ci95([1.0]) is None
+    v = [0.2, 0.5, 0.4, 0.9, 0.7]
+    assert ident.ci95(v) == pytest.approx(2.7764451 * np.std(v, ddof=1) / np.sqrt(5))
+    with pytest.raises(SystemExit):
+        ident.parse_args(["--out", "x", "--seeds", "0"])
+    settings = ident.Settings(steps=2, tasks_per_step=4, n_eval=200, n_eval_tasks=4, n_checkpoints=1)
+    cfgs = [ident.Config("group_lasso", 0.1)]
+    serial = ident.run(settings, cfgs, progress=False, seeds=2, workers=1)
+    parallel = ident.run(settings, cfgs, progress=False, seeds=2, workers=2)
+    for key in ("mcc_seeds", "r2_seeds", "used_features_mean"):
+        assert serial["configs"][0][key] == parallel["configs"][0][key]
+    assert serial["baselines"]["observations_x"]["mcc_seeds"] == parallel["baselines"]["observations_x"]["mcc_seeds"]
 
 
 def test_identifiability_same_seed_same_numbers():
