@@ -42,6 +42,7 @@ from typing import Optional, Union
 import torch
 
 from . import engine
+from .linalg import spd_solve
 from .objectives import bst_factor
 
 __all__ = ["GroupLassoSolution", "group_lasso_lambda_max", "solve_group_lasso", "ridge_regression",
@@ -234,9 +235,11 @@ def solve_group_lasso(features: torch.Tensor, targets: torch.Tensor, lam: Union[
         norm = w_star.norm(dim=2, keepdim=True).clamp_min(torch.finfo(w_star.dtype).tiny)
         resid = gram @ w_star - corr + ridge * w_star + lam_t[:, None, None] * w_star / norm
         resid = torch.where(mask.reshape(b, d, k), resid, torch.zeros_like(resid)).reshape(b, d * k, 1)
-        # h is symmetric positive definite: Cholesky (batched LU in torch 2.14.1 returns
-        # corrupt pivots on CPU with several threads for systems of ~200 and more)
-        step = torch.cholesky_solve(resid, torch.linalg.cholesky(h)).reshape(b, d, k)
+        # h is symmetric positive (semi)definite: Cholesky, redone in float64 (then a
+        # pseudo-inverse) for the episodes where float32 rounding makes it fail (batched
+        # LU in torch 2.14.1 returns corrupt pivots on CPU with several threads for
+        # systems of ~200 and more)
+        step = spd_solve(h, resid[..., 0]).reshape(b, d, k)
         weights = torch.where(active[:, :, None], w_star - step, torch.zeros_like(step))
     else:
         weights = w_star

@@ -263,7 +263,8 @@ class GroupSparseWeights(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, gW):
-        from .newton import DualHessian, _column_norms, _expand_tangent, _face_basis, _on_face, _reduce, _spd_solve
+        from . import linalg
+        from .newton import DualHessian, _column_norms, _expand_tangent, _face_basis, _on_face, _reduce
         X, l1, l2, Lam, Y, rho, rows, XF = ctx.saved_tensors
         B, n, d = X.shape
         k = Y.shape[-1]
@@ -297,7 +298,7 @@ class GroupSparseWeights(torch.autograd.Function):
         on = on_face(Ld).gather(2, cls)
         b = (_reduce(gLam, ref, cls) * on).reshape(B, n * (k - 1))
         H = _on_face(M.reduced(ref, cls), on)
-        z = _spd_solve(H, b.to(H.dtype)).to(dt).reshape(B, n, k - 1) * on
+        z = linalg.spd_solve(H, b.to(H.dtype)).to(dt).reshape(B, n, k - 1) * on
         u = _expand_tangent(z, ref, cls, k)                                         # (B, n, k)
         XtU = u.transpose(1, 2) @ XA                                                # (B, k, mA)
         gX = gl1 = gl2 = None

@@ -62,6 +62,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import linalg
 from .objectives import bst_factor, bst_jacobian, fenchel_young_gap
 from .simplex import project_simplex
 
@@ -267,29 +268,6 @@ def _on_face(H: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
     return H * (mask[:, :, None] * mask[:, None, :]) + torch.diag_embed(1.0 - mask)
 
 
-def _spd_solve(H: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``H x = b`` for symmetric positive (semi)definite H: Cholesky in H's dtype;
-    episodes where it fails are redone in float64, then (numerically singular H, e.g.
-    ``rho = 0``) with the eigendecomposition pseudo-inverse."""
-    L, info = torch.linalg.cholesky_ex(H)
-    x = torch.cholesky_solve(b[..., None], L)[..., 0]
-    bad = info != 0
-    if not bool(bad.any()):
-        return x
-    Hb, bb = H[bad].double(), b[bad].double()
-    L, info = torch.linalg.cholesky_ex(Hb)
-    xb = torch.cholesky_solve(bb[..., None], L)[..., 0]
-    sing = info != 0
-    if bool(sing.any()):
-        w, Qm = torch.linalg.eigh(Hb[sing])
-        thr = w.abs().amax(-1, keepdim=True) * (H.shape[-1] * torch.finfo(w.dtype).eps * 10.0)
-        inv = torch.where(w > thr, 1.0 / torch.where(w > thr, w, torch.ones_like(w)), torch.zeros_like(w))
-        xb[sing] = (Qm @ (inv[..., None] * (Qm.transpose(-1, -2) @ bb[sing][..., None])))[..., 0]
-    x = x.clone()
-    x[bad] = xb.to(x.dtype)
-    return x
-
-
 def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
                      damping: Optional[torch.Tensor] = None, face_iters: int = 2
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -329,10 +307,10 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
         rhs = ev.g - M.apply(anchor - Lam)
         b = (_reduce(rhs, ref, cls) * on).reshape(B, n * (k - 1))
         if todo is None:
-            z = _spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
+            z = linalg.spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
             x = anchor + _expand_tangent(z, ref, cls, k)
         else:
-            z = _spd_solve(_on_face(H[todo], on[todo]), b[todo].to(H.dtype)).to(b.dtype)
+            z = linalg.spd_solve(_on_face(H[todo], on[todo]), b[todo].to(H.dtype)).to(b.dtype)
             z = z.reshape(-1, n, k - 1) * on[todo]
             x = x.clone()
             x[todo] = anchor[todo] + _expand_tangent(z, ref[todo], cls[todo], k)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import metasparse.solvers.implicit as implicit
-import metasparse.solvers.newton as newton
+import metasparse.solvers.linalg as linalg
 from metasparse.heads import GroupSparseSVMHead
 from metasparse.solvers import GroupSparseSVMDual
 from metasparse.solvers.threads import solver_threads
@@ -41,9 +41,9 @@ def test_cpu_threads_validated():
 @pytest.mark.parametrize("lambda1", [0.0, 0.5])
 def test_solve_and_implicit_backward_use_cpu_threads(two_threads, monkeypatch, lambda1):
     # lambda1 = 0: Gram FISTA + implicit.dual_hessian in the backward; lambda1 > 0: the
-    # Newton solver and its backward both go through newton._spd_solve
+    # Newton solver and its backward both go through linalg.spd_solve
     seen = []
-    module, name = (implicit, "dual_hessian") if lambda1 == 0 else (newton, "_spd_solve")
+    module, name = (implicit, "dual_hessian") if lambda1 == 0 else (linalg, "spd_solve")
     real = getattr(module, name)
 
     def spy(*a, **kw):
