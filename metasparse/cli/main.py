@@ -16,9 +16,17 @@ __all__ = ["build_parser", "main"]
 COMMANDS = (train, evaluate, compare, prepare, demo, import_cmd)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``metasparse CMD: error: ...`` and exit status 2 (the
+    usage is what ``--help`` is for); subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="metasparse", description="Few-shot meta-learning with sparse heads "
-                                 "(group-Lasso multiclass SVM vs MetaOptNet).")
+    ap = _Parser(prog="metasparse", description="Few-shot meta-learning with sparse heads "
+                 "(group-Lasso multiclass SVM vs MetaOptNet).")
     ap.add_argument("--version", action="version", version=f"metasparse {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metasparse.heads import SolverConvergenceWarning
-from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, one_line_error, run_cli, snapshot
+from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, main, one_line_error, run_cli, snapshot
 
 
 class _Runs:
@@ -281,3 +281,17 @@ def test_a_solver_stopped_short_is_never_silent(tmp_path, capsys):
     assert epochs and epochs[-1]["train_unconverged_fraction"] > 0 and epochs[-1]["train_max_rel_gap"] > 1e-5
     one_line_error(capsys, ["train", *syn, *head, "--strict-solver", "--out", tmp_path / "b"], "tol", rc=1)
     assert (tmp_path / "b" / "last.pt").exists()    # stopped before an update: the run stays resumable
+
+
+def test_argument_errors_are_one_line(capsys):
+    """argparse's own errors (unknown command, bad int, missing required flag): one line
+    naming the flag, exit status 2, no usage block."""
+    for argv, needle in ((["nothing"], "invalid choice: 'nothing'"),
+                         (["evaluate", "--shot", "x"], "argument --shot: invalid int value: 'x'"),
+                         (["train", "--dataset", "synthetic"], "the following arguments are required: --out")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert exc.value.code == 2 and len(lines) == 1 and needle in lines[0], err
+        assert lines[0].startswith("metasparse") and "usage:" not in err
