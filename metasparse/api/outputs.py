@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import ConfigError
 
-__all__ = ["check_output_file", "check_output_dir", "evaluation_file_name"]
+__all__ = ["check_output_file", "check_output_dir", "check_new_folder", "evaluation_file_name"]
 
 
 def _check_parent_writable(path: Path, flag: str) -> None:
@@ -34,6 +34,23 @@ def _check_parent_writable(path: Path, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder; choose another {flag}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: the folder {parent} is not writable; choose another {flag}")
+
+
+def check_new_folder(path, expected: str, flag: str = "--out") -> Path:
+    """``path`` as a :class:`Path` after checking that it is a folder or can become one:
+    not ``''``, not a file, and its nearest existing ancestor a folder.  ``expected`` says
+    what the folder is for (in the error message)."""
+    path = Path(path)
+    if str(path).strip() == "":
+        raise ConfigError(f"{flag} '': expected {expected}")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, expected {expected}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 def check_output_file(path, flag: str = "--out", force: bool = False) -> Path:

@@ -8,6 +8,7 @@ from typing import Dict, Union
 from ..errors import ConfigError
 from ..registry import DATASETS, dataset_name
 from .data import build_cifar_fs_fc100
+from .outputs import check_new_folder
 
 __all__ = ["PrepareConfig", "prepare"]
 
@@ -43,12 +44,5 @@ class PrepareConfig:
 def prepare(config: PrepareConfig) -> Dict[str, str]:
     """Write the train / val / test files of ``config.dataset``; returns ``{split: path}``
     (the output folder is checked before the archive is read)."""
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file, expected a folder for the dataset files")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    check_new_folder(config.out, "a folder for the dataset files")
     return build_cifar_fs_fc100(config.cifar100, config.out, config.dataset)

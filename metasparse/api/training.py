@@ -23,6 +23,7 @@ from ..errors import ConfigError, DataError
 from ..registry import DATASETS, backbone_options_for_data
 from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
+from .outputs import check_new_folder
 from .train_config import TrainConfig
 
 __all__ = ["TrainResult", "train"]
@@ -198,15 +199,7 @@ def _remove_temp_files(out: Path) -> List[str]:
 
 def _check_out(out: Path) -> None:
     """``--out`` must be a folder or a path that can become one."""
-    if str(out).strip() == "":
-        raise ConfigError("--out '': expected a run directory")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file, expected a run directory (a folder)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    check_new_folder(out, "a run directory (a folder)")
 
 
 def _make_dirs(out: Path) -> List[Path]:
