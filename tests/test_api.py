@@ -116,7 +116,7 @@ def test_bad_input_raises_metasparse_errors(run, tmp_path):
         evaluate(EvalConfig(checkpoint=tmp_path / "nope.pt"))
     with pytest.raises(DataError, match="way N=9 exceeds"):
         evaluate(EvalConfig(checkpoint=run.run_dir, episodes=EpisodeSpec(shots=[1], way=9), device="cpu"))
-    with pytest.raises(DataError, match="episode files must end in .json or .pt"):
+    with pytest.raises(ConfigError, match="episode files must end in .json or .pt"):
         evaluate(EvalConfig(checkpoint=run.run_dir, episodes=EpisodeSpec(shots=[1], n_episodes=2,
                                                                          save_episodes=tmp_path / "e.txt"),
                             device="cpu", progress=False))

@@ -101,6 +101,7 @@ def compare(config: CompareConfig) -> ComparisonResult:
     ``compare.md`` and the PNG figures to ``config.out``."""
     spec = config.episodes
     check_output_dir(config.out, COMPARE_FILES, "--out", force=config.force)   # before the work, not after it
+    spec.check_save_paths(force=config.force)
     device = resolve_device(config.device)
     cks = [load_checkpoint(p) for p in config.checkpoints]
     ref_cfg = cks[0]["config"]

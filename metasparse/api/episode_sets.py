@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 from ..engine.streams import FixedStream
 from ..errors import CheckpointError, ConfigError
 from .data import load_episodes, sample_fixed_episodes, save_episodes
+from .outputs import check_output_file
 
 __all__ = ["EpisodeSpec", "EpisodeSets", "episode_sets"]
 
@@ -53,10 +54,35 @@ class EpisodeSpec:
                 if value is not None:
                     raise ConfigError(f"{flag} contradicts --episodes-file (the file defines the episodes); "
                                       f"drop one of them")
+        if self.episodes_file and self.save_episodes:
+            raise ConfigError("--save-episodes contradicts --episodes-file (those episodes are already saved); "
+                              "drop one of them")
         for flag, value in (("--way", self.way), ("--query", self.query), ("--episodes", self.n_episodes),
                             *(("--shot", k) for k in self.shots or ())):
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
+    def shot_list(self) -> Tuple[int, ...]:
+        """The shots evaluated when the episodes are drawn (default 1 and 5)."""
+        return tuple(self.shots) if self.shots is not None else (1, 5)
+
+    def save_paths(self) -> Dict[int, Path]:
+        """``{shot: file}`` that ``save_episodes`` writes (``NAME_{K}shot.EXT`` for several shots)."""
+        if not self.save_episodes or self.episodes_file:
+            return {}
+        path, shots = Path(self.save_episodes), self.shot_list()
+        if len(shots) == 1:
+            return {shots[0]: path}
+        return {k: path.with_name(f"{path.stem}_{k}shot{path.suffix}") for k in shots}
+
+    def check_save_paths(self, force: bool = False) -> None:
+        """Refuse, before any work, ``--save-episodes`` files that cannot be written (a bad
+        suffix, a missing or read-only folder, or an existing file without ``force``)."""
+        for path in self.save_paths().values():
+            if path.suffix.lower() not in (".json", ".pt"):
+                raise ConfigError(f"--save-episodes {path}: episode files must end in .json or .pt")
+            check_output_file(path, "--save-episodes", force=force)
 
 
 @dataclass
@@ -81,16 +107,13 @@ def episode_sets(spec: EpisodeSpec, run_config: Mapping[str, Any], source) -> Ep
     way = run_config["way"] if spec.way is None else spec.way
     query = run_config.get("test_query", 15) if spec.query is None else spec.query
     n = run_config.get("test_episodes", 1000) if spec.n_episodes is None else spec.n_episodes
-    shots: Tuple[int, ...] = tuple(spec.shots) if spec.shots is not None else (1, 5)
+    targets = spec.save_paths()
     streams: Dict[int, FixedStream] = {}
     saved: Dict[int, Path] = {}
-    for k in shots:
+    for k in spec.shot_list():
         fixed = sample_fixed_episodes(source, way, k, query, n, seed=spec.seed + 7919 * k)
         streams[k] = FixedStream(fixed, source, spec.batch_size)
-        if spec.save_episodes:
-            path = Path(spec.save_episodes)
-            if len(shots) > 1:
-                path = path.with_name(f"{path.stem}_{k}shot{path.suffix}")
-            save_episodes(path, fixed)
-            saved[k] = path
+        if k in targets:
+            save_episodes(targets[k], fixed)
+            saved[k] = targets[k]
     return EpisodeSets(streams, n, way, saved)

@@ -102,6 +102,7 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
             {"way": spec.way, "query": spec.query, "episodes": spec.n_episodes,
              "data_root": str(spec.data_root) if spec.data_root else None})
     check_output_file(out, "--out", force=config.force)   # before the work, not after it
+    spec.check_save_paths(force=config.force)
     device = resolve_device(config.device)
     source = checkpoint_source(ck, spec.data_root, spec.split)
     check_data_fits(ck, source)

@@ -266,6 +266,33 @@ def test_episode_files_are_validated_index_by_index(tmp_path, capsys, syn_run, e
                             "--device", "cpu", "--out", tmp_path / "ok.json"])[0] == 0
 
 
+def test_save_episodes_targets_are_checked_before_the_work(tmp_path, capsys, syn_run, episodes_file):
+    """--save-episodes: an existing file (without --force), a file in place of a folder, a bad suffix
+    or a clash with --episodes-file is refused in one line before anything is evaluated
+    or written; --force overwrites."""
+    taken = tmp_path / "taken.json"
+    taken.write_text("mine")
+    cases = ((taken, "already holds a result"), (taken / "where.json", "is a file, not a folder"),
+             (tmp_path / "eps.txt", "must end in .json or .pt"))
+    for target, needle in cases:
+        before = snapshot(tmp_path)
+        one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--save-episodes", target,
+                                "--out", tmp_path / "e.json"], "--save-episodes", needle)
+        assert snapshot(tmp_path) == before, target
+    assert taken.read_text() == "mine"
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", episodes_file, "--no-progress",
+                            "--device", "cpu", "--save-episodes", tmp_path / "x.json"], "contradicts --episodes-file")
+    # two shots: both NAME_{K}shot files are checked, one taken is enough to refuse
+    (tmp_path / "pair_1shot.json").write_text("mine")
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes", "2", "--query", "2", "--shot", "1",
+                            "2", "--no-progress", "--device", "cpu", "--save-episodes", tmp_path / "pair.json",
+                            "--out", tmp_path / "e.json"], "pair_1shot.json", "already holds")
+    assert not (tmp_path / "pair_2shot.json").exists() and not (tmp_path / "e.json").exists()
+    assert run_cli(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--save-episodes", taken, "--force",
+                            "--out", tmp_path / "e.json"])[0] == 0
+    assert json.loads(taken.read_text())["shot"] == 2
+
+
 def test_a_solver_stopped_short_is_never_silent(tmp_path, capsys):
     """``--head-options '{"max_iter": 0}'`` cannot reach the tolerance: training warns with the
     numbers and logs the gap; ``--strict-solver`` turns it into one line, exit status 1."""
