@@ -475,12 +475,16 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lambda-ratio", type=float, default=None, help="inner group-Lasso lambda / lambda_max")
     p.add_argument("--ridge-lam", type=float, default=None, help="inner ridge lambda")
+    p.add_argument("--svm-lambda-ratio", type=float, default=None,
+                   help="lambda / lambda_max of the group-sparse SVM head (classification)")
+    p.add_argument("--n-classes", type=int, default=None, help="classes per classification task")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     s = Settings(**(QUICK if a.quick else {}))
     over = {"seeds": a.seeds, "steps": a.steps, "classification_steps": a.classification_steps,
             "pool_size": a.pool_size, "image_size": a.image_size, "support_size": a.support_size,
-            "n_outputs": a.n_outputs, "lr": a.lr, "lambda_ratio": a.lambda_ratio, "ridge_lam": a.ridge_lam}
+            "n_outputs": a.n_outputs, "lr": a.lr, "lambda_ratio": a.lambda_ratio, "ridge_lam": a.ridge_lam,
+            "svm_lambda_ratio": a.svm_lambda_ratio, "n_classes": a.n_classes}
     s = replace(s, **{k: v for k, v in over.items() if v is not None})
     if a.rhos is not None:
         s = replace(s, rhos=tuple(a.rhos))
@@ -494,6 +498,8 @@ def parse_args(argv=None):
         p.error(f"--traversal-rho must be one of --rhos {list(s.rhos)}, got {a.traversal_rho}")
     if a.traversal_only and a.traversal_rho is None:
         p.error("--traversal-only needs --traversal-rho")
+    if not 0 < s.svm_lambda_ratio < 1 or s.n_classes < 2:
+        p.error(f"--svm-lambda-ratio must be in (0, 1) and --n-classes >= 2, got {s.svm_lambda_ratio}, {s.n_classes}")
     if not 1 <= s.support_size <= 6 or s.n_outputs < 1:
         p.error(f"--support-size must be in 1..6 and --n-outputs >= 1, got {s.support_size}, {s.n_outputs}")
     return a, s

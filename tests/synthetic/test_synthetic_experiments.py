@@ -74,6 +74,22 @@ def test_figure1_correlated_factors():
     assert a != b and a["disentangled-ridge"] == pytest.approx(a["entangled-ridge"], abs=1e-6)
 
 
+def test_figure1_common_factor_and_positive_weights():
+    """--correlation equal: Sigma = (1 - rho) I + rho 1 1^T; --weights positive draws |w| (the
+    same draw: only signs change, so a rotation still leaves Ridge unchanged)."""
+    sigma = fig1.factor_covariance(3, 0.2, "equal")
+    np.testing.assert_allclose(sigma, [[1, 0.2, 0.2], [0.2, 1, 0.2], [0.2, 0.2, 1]])
+    with pytest.raises(ValueError, match="correlation"):
+        fig1.factor_covariance(3, 0.2, "banded")
+    signed = fig1.run_one_seed(0.8, [15], 0, 40, 200, 0.04, rho=0.3, correlation="equal", weights="gaussian")
+    positive = fig1.run_one_seed(0.8, [15], 0, 40, 200, 0.04, rho=0.3, correlation="equal", weights="positive")
+    assert positive["disentangled-ridge"] == pytest.approx(positive["entangled-ridge"], abs=1e-6)
+    # a dense positive task loads on the common factor, which Ridge learns from 15 samples (m = 40)
+    assert positive["disentangled-ridge"][0] > signed["disentangled-ridge"][0] + 0.1
+    with pytest.raises(SystemExit):
+        fig1.parse_args(["--out", "x", "--weights", "uniform"])
+
+
 def test_sparse_inner_problem_disentangles_better_than_ridge():
     settings = ident.Settings(steps=200, tasks_per_step=16, lr=3e-3, n_eval=600, n_eval_tasks=32, n_checkpoints=1)
     mixing = ident.make_world(settings)
