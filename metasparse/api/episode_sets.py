@@ -62,7 +62,6 @@ class EpisodeSpec:
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
 
-
     def shot_list(self) -> Tuple[int, ...]:
         """The shots evaluated when the episodes are drawn (default 1 and 5)."""
         return tuple(self.shots) if self.shots is not None else (1, 5)
@@ -78,7 +77,8 @@ class EpisodeSpec:
 
     def check_save_paths(self, force: bool = False) -> None:
         """Refuse, before any work, ``--save-episodes`` files that cannot be written (a bad
-        suffix, a missing or read-only folder, or an existing file without ``force``)."""
+        suffix, a file in place of a folder, a read-only folder, or an existing file
+        without ``force``); missing folders are created when the file is written."""
         for path in self.save_paths().values():
             if path.suffix.lower() not in (".json", ".pt"):
                 raise ConfigError(f"--save-episodes {path}: episode files must end in .json or .pt")
