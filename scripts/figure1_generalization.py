@@ -26,8 +26,8 @@ variance on the common direction, which Ridge learns from a few samples; a spars
 puts little there.  With isotropic factors and signed weights (``--weights gaussian
 --rho 0``) the claims hold the same way; only the 80 % panel is lower.
 
-``--reference FILE`` (a JSON ``{"<ratio>": {"<method>": [R^2 per n]}}``, e.g. numbers
-read off a published figure's logs) writes ``OUT/figure1_vs_reference.json``: per curve
+``--reference FILE`` (a JSON ``{"<ratio>": {"<method>": [R^2 per n]}}``, or the authors'
+own ``figures/synthetic/logs.p`` as distributed in their repository) writes ``OUT/figure1_vs_reference.json``: per curve
 and n the reference, ours and the difference, and the mean and largest absolute
 difference over n >= ``--compare-from`` (default 50); the PNG draws the reference
 curves (thin, grey markers).
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -165,6 +166,41 @@ STYLE = {
 }
 
 
+AUTHORS_KEYS = {"disent-lasso": "disentangled-lasso", "ent-lasso": "entangled-lasso",
+                "disent-ridge": "disentangled-ridge", "ent-ridge": "entangled-ridge"}
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numbers only: any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise ValueError(f"it names {module}.{name}; only plain dicts, lists and numbers are read")
+
+
+def load_reference(path: Path) -> Dict[str, Dict[str, List[float]]]:
+    """``{ratio: {method: [R^2 per n]}}`` from a JSON file of that shape, or from the
+    authors' ``figures/synthetic/logs.p`` (a pickle ``{ratio: {"disent-lasso": {"mean":
+    [...], "s.e.": [...]}, ...}}``; read without running any code, and only its four
+    Lasso / Ridge curves are kept)."""
+    path = Path(path)
+    if path.suffix.lower() in (".p", ".pkl", ".pickle"):
+        with open(path, "rb") as f:
+            try:
+                raw = _PlainUnpickler(f).load()
+            except (pickle.UnpicklingError, EOFError) as e:
+                raise ValueError(f"not a readable pickle: {e}") from None
+        try:
+            return {f"{float(r):g}": {AUTHORS_KEYS[k]: [float(v) for v in curve["mean"]]
+                                      for k, curve in panel.items() if k in AUTHORS_KEYS}
+                    for r, panel in raw.items()}
+        except (AttributeError, KeyError, TypeError) as e:
+            raise ValueError(f"not shaped {{ratio: {{'disent-lasso': {{'mean': [...]}}, ...}}}} ({e!r})") from None
+    raw = json.loads(path.read_text())
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ValueError("not shaped {ratio: {method: [R^2 per n]}}")
+    return {f"{float(r):g}": v for r, v in raw.items()}
+
+
 def compare_to_reference(results, reference, min_n: int = 50) -> Dict:
     """Differences ``ours - reference`` per curve and n present in both, and their
     mean / largest absolute value over the points with ``n >= min_n``."""
@@ -252,9 +288,10 @@ def parse_args(argv=None):
         p.error(f"--lasso-folds must be in 2..min(--n-train), got {args.lasso_folds}")
     if args.reference is not None:
         try:
-            args.reference_data = {f"{float(r):g}": v for r, v in json.loads(args.reference.read_text()).items()}
+            args.reference_data = load_reference(args.reference)
         except (OSError, ValueError) as e:
-            p.error(f"--reference {args.reference}: expected a JSON {{ratio: {{method: [R^2 per n]}}}} ({e})")
+            p.error(f"--reference {args.reference}: expected a JSON {{ratio: {{method: [R^2 per n]}}}} or the "
+                    f"authors' logs.p ({e})")
     return args
 
 

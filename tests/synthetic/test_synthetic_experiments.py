@@ -74,6 +74,42 @@ def test_figure1_correlated_factors():
     assert a != b and a["disentangled-ridge"] == pytest.approx(a["entangled-ridge"], abs=1e-6)
 
 
+class _TouchOnLoad:
+    """Unpickling this would create ``path`` (a stand-in for code a pickle could run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_figure1_reads_the_authors_logs_without_running_code(tmp_path):
+    """--reference logs.p: the authors' pickle (plain dicts / lists) is read and renamed
+    to our curve names, the least-squares curves dropped; a pickle naming any class or
+    function is refused before anything is built from it."""
+    import pickle
+    logs = {0.05: {"disent-lasso": {"mean": [0.6, 0.9], "s.e.": [0.1, 0.0]},
+                   "ent-ridge": {"mean": [0.1, 0.4], "s.e.": [0.0, 0.0]},
+                   "ent-lr": {"mean": [-0.1, 0.4], "s.e.": [0.0, 0.0]}}}
+    path = tmp_path / "logs.p"
+    path.write_bytes(pickle.dumps(logs))
+    assert fig1.load_reference(path) == {"0.05": {"disentangled-lasso": [0.6, 0.9], "entangled-ridge": [0.1, 0.4]}}
+    assert fig1.parse_args(["--out", "x", "--reference", str(path)]).reference_data["0.05"]["entangled-ridge"] == \
+        [0.1, 0.4]
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.p"
+    evil.write_bytes(pickle.dumps({0.05: _TouchOnLoad(marker)}))
+    with pytest.raises(ValueError, match="only plain dicts"):
+        fig1.load_reference(evil)
+    with pytest.raises(SystemExit):
+        fig1.parse_args(["--out", "x", "--reference", str(evil)])
+    assert not marker.exists()
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not shaped"):
+        fig1.load_reference(tmp_path / "bad.json")
+
+
 def test_figure1_common_factor_and_positive_weights():
     """--correlation equal: Sigma = (1 - rho) I + rho 1 1^T; --weights positive draws |w| (the
     same draw: only signs change, so a rotation still leaves Ridge unchanged)."""
