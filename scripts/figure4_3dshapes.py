@@ -17,7 +17,8 @@ Tasks (all configurations see the same ones for a given seed and rho):
 * regression: a random support ``S_t`` of ``support_size`` factors, ``W_t`` (6 x k)
   Gaussian on the rows ``S_t`` and zero elsewhere, ``y = z W_t + sigma_t eps``
   (``sigma_t = target_noise * std(z W_t)``);
-* classification: ``y = argmax_c (z W_t)_c`` over ``n_classes`` classes, same supports.
+* classification: ``y = argmax_c (z W_t)_c`` over ``n_classes`` classes, same supports,
+  ``classification_support`` (50) support images per task instead of ``n_support`` (25).
 
 A conv encoder ``f`` (64 or 32 pixels) with ``d = 6`` outputs, standardised over the
 meta-batch, is trained on
@@ -96,6 +97,7 @@ class Settings:
     n_classes: int = 3
     target_noise: float = 0.1
     n_support: int = 25
+    classification_support: int = 50   # support images of a classification task (its labels carry less)
     n_query: int = 25
     tasks_per_step: int = 8
     steps: int = 5000
@@ -105,14 +107,14 @@ class Settings:
     hidden: int = 256
     lambda_ratio: float = 0.1
     ridge_lam: float = 0.1
-    svm_lambda_ratio: float = 0.3
+    svm_lambda_ratio: float = 0.1
     n_eval: int = 4000
     inner_max_iter: int = 300
     inner_tol: float = 1e-5
     world_seed: int = 0
 
 
-QUICK = dict(image_size=16, pool_size=16000, steps=400, classification_steps=150, n_eval=1500,
+QUICK = dict(image_size=16, pool_size=16000, steps=400, classification_steps=600, n_eval=1500,
              widths=(16, 32, 32, 64), hidden=128, tasks_per_step=8, inner_max_iter=150)
 
 
@@ -175,7 +177,7 @@ class FactorWorld:
 def draw_tasks(fw: FactorWorld, s: Settings, rho: float, seed: int, step: int, task: str, stream: int = 0):
     """Positions (B, n) and targets of one meta-batch; a pure function of (seed, rho, stream, step)."""
     rng = np.random.default_rng([s.world_seed, seed, int(round(rho * 1000)), stream, step])
-    b, n, m = s.tasks_per_step, s.n_support + s.n_query, fw.z.shape[1]
+    b, n, m = s.tasks_per_step, support_size(s, task) + s.n_query, fw.z.shape[1]
     pos = fw.sample(rho, (b, n), rng)
     z = fw.z[pos]                                                         # (B, n, m)
     k = s.n_classes if task == "classification" else s.n_outputs
@@ -216,6 +218,12 @@ def standardise(f: torch.Tensor) -> torch.Tensor:
     without affine parameters): the inner penalty cannot be shrunk by scaling f."""
     flat = f.reshape(-1, f.shape[-1])
     return ((flat - flat.mean(0)) / (flat.std(0) + 1e-5)).reshape(f.shape)
+
+
+def support_size(s: Settings, task: str) -> int:
+    """Support images per task: ``classification_support`` for classification tasks
+    (a label says less about the factors than a regression target), else ``n_support``."""
+    return s.classification_support if task == "classification" else s.n_support
 
 
 def task_kind(method: str) -> str:
@@ -280,7 +288,7 @@ def train_one(method: str, rho: float, seed: int, fw: FactorWorld, s: Settings, 
     opt = torch.optim.Adam(list(encoder.parameters()) + inner.parameters(), lr=s.lr)
     kind = task_kind(method)
     steps = s.classification_steps if kind == "classification" else s.steps
-    ns = s.n_support
+    ns = support_size(s, kind)
     recent: List[float] = []
     used: List[float] = []
     start = time.time()
@@ -451,7 +459,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--quick", action="store_true", help="reduced CPU setting (16 px, 16000-row pool, 400 / 150 steps)")
+    p.add_argument("--quick", action="store_true", help="reduced CPU setting (16 px, 16000-row pool, 400 / 600 steps)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per (rho, method) (default 5)")
     p.add_argument("--data-root", type=Path, default=None,
                    help="folder holding the released 3dshapes.h5 (default: the procedural stand-in)")
@@ -478,13 +486,16 @@ def parse_args(argv=None):
     p.add_argument("--svm-lambda-ratio", type=float, default=None,
                    help="lambda / lambda_max of the group-sparse SVM head (classification)")
     p.add_argument("--n-classes", type=int, default=None, help="classes per classification task")
+    p.add_argument("--classification-support", type=int, default=None,
+                   help="support images per classification task (default 50)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     s = Settings(**(QUICK if a.quick else {}))
     over = {"seeds": a.seeds, "steps": a.steps, "classification_steps": a.classification_steps,
             "pool_size": a.pool_size, "image_size": a.image_size, "support_size": a.support_size,
             "n_outputs": a.n_outputs, "lr": a.lr, "lambda_ratio": a.lambda_ratio, "ridge_lam": a.ridge_lam,
-            "svm_lambda_ratio": a.svm_lambda_ratio, "n_classes": a.n_classes}
+            "svm_lambda_ratio": a.svm_lambda_ratio, "n_classes": a.n_classes,
+            "classification_support": a.classification_support}
     s = replace(s, **{k: v for k, v in over.items() if v is not None})
     if a.rhos is not None:
         s = replace(s, rhos=tuple(a.rhos))
@@ -498,6 +509,8 @@ def parse_args(argv=None):
         p.error(f"--traversal-rho must be one of --rhos {list(s.rhos)}, got {a.traversal_rho}")
     if a.traversal_only and a.traversal_rho is None:
         p.error("--traversal-only needs --traversal-rho")
+    if s.classification_support < s.n_classes:
+        p.error(f"--classification-support must be >= --n-classes, got {s.classification_support}")
     if not 0 < s.svm_lambda_ratio < 1 or s.n_classes < 2:
         p.error(f"--svm-lambda-ratio must be in (0, 1) and --n-classes >= 2, got {s.svm_lambda_ratio}, {s.n_classes}")
     if not 1 <= s.support_size <= 6 or s.n_outputs < 1:
