@@ -177,7 +177,7 @@ class FactorWorld:
 def draw_tasks(fw: FactorWorld, s: Settings, rho: float, seed: int, step: int, task: str, stream: int = 0):
     """Positions (B, n) and targets of one meta-batch; a pure function of (seed, rho, stream, step)."""
     rng = np.random.default_rng([s.world_seed, seed, int(round(rho * 1000)), stream, step])
-    b, n, m = s.tasks_per_step, support_size(s, task) + s.n_query, fw.z.shape[1]
+    b, n, m = s.tasks_per_step, support_images(s, task) + s.n_query, fw.z.shape[1]
     pos = fw.sample(rho, (b, n), rng)
     z = fw.z[pos]                                                         # (B, n, m)
     k = s.n_classes if task == "classification" else s.n_outputs
@@ -220,7 +220,7 @@ def standardise(f: torch.Tensor) -> torch.Tensor:
     return ((flat - flat.mean(0)) / (flat.std(0) + 1e-5)).reshape(f.shape)
 
 
-def support_size(s: Settings, task: str) -> int:
+def support_images(s: Settings, task: str) -> int:
     """Support images per task: ``classification_support`` for classification tasks
     (a label says less about the factors than a regression target), else ``n_support``."""
     return s.classification_support if task == "classification" else s.n_support
@@ -288,7 +288,7 @@ def train_one(method: str, rho: float, seed: int, fw: FactorWorld, s: Settings, 
     opt = torch.optim.Adam(list(encoder.parameters()) + inner.parameters(), lr=s.lr)
     kind = task_kind(method)
     steps = s.classification_steps if kind == "classification" else s.steps
-    ns = support_size(s, kind)
+    ns = support_images(s, kind)
     recent: List[float] = []
     used: List[float] = []
     start = time.time()
