@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Callable, Mapping, Optional, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .sources.base import FewShotSource
-from .types import EpisodeBatch
+from .types import DeferredBatch, EpisodeBatch, split_batch
 
-__all__ = ["EpisodeSampler", "EpisodeDataset", "episode_loader", "epoch_loader", "batch_seed", "resolve_transform",
-           "keep_freed_memory"]
+__all__ = ["EpisodeSampler", "EpisodeDataset", "EpochKeys", "episode_loader", "epoch_loader", "batch_seed",
+           "resolve_transform", "can_defer", "keep_freed_memory"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -140,6 +140,30 @@ class EpisodeSampler:
         class_ids, support, query = self.sample_indices(epoch, index, generator=g)
         return make_batch(self.source, class_ids, support, query, self.transform, g)
 
+    def sample_deferred(self, epoch: int, index: int, pin_memory: bool = False) -> DeferredBatch:
+        """Batch ``index`` of ``epoch`` with the transform not applied: the gathered raw
+        examples plus the transform's per-image parameters, drawn from the batch's generator
+        exactly as :meth:`sample` draws them (``batch.finish(sampler.transform)`` is
+        ``sample(epoch, index)`` up to float32 rounding, on any device).  Ships 1/4 of the
+        bytes of a float32 batch; ``pin_memory=True`` gathers straight into pinned memory."""
+        if not can_defer(self.transform):
+            raise ValueError(f"transform {self.transform!r} cannot be deferred (it needs sample_params(m, "
+                             f"generator) and augment(images, params))")
+        g = self.generator(epoch, index)
+        class_ids, support, query = self.sample_indices(epoch, index, generator=g)
+        data = self.source.data
+        flat = torch.cat([support.reshape(-1), query.reshape(-1)])
+        shape = (flat.numel(),) + tuple(data.shape[1:])
+        if pin_memory and data.device.type == "cpu":
+            out = torch.empty(shape, dtype=data.dtype, pin_memory=True)
+        else:
+            from .transforms import empty_output
+            out = empty_output(shape, data.dtype, data.device)
+        torch.index_select(data, 0, flat.to(data.device), out=out)
+        params = None if self.transform is None else self.transform.sample_params(flat.numel(), g)
+        s_labels, q_labels = _labels(class_ids.shape[0], self.way, self.shot, self.query)
+        return DeferredBatch(out, params, s_labels, q_labels, class_ids, support, query)
+
     def __iter__(self):
         """Endless batches of epoch 0 (use :func:`episode_loader` for epochs / workers)."""
         i = 0
@@ -165,13 +189,22 @@ def make_batch(source: FewShotSource, class_ids: torch.Tensor, support_index: to
                                                 source.data.dtype, source.data.device))
         if transform is not None:
             x = transform(x, generator=generator)
+    s_labels, q_labels = _labels(b, n, nk // n, nq // n)
+    return split_batch(x, s_labels, q_labels, class_ids, support_index, query_index)
+
+
+def _labels(b: int, n: int, k: int, q: int):
+    """(support_labels (B, N*K), query_labels (B, N*Q)): class-major ``[0]*K + [1]*K + ...``."""
     labels = torch.arange(n, dtype=torch.int64)
-    return EpisodeBatch(
-        support=x[: b * nk].view(b, nk, *x.shape[1:]),
-        support_labels=labels.repeat_interleave(nk // n).expand(b, nk).contiguous(),
-        query=x[b * nk:].view(b, nq, *x.shape[1:]),
-        query_labels=labels.repeat_interleave(nq // n).expand(b, nq).contiguous(),
-        class_ids=class_ids, support_index=support_index, query_index=query_index)
+    return (labels.repeat_interleave(k).expand(b, n * k).contiguous(),
+            labels.repeat_interleave(q).expand(b, n * q).contiguous())
+
+
+def can_defer(transform) -> bool:
+    """Whether ``transform`` can be split into parameter drawing and application
+    (:meth:`EpisodeSampler.sample_deferred`): None and the built-in transforms can."""
+    return transform is None or (callable(getattr(transform, "sample_params", None))
+                                 and callable(getattr(transform, "augment", None)))
 
 
 class EpisodeDataset(Dataset):
@@ -182,8 +215,9 @@ class EpisodeDataset(Dataset):
     ``persistent_workers=True``.
     """
 
-    def __init__(self, sampler: EpisodeSampler, n_batches: int, epoch: int = 0):
+    def __init__(self, sampler: EpisodeSampler, n_batches: int, epoch: int = 0, deferred: bool = False):
         self.sampler = sampler
+        self.deferred = bool(deferred)      # items are DeferredBatch (sampler.sample_deferred)
         self.n_batches = _per_split(n_batches, "", "n_batches")
         self._epoch = torch.full((1,), int(epoch), dtype=torch.int64).share_memory_()
 
@@ -197,10 +231,36 @@ class EpisodeDataset(Dataset):
     def __len__(self) -> int:
         return self.n_batches
 
-    def __getitem__(self, i: int) -> EpisodeBatch:
+    def __getitem__(self, key) -> EpisodeBatch:
+        """``dataset[i]``: batch i of the current epoch; ``dataset[(epoch, i)]``: batch i of
+        that epoch (keys from :class:`EpochKeys`: no shared state between processes)."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
         if not 0 <= i < self.n_batches:
             raise IndexError(i)
-        return self.sampler.sample(self.epoch, i)
+        if self.deferred:
+            return self.sampler.sample_deferred(epoch, i)
+        return self.sampler.sample(epoch, i)
+
+
+class EpochKeys(Sampler):
+    """DataLoader sampler yielding the keys ``(epoch, i)`` for ``i = start .. n_batches - 1``
+    of an :class:`EpisodeDataset`; :meth:`set_epoch` before each ``iter(loader)`` (works with
+    persistent workers: the keys travel with the requests, the workers hold no epoch)."""
+
+    def __init__(self, n_batches: int, epoch: int = 0, start: int = 0):
+        self.n_batches = int(n_batches)
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if not 0 <= int(start) <= self.n_batches:
+            raise ValueError(f"start {start} outside 0..{self.n_batches}")
+        self.epoch, self.start = int(epoch), int(start)
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in range(self.start, self.n_batches)])
+
+    def __len__(self) -> int:
+        return self.n_batches - self.start
 
 
 def keep_freed_memory(max_bytes: int = 1 << 30) -> bool:

@@ -92,6 +92,16 @@ def empty_output(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without a host sync: pinned + non-blocking on CUDA
+    (a pageable copy would wait for the device's queued work)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _gather(images: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
     return images if index is None else images.index_select(0, index.to(images.device))
 
@@ -112,6 +122,14 @@ class Normalise:
         out.copy_(x).mul_(1.0 / 255.0)                  # v2.ToDtype(float32, scale=True)
         return F.normalize(out, list(self.mean), list(self.std), inplace=True)
 
+    def sample_params(self, m: int, generator: Optional[torch.Generator] = None) -> None:
+        """Parameter-free (draws nothing): deferred application needs no parameters."""
+        return None
+
+    def augment(self, images: torch.Tensor, params=None) -> torch.Tensor:
+        """Deferred application (on the images' device)."""
+        return self(images)
+
     def __repr__(self) -> str:
         return f"Normalise(mean={self.mean}, std={self.std})"
 
@@ -125,6 +143,12 @@ class IdentityTransform:
                  index: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = _gather(data, index)
         return x.float() if x.dtype != torch.float32 or index is not None else x.clone()
+
+    def sample_params(self, m: int, generator: Optional[torch.Generator] = None) -> None:
+        return None
+
+    def augment(self, data: torch.Tensor, params=None) -> torch.Tensor:
+        return self(data)
 
     def __repr__(self) -> str:
         return "IdentityTransform()"
@@ -163,15 +187,52 @@ class MetaOptNetTrainTransform:
         return JitterParams(top, left, flip, factors, order)
 
     # -- application ----------------------------------------------------------------------
+    @staticmethod
+    def coefficients(params: JitterParams) -> torch.Tensor:
+        """The per-image numbers the application needs, packed in one float32 CPU tensor
+        (12, M): rows top, left, flip, then the factor ``f``, grey weight ``a`` and grey-mean
+        weight ``b`` of jitter steps 0, 1, 2 (rows 3-5, 6-8, 9-11).  Step t applies op
+        ``order[:, t]``: ``clamp(f x + (1 - f) y, 0, 1)`` with ``y = a' grey(x) + b' mean(grey(x))``,
+        ``(a', b') = (0, 0)`` brightness, ``(0, 1)`` contrast, ``(1, 0)`` saturation, and
+        ``a = a' (1 - f)``, ``b = b' (1 - f)``.  One tensor: one host-to-device copy."""
+        m = params.top.numel()
+        ar = torch.arange(m)
+        f_step = torch.stack([params.factors[params.order[:, t], ar] for t in range(3)]).float()   # (3, M)
+        a_step = (params.order.T == 2).float() * (1 - f_step)
+        b_step = (params.order.T == 1).float() * (1 - f_step)
+        head = torch.stack([params.top.float(), params.left.float(), params.flip.float()])
+        return torch.cat([head, f_step, a_step, b_step])
+
+    def _constants(self, device: torch.device):
+        """(inv_std, shift) as (1, C, 1, 1) float32 on ``device`` (cached: copied once per device)."""
+        key = str(device)
+        cache = self.__dict__.setdefault("_const_cache", {})
+        if key not in cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            inv_std = (1.0 / torch.tensor(self.std, dtype=torch.float32)).view(1, -1, 1, 1)
+            cache[key] = (inv_std.to(device), (-mean * inv_std).to(device))
+        return cache[key]
+
+    def __getstate__(self):            # workers (spawn) get no device tensors
+        state = dict(self.__dict__)
+        state.pop("_const_cache", None)
+        return state
+
     def crop_flip(self, images: torch.Tensor, params: JitterParams) -> torch.Tensor:
         """uint8 (M,C,H,W) -> uint8 (M,C,size,size): zero-pad by p, crop at (top, left), flip."""
+        dev = images.device
+        return self._gather_crop(images, params.top.to(dev), params.left.to(dev), params.flip.to(dev))
+
+    def _gather_crop(self, images: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                     flip: torch.Tensor) -> torch.Tensor:
+        """:meth:`crop_flip` with the parameters as tensors on the images' device (one gather)."""
         m, c, h, w = images.shape
         p, s, dev = self.padding, self.size, images.device
         padded = F.pad(images, [p, p, p, p], fill=0) if p > 0 else images
         hp, wp = h + 2 * p, w + 2 * p
         ar = torch.arange(s, device=dev)
-        rows = params.top.to(dev)[:, None] + ar                                    # (M, s)
-        cols = torch.where(params.flip.to(dev)[:, None], s - 1 - ar, ar) + params.left.to(dev)[:, None]
+        rows = top[:, None] + ar                                                     # (M, s)
+        cols = torch.where(flip[:, None], s - 1 - ar, ar) + left[:, None]
         lin = (rows[:, :, None] * wp + cols[:, None, :]).reshape(m, 1, s * s)      # (M, 1, s*s)
         out = torch.gather(padded.reshape(m, c, hp * wp), 2, lin.expand(m, c, s * s))
         return out.reshape(m, c, s, s)
@@ -185,54 +246,76 @@ class MetaOptNetTrainTransform:
         """Augment ``images[index]`` (all images if ``index`` is None); returns float32 (M, C, s, s).
 
         Passing ``index`` avoids materialising the gathered uint8 batch: crops are read
-        straight from the source tensor."""
+        straight from the source tensor.  The parameters are ``params``, else drawn from
+        ``generator`` (:meth:`sample_params`).  Off the CPU (or with ``vectorised``) this is
+        :meth:`augment` of the gathered batch."""
+        self._check(images)
+        m = images.shape[0] if index is None else index.numel()
+        if params is None:
+            params = self.sample_params(m, generator)
+        if images.device.type != "cpu" or self.vectorised:
+            if index is not None:
+                images = images.index_select(0, index.reshape(-1).to(images.device))
+            return self.augment(images, params)
+        index = torch.arange(m) if index is None else index.reshape(-1)
+        c, s = images.shape[1], self.size
+        coef = self.coefficients(params).view(12, m, 1, 1, 1)
+        inv_std, shift = self._constants(images.device)
+        # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
+        # large CPU allocations (page faults) and scatters cost more than the arithmetic.
+        chunk = max(1, min(m, self.chunk_elements // (c * s * s)))
+        out = empty_output((m, c, s, s), torch.float32, images.device)
+        grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32)
+        for lo in range(0, m, chunk):
+            hi = min(lo + chunk, m)
+            x = out[lo:hi]
+            self._crop_flip_into(x, images, index[lo:hi], params.subset(lo, hi))
+            self._jitter_normalise(x, grey[: hi - lo], coef[:, lo:hi], inv_std, shift)
+        return out
+
+    def augment(self, images: torch.Tensor, params: JitterParams) -> torch.Tensor:
+        """The whole-batch (accelerator) path: uint8 (M, C, H, W) images already gathered, on
+        any device, and their parameters (CPU tensors, e.g. drawn in a DataLoader worker) ->
+        float32 (M, C, s, s) on the images' device.  The parameters cross to the device as
+        one tensor (pinned, non-blocking on CUDA) and nothing is read back: no host sync."""
+        self._check(images)
+        m, c = images.shape[:2]
+        s, dev = self.size, images.device
+        coef = _to_device(self.coefficients(params), dev)
+        crops = self._gather_crop(images, coef[0].long(), coef[1].long(), coef[2] > 0.5)
+        out = empty_output((m, c, s, s), torch.float32, dev)
+        out.copy_(crops)
+        grey = torch.empty(m, 1, s, s, dtype=torch.float32, device=dev)
+        inv_std, shift = self._constants(dev)
+        self._jitter_normalise(out, grey, coef.view(12, m, 1, 1, 1), inv_std, shift)
+        return out
+
+    @staticmethod
+    def _jitter_normalise(x: torch.Tensor, g: torch.Tensor, coef: torch.Tensor, inv_std: torch.Tensor,
+                          shift: torch.Tensor) -> None:
+        """In place on float32 crops ``x`` (values 0..255): scale to [0, 1], the three jitter
+        steps with the packed per-image ``coef`` (12, M, 1, 1, 1) (see :meth:`coefficients`),
+        normalise.  ``g``: a (M, 1, s, s) scratch buffer."""
+        x.mul_(1.0 / 255.0)
+        for t in range(3):
+            f, a, b = coef[3 + t], coef[6 + t], coef[9 + t]
+            r_, g_, b_ = x.unbind(dim=-3)
+            torch.mul(r_, _GREY[0], out=g[:, 0])
+            g[:, 0].add_(g_, alpha=_GREY[1]).add_(b_, alpha=_GREY[2])
+            y_mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+            g.mul_(a).add_(y_mean * b)
+            torch.addcmul(g, x, f, out=x).clamp_(0, 1)                   # x <- f x + (1-f) y
+        torch.addcmul(shift, x, inv_std, out=x)                           # x <- (x - mean) / std
+
+    @staticmethod
+    def _check(images: torch.Tensor) -> None:
         if images.dim() != 4 or images.dtype != torch.uint8:
             raise ValueError(f"MetaOptNetTrainTransform expects uint8 (M, C, H, W) images; got "
                              f"{images.dtype} {tuple(images.shape)}")
-        if index is None:
-            index = torch.arange(images.shape[0])
-        index = index.reshape(-1).cpu()
-        m, c = index.numel(), images.shape[1]
-        s, dev = self.size, images.device
-        if params is None:
-            params = self.sample_params(m, generator)
-        # Work in place in the output, a chunk of rows at a time (cache-sized on CPU): fresh
-        # large CPU allocations (page faults) and scatters cost more than the arithmetic.
-        chunk = m if (dev.type != "cpu" or self.vectorised) else max(1, min(m, self.chunk_elements // (c * s * s)))
-        out = empty_output((m, c, s, s), torch.float32, dev)
-        grey = torch.empty(min(chunk, m), 1, s, s, dtype=torch.float32, device=dev)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-        inv_std = (1.0 / torch.tensor(self.std, dtype=torch.float32)).to(dev).view(1, -1, 1, 1)
-        shift = -mean * inv_std
-        ar = torch.arange(m)
-        # step t applies op order[:, t] with its factor: clamp(f x + (1 - f) y, 0, 1) where
-        # y = a * grey(x) + b * mean(grey(x)) with (a, b) = (0, 0) brightness, (0, 1) contrast,
-        # (1, 0) saturation.
-        f_step = torch.stack([params.factors[params.order[:, t], ar] for t in range(3)])       # (3, M)
-        a_step = (params.order.T == 2).float() * (1 - f_step)
-        b_step = (params.order.T == 1).float() * (1 - f_step)
-        f_step, a_step, b_step = (v.to(dev).view(3, m, 1, 1, 1) for v in (f_step, a_step, b_step))
-        for lo in range(0, m, chunk):
-            hi = min(lo + chunk, m)
-            x, g = out[lo:hi], grey[: hi - lo]
-            self._crop_flip_into(x, images, index[lo:hi], params.subset(lo, hi))
-            x.mul_(1.0 / 255.0)
-            for t in range(3):
-                r_, g_, b_ = x.unbind(dim=-3)
-                torch.mul(r_, _GREY[0], out=g[:, 0])
-                g[:, 0].add_(g_, alpha=_GREY[1]).add_(b_, alpha=_GREY[2])
-                y_mean = g.mean(dim=(-3, -2, -1), keepdim=True)
-                g.mul_(a_step[t, lo:hi]).add_(y_mean * b_step[t, lo:hi])
-                torch.addcmul(g, x, f_step[t, lo:hi], out=x).clamp_(0, 1)         # x <- f x + (1-f) y
-            torch.addcmul(shift, x, inv_std, out=x)                               # x <- (x - mean) / std
-        return out
 
     def _crop_flip_into(self, dst: torch.Tensor, images: torch.Tensor, idx: torch.Tensor,
                         params: JitterParams) -> None:
         """dst[j] = crop_flip(images[idx[j]]) with the j-th parameters (converted to dst's dtype)."""
-        if images.device.type != "cpu" or self.vectorised:   # one gather (cheap allocations on accelerators)
-            dst.copy_(self.crop_flip(images.index_select(0, idx.to(images.device)), params))
-            return
         p, s = self.padding, self.size
         h, w = images.shape[-2:]
         tops, lefts, flips = params.top.tolist(), params.left.tolist(), params.flip.tolist()

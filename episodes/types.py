@@ -8,11 +8,11 @@ all of them at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-__all__ = ["EpisodeBatch"]
+__all__ = ["EpisodeBatch", "DeferredBatch"]
 
 
 @dataclass
@@ -75,3 +75,65 @@ class EpisodeBatch:
         if isinstance(item, int):
             item = slice(item, item + 1)
         return self._map(lambda t: t[item])
+
+
+@dataclass
+class DeferredBatch:
+    """A batch of episodes whose transform has not run yet: the gathered raw examples and
+    the per-image random parameters the transform drew from the batch's generator
+    (``EpisodeSampler.sample_deferred``).  :meth:`finish` applies the transform wherever
+    ``images`` lives (e.g. after ``.to("cuda")``) and gives the same :class:`EpisodeBatch`
+    as ``EpisodeSampler.sample`` (up to float32 rounding).
+
+    Attributes
+    ----------
+    images:          (B*N*K + B*N*Q, ...) raw examples (uint8 images or float vectors): all
+                     support examples (episode-major, class-major), then all query examples.
+    params:          the transform's parameters (e.g. ``transforms.JitterParams``, CPU
+                     tensors; they stay on the CPU, the transform ships what it needs) or None.
+    support_labels, query_labels, class_ids, support_index, query_index: as in EpisodeBatch.
+    """
+
+    images: torch.Tensor
+    params: Any
+    support_labels: torch.Tensor
+    query_labels: torch.Tensor
+    class_ids: torch.Tensor
+    support_index: Optional[torch.Tensor] = None
+    query_index: Optional[torch.Tensor] = None
+
+    @property
+    def n_episodes(self) -> int:
+        return self.class_ids.shape[0]
+
+    def _map(self, fn) -> "DeferredBatch":
+        return replace(self, **{f.name: (fn(getattr(self, f.name)) if f.name != "params" and
+                                         getattr(self, f.name) is not None else getattr(self, f.name))
+                                for f in fields(self)})
+
+    def to(self, device, non_blocking: bool = False) -> "DeferredBatch":
+        """Move the examples, labels and indices to ``device`` (``params`` stay on the CPU)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "DeferredBatch":
+        """Called by ``DataLoader(pin_memory=True)``; pins the examples, labels and indices."""
+        return self._map(lambda t: t.pin_memory())
+
+    def finish(self, transform=None) -> EpisodeBatch:
+        """Apply ``transform`` (``transform.augment(images, params)``; None: raw data) on the
+        examples' device and split the result into an :class:`EpisodeBatch`."""
+        x = self.images if transform is None else transform.augment(self.images, self.params)
+        return split_batch(x, self.support_labels, self.query_labels, self.class_ids, self.support_index,
+                           self.query_index)
+
+
+def split_batch(x: torch.Tensor, support_labels: torch.Tensor, query_labels: torch.Tensor, class_ids: torch.Tensor,
+                support_index: Optional[torch.Tensor] = None,
+                query_index: Optional[torch.Tensor] = None) -> EpisodeBatch:
+    """An :class:`EpisodeBatch` whose support / query are views of ``x`` (all support
+    examples first, then all query examples)."""
+    b, nk = support_labels.shape
+    nq = query_labels.shape[1]
+    return EpisodeBatch(support=x[: b * nk].view(b, nk, *x.shape[1:]), support_labels=support_labels,
+                        query=x[b * nk:].view(b, nq, *x.shape[1:]), query_labels=query_labels,
+                        class_ids=class_ids, support_index=support_index, query_index=query_index)
