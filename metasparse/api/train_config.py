@@ -51,7 +51,8 @@ class TrainConfig:
     ``epochs``, ``batches_per_epoch``, ``optimizer``, ``lr``, ``weight_decay``,
     ``label_smoothing``, ``seed``, ``checkpoint_every``, ``log_every``, ``strict_solver``.
     Execution (not part of the run configuration): ``resume``, ``device``,
-    ``num_workers``, ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``.
+    ``num_workers``, ``augment_device`` ("auto": augmentation on the training device when it
+    is CUDA; "cpu"), ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``.
     """
 
     out: PathLike
@@ -86,6 +87,7 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     num_workers: int = 0
+    augment_device: str = "auto"
     progress: bool = True
     tensorboard: bool = False
     sync_bn: bool = False
@@ -115,6 +117,8 @@ class TrainConfig:
             raise ConfigError("--epochs and --batches-per-epoch must be >= 1")
         if int(self.num_workers) < 0:
             raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.augment_device not in ("auto", "cpu"):
+            raise ConfigError(f"--augment-device {self.augment_device!r}: expected one of ['auto', 'cpu']")
         if self.val_episodes is not None and self.val_episodes < 0:
             raise ConfigError(f"--val-episodes must be >= 0, got {self.val_episodes}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:

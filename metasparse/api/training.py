@@ -317,7 +317,9 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
         stream = SamplerStream(episode_sampler(train_source, run["way"], run["train_shot"], run["query"],
                                                run["episodes_per_batch"], s.seed, "train"),
                                s.batches_per_epoch, num_workers=config.num_workers,
-                               pin_memory=ctx.device.type == "cuda")
+                               pin_memory=ctx.device.type == "cuda",
+                               device=ctx.device if (config.augment_device == "auto"
+                                                     and ctx.device.type == "cuda") else None)
         val = None
         if run["val_episodes"] > 0:
             val_source = load_source(run["dataset"], run["data_root"], "val", source_options)

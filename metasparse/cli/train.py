@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     t.add_argument("--amp", action="store_true", default=None, help="bf16 autocast for the backbone")
     t.add_argument("--head-dtype", choices=["float32", "float64"], help="dtype of the features given to the head")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers producing episodes")
+    t.add_argument("--augment-device", choices=["auto", "cpu"], default="auto",
+                   help="where the training augmentation runs: auto = on the training device when it is CUDA "
+                        "(same episodes), cpu = in the episode producer")
     t.add_argument("--checkpoint-every", type=int, help="also save last.pt every N batches (default 200)")
     t.add_argument("--log-every", type=int, help="metrics.jsonl step record every N batches (default 10)")
     t.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
@@ -71,6 +74,7 @@ def config_from_args(args: argparse.Namespace):
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, amp=args.amp, head_dtype=args.head_dtype,
         strict_solver=args.strict_solver, resume=args.resume, device=args.device, num_workers=args.num_workers,
+        augment_device=args.augment_device,
         progress=not args.no_progress, tensorboard=args.tensorboard, sync_bn=args.sync_bn,
         stop_after_steps=args.stop_after_steps)
 
