@@ -63,13 +63,13 @@ class OpCounts:
 def _site() -> str:
     """``file:line`` of the innermost frame inside this package (else the innermost frame
     outside torch)."""
-    frames = traceback.extract_stack()[:-3]
+    frames = [fr for fr in traceback.extract_stack() if not fr.filename.endswith("profiling.py")]
     for fr in reversed(frames):
         path = os.path.abspath(fr.filename)
-        if path.startswith(_PACKAGE) and not path.endswith("profiling.py"):
+        if path.startswith(_PACKAGE):
             return f"{os.path.relpath(path, os.path.dirname(_PACKAGE))}:{fr.lineno}"
     for fr in reversed(frames):
-        if "torch" not in fr.filename and not fr.filename.endswith("profiling.py"):
+        if "torch" not in fr.filename:
             return f"{os.path.basename(fr.filename)}:{fr.lineno}"
     return "?"
 

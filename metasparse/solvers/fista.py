@@ -29,7 +29,10 @@ from typing import Optional
 
 import torch
 
-from .objectives import bst_factor, crammer_singer_loss, fenchel_young_gap, row_norms, zero_weight_dual
+from . import linalg
+from .face import DualHessian, Face, on_face
+from .objectives import (bst_factor, column_norms, crammer_singer_loss, fenchel_young_gap, row_norms,
+                         zero_weight_dual)
 from .simplex import project_simplex
 
 __all__ = ["lipschitz_constant", "Oracle", "FISTAState", "GramFISTA", "FeatureFISTA",
@@ -38,7 +41,8 @@ __all__ = ["lipschitz_constant", "Oracle", "FISTAState", "GramFISTA", "FeatureFI
 
 def lipschitz_constant(X: Optional[torch.Tensor], lambda2: torch.Tensor, dual_reg: torch.Tensor,
                        K: Optional[torch.Tensor] = None) -> torch.Tensor:
-    r"""``L = (sigma_max(X)^2 + rho) / lambda2`` per episode (exact, via eigvalsh of X X^T).
+    r"""``L = (sigma_max(X)^2 + rho) / lambda2`` per episode (exact: the top eigenvalue of
+    X X^T, :func:`~metasparse.solvers.linalg.top_eigenvalue`).
 
     Slightly inflated (relative 1e-5 of ``sigma_max^2``) so rounding in the
     eigenvalue never gives a step above ``1/L``; floored so all-zero features with
@@ -46,7 +50,7 @@ def lipschitz_constant(X: Optional[torch.Tensor], lambda2: torch.Tensor, dual_re
     """
     with torch.no_grad():
         K = X @ X.transpose(1, 2) if K is None else K
-        sig2 = torch.linalg.eigvalsh(K)[..., -1].clamp(min=0.0)
+        sig2 = linalg.top_eigenvalue(K).clamp(min=0.0)
         L = (sig2 * (1.0 + 1e-5) + dual_reg) / lambda2
         return torch.maximum(L, 1e-12 / lambda2)
 
@@ -58,8 +62,9 @@ class Oracle:
     (Gram mode, only when lambda1 = 0); scores ``S = X W(Lam)`` and objectives follow.
     """
 
-    def __init__(self, X, Y, lambda1, lambda2, dual_reg, gram: bool, K=None):
+    def __init__(self, X, Y, lambda1, lambda2, dual_reg, gram: bool, K=None, smooth: Optional[bool] = None):
         self.X, self.Y, self.l1, self.l2, self.rho = X, Y, lambda1, lambda2, dual_reg
+        self.smooth = smooth      # every dual_reg > 0 (None: not known on the host)
         self.c = dual_reg / lambda2
         self.inv_l2 = 1.0 / lambda2
         self.gram = gram
@@ -93,8 +98,8 @@ class Oracle:
 
     def objectives(self, Lam, lin, S, W):
         """(P(W(Lam)), P - D) per episode; the gap in the cancellation-free Fenchel-Young form."""
-        gap = fenchel_young_gap(S, self.Y, Lam, self.c)
-        loss = crammer_singer_loss(S, self.Y, self.c)
+        gap = fenchel_young_gap(S, self.Y, Lam, self.c, smooth=self.smooth)
+        loss = crammer_singer_loss(S, self.Y, self.c, smooth=self.smooth)
         if self.gram:
             G = self.Y - Lam
             return loss + 0.5 * (G * S).sum((-1, -2)), gap   # lambda2/2 ||W||^2 = <G, S>/2
@@ -126,23 +131,19 @@ def _restart(Z, Lam_new, Lam, t_next):
 
 
 # ------------------------------------------------------------------ Gram mode
-def _face_newton_point(M, g, Lam):
-    r"""``proj(Lam + delta)`` with ``(P M P) delta = P g`` on the face of ``Lam`` (the Newton
-    step of a dual with Hessian ``-M`` and gradient ``g``, projected back onto the simplices)."""
-    from .implicit import _face_blocks, _solve_on_face
-    B, n, k = Lam.shape
-    delta = _solve_on_face(M, _face_blocks(Lam), g.reshape(B, n * k), True).reshape(B, n, k)
-    return project_simplex(Lam + delta)
+def _face_newton_point(M: DualHessian, g, Lam):
+    r"""``proj(Lam + delta)`` with ``delta`` in the tangent space T of the face of ``Lam`` and
+    ``Pi_T M delta = Pi_T g`` (the Newton step of a dual with Hessian ``-M`` and gradient
+    ``g``, :meth:`~metasparse.solvers.face.Face.solve`), projected back onto the simplices."""
+    face = Face.of(Lam, on_face(Lam))
+    return project_simplex(Lam + face.solve(M.reduced(face), g))
 
 
 def newton_step_gram(K, Y, l2, rho, Lam, S, ora):
     r"""Newton step on the current face (lambda1 = 0, rho > 0): maximise the quadratic
     dual on ``Lam + T``: ``(P M P) delta = P grad D(Lam)``, ``M = (K (x) I + rho I)/lambda2``;
     the result is projected back onto the simplices and returned with its (P, gap)."""
-    B, n, k = Lam.shape
-    eye_k = torch.eye(k, dtype=K.dtype, device=K.device)
-    M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).reshape(B, n * k, n * k)
-    M = (M + rho[:, None, None] * torch.eye(n * k, dtype=K.dtype, device=K.device)) / l2[:, None, None]
+    M = DualHessian.gram(K, l2, rho, solve_dtype=K.dtype)
     Lam_try = _face_newton_point(M, ora.gradient(Lam, S), Lam)
     lin = ora.lin(Lam_try)
     S_try, _ = ora.scores(lin)
@@ -162,7 +163,8 @@ class GramFISTA:
     when it is unchanged since the previous check.
     """
 
-    def __init__(self, K, Y, l2, rho, tol: float, newton: bool = True, max_newton: int = 3):
+    def __init__(self, K, Y, l2, rho, tol: float, newton: bool = True, max_newton: int = 3,
+                 smooth: Optional[bool] = None):
         B, n, k = Y.shape
         self.K, self.Y, self.l2, self.rho, self.tol = K, Y, l2, rho, tol
         eta = 1.0 / lipschitz_constant(None, l2, rho, K=K)
@@ -171,8 +173,9 @@ class GramFISTA:
         eye = torch.eye(n, dtype=K.dtype, device=K.device)
         self.Mp = (1.0 - eta * c)[:, None, None] * eye - Kp
         self.C0 = eta[:, None, None] * ((1.0 - Y) + c[:, None, None] * Y) + Kp @ Y
-        self.ora = Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K)
-        self.newton = newton and bool((rho > 0).all())
+        self.smooth = bool((rho > 0).all()) if smooth is None else bool(smooth)   # every rho > 0
+        self.ora = Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K, smooth=self.smooth)
+        self.newton = newton and self.smooth
         self.max_newton, self.n_newton, self.face_prev = max_newton, 0, None
         self.floor = 1e-12 * n
 
@@ -226,10 +229,10 @@ class GramFISTA:
 def newton_step_features(full, Lam, S):
     r"""Newton step of the dual on the current face with the active rows of W fixed
     (where D is smooth): ``(P M P) delta = P grad D(Lam)`` with ``M`` the dual Hessian
-    (:func:`metasparse.solvers.implicit.dual_hessian`), projected back onto the
+    (:class:`~metasparse.solvers.face.DualHessian`), projected back onto the
     simplices; returns the new point with its V, S, W, P, gap."""
-    from .implicit import dual_hessian
-    M = dual_hessian(Lam, full.X, full.Y, full.l1, full.l2, full.rho)
+    Vt = full.lin(Lam)
+    M = DualHessian.at(full.X, Vt, column_norms(Vt), full.l1, full.l2, full.rho, solve_dtype=full.X.dtype)
     Lam_t = _face_newton_point(M, full.gradient(Lam, S), Lam)
     V_t = full.lin(Lam_t)
     S_t, W_t = full.scores(V_t)

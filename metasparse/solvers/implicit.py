@@ -31,92 +31,11 @@ from __future__ import annotations
 
 import torch
 
-from .objectives import bst_factor, bst_jacobian, dual_features, dual_gradient, row_norms
+from .face import DualHessian, Face, dual_hessian, on_face, projector_blocks, solve_on_face_projector
+from .objectives import bst_factor, bst_jacobian, column_norms, dual_gradient
 from .threads import solver_threads
 
-__all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual", "GramSVMWeights"]
-
-
-def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:
-    r"""``M = -d grad D / d Lam`` as a dense (B, n*k, n*k) matrix (index ``i*k + l``)."""
-    B, n, k = Lam.shape
-    V = dual_features(X, Y, Lam)                                 # (B, d, k)
-    eye_k = torch.eye(k, dtype=X.dtype, device=X.device)
-    if bool((lambda1 > 0).any()):
-        nrm = row_norms(V)
-        on = nrm > lambda1[:, None]
-        # only active rows contribute: gather them (padded to the largest count;
-        # padded rows have a = c = 0)
-        m = max(int(on.sum(-1).max()), 1)
-        if m < V.shape[1]:
-            idx = nrm.topk(m, dim=-1).indices
-            X = X.gather(2, idx[:, None, :].expand(B, n, m))
-            V = V.gather(1, idx[..., None].expand(B, m, k))
-            nrm, on = nrm.gather(1, idx), on.gather(1, idx)
-        a, c, _ = bst_jacobian(nrm, lambda1)
-        Ka = (X * a[:, None, :]) @ X.transpose(1, 2)            # (B, n, n)
-        M = Ka[:, :, None, :, None] * eye_k[None, None, :, None, :]
-        M = M.expand(B, n, k, n, k).clone()
-        # rank-structured part, one n x n Gram per class pair (l, m), l <= m
-        for l in range(k):
-            for m in range(l, k):
-                w = c * V[..., l] * V[..., m]                    # (B, d)
-                G = (X * w[:, None, :]) @ X.transpose(1, 2)      # (B, n, n)
-                M[:, :, l, :, m] += G
-                if m != l:
-                    M[:, :, m, :, l] += G
-    else:
-        K = X @ X.transpose(1, 2) if K is None else K.to(X.dtype)
-        M = (K[:, :, None, :, None] * eye_k[None, None, :, None, :]).expand(B, n, k, n, k)
-    M = M.reshape(B, n * k, n * k)
-    M = M + dual_reg[:, None, None] * torch.eye(n * k, dtype=X.dtype, device=X.device)
-    return M / lambda2[:, None, None]
-
-
-def on_face(Lam: torch.Tensor) -> torch.Tensor:
-    """The support of the dual point, as the backward reads it: entries above rounding
-    level (``64 eps`` of the dtype; rows sum to 1), so that an entry a Newton step left at
-    ~1e-17 instead of 0 does not count as on the face."""
-    return Lam > 64 * torch.finfo(Lam.dtype).eps
-
-
-def _face_blocks(Lam: torch.Tensor) -> torch.Tensor:
-    """(B, n, k, k) diagonal blocks of the orthogonal projector onto T (one per sample):
-    ``diag(s) - s s^T / |s|`` with ``s`` the support (:func:`on_face`) of the sample's row of Lam."""
-    s = on_face(Lam).to(Lam.dtype)
-    cnt = s.sum(-1).clamp(min=1.0)
-    return torch.diag_embed(s) - s[..., :, None] * s[..., None, :] / cnt[..., None, None]
-
-
-def _solve_on_face(A: torch.Tensor, Pb: torch.Tensor, rhs: torch.Tensor, spd: bool) -> torch.Tensor:
-    r"""Minimum-norm ``u`` in range(P) with ``(P A P) u = P rhs``; P given by its blocks.
-
-    ``A`` (B, n*k, n*k), ``Pb`` (B, n, k, k), ``rhs`` (B, n*k).  The block structure
-    makes ``P A P`` cost O(n^2 k^3) instead of two dense (n k)^3 products.
-    """
-    B, n, k, _ = Pb.shape
-    N = n * k
-    A5 = A.reshape(B, n, k, n, k)
-    H = torch.einsum('bilp,bipjq,bjqr->biljr', Pb, A5, Pb).reshape(B, N, N)
-    H = 0.5 * (H + H.transpose(-1, -2))
-    b = torch.einsum('bilp,bip->bil', Pb, rhs.reshape(B, n, k)).reshape(B, N, 1)
-    proj = lambda u: torch.einsum('bilp,bip->bil', Pb, u.reshape(B, n, k)).reshape(B, N)
-    if spd:
-        # on T the operator is >= rho/lambda2 > 0; off T we put the identity (u has no
-        # component there since b has none)
-        Pd = torch.zeros(B, n, k, n, k, dtype=A.dtype, device=A.device)
-        idx = torch.arange(n, device=A.device)
-        Pd[:, idx, :, idx, :] = Pb.transpose(0, 1)
-        shift = torch.eye(N, dtype=A.dtype, device=A.device) - Pd.reshape(B, N, N)
-        L, info = torch.linalg.cholesky_ex(H + shift)
-        if not bool((info != 0).any()):
-            return proj(torch.cholesky_solve(b, L))
-    w, Q = torch.linalg.eigh(H)
-    eps = torch.finfo(A.dtype).eps
-    thr = w.abs().amax(-1, keepdim=True) * (N * eps * 10.0)
-    inv = torch.where(w > thr, 1.0 / torch.where(w > thr, w, torch.ones_like(w)), torch.zeros_like(w))
-    u = Q @ (inv.unsqueeze(-1) * (Q.transpose(-1, -2) @ b))
-    return proj(u)
+__all__ = ["dual_hessian", "implicit_dual_vjp", "ImplicitDual", "GramSVMWeights", "GroupSparseWeights"]
 
 
 def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(True, True, True), K=None):
@@ -132,9 +51,7 @@ def implicit_dual_vjp(Lam, X, Y, lambda1, lambda2, dual_reg, grad_Lam, need=(Tru
     rho = dual_reg.detach()
     with torch.no_grad():
         M = dual_hessian(Lam, Xd, Y, l1d, l2d, rho, K=K if not bool((l1d > 0).any()) else None)
-        Pb = _face_blocks(Lam)
-        spd = bool((rho > 0).all())
-        u = _solve_on_face(M, Pb, grad_Lam.detach().reshape(B, n * k), spd).reshape(B, n, k)
+        u = solve_on_face_projector(M, projector_blocks(Lam), grad_Lam.detach().reshape(B, n * k)).reshape(B, n, k)
     with torch.enable_grad():
         Xv = Xd.clone().requires_grad_(need[0])
         l1v = l1d.clone().requires_grad_(need[1])
@@ -184,17 +101,21 @@ class GramSVMWeights(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, X, lambda2, Lam, K, Y, dual_reg, cpu_threads=None):
+    def forward(ctx, X, lambda2, Lam, K, Y, dual_reg, cpu_threads=None, smooth=None):
+        """``smooth``: True when every ``dual_reg > 0`` (known on the host): the face system
+        is then positive definite and solved by Cholesky in the basis of
+        :class:`~metasparse.solvers.face.Face`; otherwise by the minimum-norm solve."""
         G = Y - Lam
         W = ((G.transpose(1, 2) @ X) / lambda2[:, None, None]).transpose(1, 2)
         ctx.save_for_backward(X, lambda2, Lam, K, Y, dual_reg, W)
         ctx.cpu_threads = cpu_threads
+        ctx.smooth = bool((dual_reg > 0).all()) if smooth is None else bool(smooth)
         return W
 
     @staticmethod
     def backward(ctx, gW):
         with solver_threads(gW.device, ctx.cpu_threads):
-            return GramSVMWeights._backward(ctx, gW) + (None,)
+            return GramSVMWeights._backward(ctx, gW) + (None, None)
 
     @staticmethod
     def _backward(ctx, gW):
@@ -203,9 +124,14 @@ class GramSVMWeights(torch.autograd.Function):
         inv = (1.0 / l2)[:, None, None]
         G = Y - Lam
         gLam = -(X @ gW) * inv
-        M = dual_hessian(Lam, X, Y, torch.zeros_like(l2), l2, rho, K=K)
-        u = _solve_on_face(M, _face_blocks(Lam), gLam.reshape(B, n * k),
-                           bool((rho > 0).all())).reshape(B, n, k)
+        if ctx.smooth:
+            dt = torch.promote_types(X.dtype, torch.float32)
+            M = DualHessian.gram(K.to(dt), l2.to(dt), rho.to(dt), solve_dtype=dt)
+            face = Face.of(Lam, on_face(Lam))
+            u = face.solve(M.reduced(face), gLam.to(dt)).to(X.dtype)
+        else:
+            M = dual_hessian(Lam, X, Y, torch.zeros_like(l2), l2, rho, K=K)
+            u = solve_on_face_projector(M, projector_blocks(Lam), gLam.reshape(B, n * k)).reshape(B, n, k)
         gX = gl2 = None
         Xtu = (u.transpose(1, 2) @ X).transpose(1, 2)                     # (B, d, k)
         if ctx.needs_input_grad[0]:
@@ -240,14 +166,13 @@ class GroupSparseWeights(torch.autograd.Function):
         """``rows`` (B, m) feature indices containing every non-zero row of W* (the
         working set); ``Lam`` the dual solution (any float dtype); ``XF`` (optional) the
         columns ``rows`` of X, already gathered (the solver's restricted problem)."""
-        from .newton import _column_norms
         B, n, d = X.shape
         dt = torch.promote_types(Lam.dtype, X.dtype)
         if XF is None:
             XF = X.gather(2, rows[:, None, :].expand(B, n, rows.shape[1]))
         XF = XF.to(dt)
         Vt = (Y.to(dt) - Lam.to(dt)).transpose(1, 2) @ XF
-        nrm = _column_norms(Vt)
+        nrm = column_norms(Vt)
         l1, l2 = lambda1.to(dt), lambda2.to(dt)
         WF = (Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)).transpose(1, 2)            # (B, m, k)
         W = torch.zeros(B, d, Y.shape[-1], dtype=X.dtype, device=X.device)
@@ -263,8 +188,6 @@ class GroupSparseWeights(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, gW):
-        from . import linalg
-        from .newton import DualHessian, _column_norms, _expand_tangent, _face_basis, _on_face, _reduce
         X, l1, l2, Lam, Y, rho, rows, XF = ctx.saved_tensors
         B, n, d = X.shape
         k = Y.shape[-1]
@@ -274,16 +197,15 @@ class GroupSparseWeights(torch.autograd.Function):
         # active rows of the working set
         XF = XF.to(dt)
         Vt = G.transpose(1, 2) @ XF
-        nrm = _column_norms(Vt)
-        M = DualHessian.at(XF, Vt, nrm, l1d, l2d, rhod)
-        M.solve_dtype = torch.promote_types(X.dtype, torch.float32)   # the precision of the inputs
-        on_rows = nrm > l1d[:, None]
-        mA = M.XA.shape[-1]
-        sel = torch.where(on_rows, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
-        idxA = rows.gather(1, sel)                                                  # (B, mA)
-        oA = on_rows.gather(1, sel)
+        nrm = column_norms(Vt)
+        M = DualHessian.at(XF, Vt, nrm, l1d, l2d, rhod,
+                           solve_dtype=torch.promote_types(X.dtype, torch.float32))   # the precision of the inputs
+        sel = M.cols                                                                # (B, mA)
+        mA = sel.shape[1]
+        idxA = rows.gather(1, sel)
+        oA = (nrm > l1d[:, None]).gather(1, sel)
         XA, VA, c = M.XA, M.VA, M.c                                                 # VA (B, k, mA)
-        nA = _column_norms(VA)
+        nA = column_norms(VA)
         a, _, _ = bst_jacobian(nA, l1d)
         safe = torch.where(oA, nA, torch.ones_like(nA))
         WA = VA * (a / l2d[:, None]).unsqueeze(1)                                   # (B, k, mA)
@@ -294,12 +216,8 @@ class GroupSparseWeights(torch.autograd.Function):
 
         inv = (1.0 / l2d)[:, None, None]
         gLam = -(XA @ J(gWA).transpose(1, 2)) * inv                                # (B, n, k)
-        ref, cls, _ = _face_basis(Ld)
-        on = on_face(Ld).gather(2, cls)
-        b = (_reduce(gLam, ref, cls) * on).reshape(B, n * (k - 1))
-        H = _on_face(M.reduced(ref, cls), on)
-        z = linalg.spd_solve(H, b.to(H.dtype)).to(dt).reshape(B, n, k - 1) * on
-        u = _expand_tangent(z, ref, cls, k)                                         # (B, n, k)
+        face = Face.of(Ld, on_face(Ld))
+        u = face.solve(M.reduced(face), gLam)                                       # (B, n, k)
         XtU = u.transpose(1, 2) @ XA                                                # (B, k, mA)
         gX = gl1 = gl2 = None
         if ctx.needs_input_grad[0]:

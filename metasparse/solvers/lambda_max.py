@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import engine
+from . import engine, linalg
 from .objectives import as_episode_vector, dual_features, row_norms, zero_weight_dual
 from .simplex import project_simplex
 from .threads import solver_threads
@@ -117,7 +117,7 @@ class _HingePDHG:
         B, n, d = X.shape
         self.X, self.Y = X, Y
         self.XtY = X.transpose(1, 2) @ Y
-        sig = torch.linalg.eigvalsh(X @ X.transpose(1, 2))[..., -1].clamp(min=0.0).sqrt()
+        sig = linalg.top_eigenvalue(X @ X.transpose(1, 2)).clamp(min=0.0).sqrt()
         sig = torch.where(sig > 0, sig, torch.ones_like(sig))
         # balance the primal (Lam: entries O(1), n rows) and dual (U: unit group-l1) scales
         omega = float(n) ** 0.5

@@ -53,6 +53,16 @@ All restricted quantities are float64 (the restricted features are an exact copy
 float32 inputs), so the certified gaps reach 1e-10 and below; the full pass runs in
 the input dtype with a relative margin of ``1e-3`` on ``lambda1`` (features within the
 margin are added to F, so float32 rounding cannot hide a violation).
+
+**Host syncs.**  On a GPU the host must not wait for the device inside an iteration: the
+shapes of an iteration are known on the host in advance (the working-set size; the
+number of active rows, read with the check's one transfer), every face iteration and
+shortened step is computed for all episodes and selected with ``torch.where`` (ties go to
+the first candidate, so the choice is the one a data-dependent loop would make), and a
+face system whose float32 Cholesky fails (numerically singular) falls back to the
+projected-gradient point for that episode in that iteration, which the
+Levenberg-Marquardt damping then corrects.  A check makes one device-to-host transfer,
+plus one more and an ``eigvalsh`` when the working set grows.
 """
 from __future__ import annotations
 
@@ -63,10 +73,11 @@ from typing import Optional, Tuple
 import torch
 
 from . import linalg
-from .objectives import bst_factor, bst_jacobian, fenchel_young_gap
+from .face import DualHessian, Face
+from .objectives import bst_factor, column_norms, fenchel_young_gap
 from .simplex import project_simplex
 
-__all__ = ["RestrictedProblem", "Evaluation", "DualHessian", "evaluate", "newton_direction", "projected_search",
+__all__ = ["RestrictedProblem", "Evaluation", "evaluate", "newton_direction", "projected_search",
            "feature_violations", "initial_working_set", "grow_working_set", "restricted_lipschitz",
            "NewtonState", "WorkingSetNewton"]
 
@@ -77,7 +88,8 @@ class RestrictedProblem:
     """The dual restricted to a working set of features (float64).
 
     ``idx`` (B, m) feature indices into the full d; ``XF`` (B, n, m) their columns;
-    ``Y`` (B, n, k); ``l1, l2, rho`` (B,); ``eta`` (B,) projected-gradient step ``1/L``.
+    ``Y`` (B, n, k); ``l1, l2, rho`` (B,); ``eta`` (B,) projected-gradient step ``1/L``;
+    ``smooth``: whether every ``rho > 0`` (known on the host).
     """
 
     idx: torch.Tensor
@@ -87,6 +99,7 @@ class RestrictedProblem:
     l2: torch.Tensor
     rho: torch.Tensor
     eta: torch.Tensor
+    smooth: Optional[bool] = None
 
     @property
     def c(self) -> torch.Tensor:
@@ -115,28 +128,24 @@ def _dual_value(Lam, Y, nrm, l1, l2, c) -> torch.Tensor:
             - 0.5 * c * ((Lam - Y) ** 2).sum((-1, -2)))
 
 
-def _column_norms(Vt: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt((Vt * Vt).sum(-2))
-
-
 def evaluate(prob: RestrictedProblem, Lam: torch.Tensor) -> Evaluation:
     r"""Everything at ``Lam``: ``W = BST(V, lambda1)/lambda2`` on F, ``S = X_F W``,
     ``g = Delta + S + c (Y - Lam)``, D, and the gap in Fenchel-Young form."""
     Y, l1, l2, c = prob.Y, prob.l1, prob.l2, prob.c
     Vt = (Y - Lam).transpose(1, 2) @ prob.XF
-    nrm = _column_norms(Vt)
+    nrm = column_norms(Vt)
     Wt = Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)
     S = prob.XF @ Wt.transpose(1, 2)
     g = (1.0 - Y) + S + c[:, None, None] * (Y - Lam)
     D = _dual_value(Lam, Y, nrm, l1, l2, c)
-    gap = fenchel_young_gap(S, Y, Lam, c)
+    gap = fenchel_young_gap(S, Y, Lam, c, smooth=prob.smooth)
     return Evaluation(Vt=Vt, nrm=nrm, S=S, g=g, D=D, P=D + gap, gap=gap)
 
 
 def restricted_lipschitz(XF: torch.Tensor, l2: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
     r"""``L = (sigma_max(X_F)^2 + rho) / lambda2`` (eigvalsh of the n x n Gram of F),
     inflated by 1e-6 relative so rounding never gives a step above ``1/L``."""
-    sig2 = torch.linalg.eigvalsh(XF @ XF.transpose(1, 2))[..., -1].clamp(min=0.0)
+    sig2 = linalg.top_eigenvalue(XF @ XF.transpose(1, 2)).clamp(min=0.0)
     return torch.clamp((sig2 * (1.0 + 1e-6) + rho) / l2, min=1e-12 / l2)
 
 
@@ -156,20 +165,23 @@ def feature_violations(X: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, prob
     ``||V_j|| > (1 - margin) lambda1`` (``V = X^T (Y - Lam)`` in X's dtype).
     """
     Vt = (Y - Lam).to(X.dtype).transpose(1, 2) @ X
-    norms = _column_norms(Vt).to(Lam.dtype)
+    norms = column_norms(Vt).to(Lam.dtype)
     inside = torch.zeros_like(norms, dtype=torch.bool).scatter_(1, prob.idx, True)
     return norms, (~inside) & (norms > (1.0 - margin) * prob.l1[:, None])
 
 
 def grow_working_set(prob: RestrictedProblem, X: torch.Tensor, norms: torch.Tensor,
-                     violators: torch.Tensor) -> Tuple[RestrictedProblem, torch.Tensor]:
+                     violators: torch.Tensor, count_max: Optional[int] = None
+                     ) -> Tuple[RestrictedProblem, torch.Tensor, int]:
     """Add violators (the largest ``||V_j||`` first, at most ``max(m, 256)`` per episode)
-    to the working set.  Returns the new problem and a (B,) bool: all of the
-    episode's violators are now inside."""
+    to the working set.  ``count_max``: the largest number of violators of an episode, if
+    the caller has it on the host (else read here).  Returns the new problem, a (B,) bool
+    (all of the episode's violators are now inside) and the number of features added."""
     B, n, d = X.shape
     m = prob.idx.shape[1]
     count = violators.sum(-1)
-    add = min(d - m, max(int(count.max()), 1), max(m, 256))
+    count_max = int(count.max()) if count_max is None else int(count_max)
+    add = min(d - m, max(count_max, 1), max(m, 256))
     # the largest norms outside F: the violators first (largest first), then, for
     # episodes with fewer violators, the next features (harmless: a larger F is
     # still a restriction of the full problem)
@@ -179,153 +191,58 @@ def grow_working_set(prob: RestrictedProblem, X: torch.Tensor, norms: torch.Tens
     XF = X.gather(2, idx[:, None, :].expand(B, n, idx.shape[1])).to(prob.XF.dtype)
     eta = 1.0 / restricted_lipschitz(XF, prob.l2, prob.rho)
     covered = count <= add
-    return RestrictedProblem(idx=idx, XF=XF, Y=prob.Y, l1=prob.l1, l2=prob.l2, rho=prob.rho, eta=eta), covered
+    return replace(prob, idx=idx, XF=XF, eta=eta), covered, add
 
 
 # ----------------------------------------------------------------- Newton
-def _face_basis(Lp: torch.Tensor):
-    """Reference class per sample (the largest entry) and, for the k-1 other slots,
-    their class index (B, n, k-1) (``r+1, r+2, ...`` modulo k) and whether the slot is
-    on the face (B, n, k-1)."""
-    k = Lp.shape[-1]
-    ref = Lp.argmax(-1)                                                      # (B, n)
-    cls = (ref[..., None] + torch.arange(1, k, device=Lp.device)) % k
-    return ref, cls, Lp.gather(2, cls) > 0      # the model's face: exact zeros of the projection
-
-
-def _expand_tangent(z: torch.Tensor, ref, cls, k: int) -> torch.Tensor:
-    """``Q z``: (B, n, k-1) coordinates -> (B, n, k) tangent vector (rows sum to 0)."""
-    D = torch.zeros(*z.shape[:2], k, dtype=z.dtype, device=z.device)
-    D.scatter_(2, cls, z)
-    return D.scatter_(2, ref[..., None], -z.sum(-1, keepdim=True))
-
-
-def _reduce(r: torch.Tensor, ref, cls) -> torch.Tensor:
-    """``Q^T r``: (B, n, k) -> (B, n, k-1)."""
-    return r.gather(2, cls) - r.gather(2, ref[..., None])
-
-
-@dataclass
-class DualHessian:
-    r"""The generalised Hessian ``M = -d^2 D`` on the active rows A of the working set,
-
-        M = (1/lambda2) [ Ka (x) I_k + sum_{j in A} c_j (x_j x_j^T) (x) (v_j v_j^T) ],
-        Ka = X_A diag(a) X_A^T + rho I,   a_j = 1 - lambda1/||v_j||,  c_j = lambda1/||v_j||^3,
-
-    kept in factored form: ``XA`` (B, n, mA), ``VA`` (B, k, mA) (``v_j`` as columns),
-    ``c`` (B, mA), ``Ka`` (B, n, n), ``l2`` (B,); padded slots have ``a = c = 0``.
-    """
-
-    XA: torch.Tensor
-    VA: torch.Tensor
-    c: torch.Tensor
-    Ka: torch.Tensor
-    l2: torch.Tensor
-    solve_dtype: torch.dtype = torch.float32
-
-    @classmethod
-    def at(cls, XF, Vt, nrm, l1, l2, rho) -> "DualHessian":
-        B, n, m = XF.shape
-        on = nrm > l1[:, None]
-        mA = max(int(on.sum(-1).max()), 1)
-        sel = torch.where(on, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
-        XA = XF.gather(2, sel[:, None, :].expand(B, n, mA))
-        VA = Vt.gather(2, sel[:, None, :].expand(B, Vt.shape[1], mA))
-        a, c, _ = bst_jacobian(nrm.gather(1, sel), l1)
-        Ka = (XA * a[:, None, :]) @ XA.transpose(1, 2) + torch.diag_embed(rho[:, None].expand(B, n))
-        return cls(XA=XA, VA=VA, c=c, Ka=Ka, l2=l2)
-
-    def apply(self, D: torch.Tensor) -> torch.Tensor:
-        """``M D`` for D (B, n, k): ``(Ka D + X_A (s_j v_j)_j) / lambda2``, ``s_j = c_j <v_j, (X_A^T D)_j>``."""
-        s = self.c * (self.VA * (D.transpose(1, 2) @ self.XA)).sum(1)          # (B, mA)
-        return (self.Ka @ D + self.XA @ (self.VA * s[:, None, :]).transpose(1, 2)) / self.l2[:, None, None]
-
-    def reduced(self, ref, cls) -> torch.Tensor:
-        r"""``Q^T M Q`` (B, n(k-1), n(k-1)) for the basis ``Q`` of :func:`_face_basis` with
-        every slot free (restrict it to a face with :func:`_on_face`).
-
-        With ``C_i`` the (k-1) x k matrix of rows ``e_l - e_{r_i}``: block (i, j) is
-        ``Ka_ij C_i C_j^T + sum_j c_j x_i x_j (C_i v) (C_j v)^T``; the second part is
-        ``R R^T`` with ``R[(i, l), j] = x_ij sqrt(c_j) (C_i v_j)_l``.
-        """
-        B, n, km = cls.shape
-        k = km + 1
-        dt = self.solve_dtype
-        classes = torch.arange(k, device=cls.device)     # one-hot by comparison: no host sync on a GPU
-        C = (cls[..., None] == classes).to(dt) - (ref[..., None, None] == classes).to(dt)
-        Cf = C.reshape(B, n * km, k)
-        R = (Cf @ (self.VA * self.c.sqrt()[:, None, :]).to(dt)).reshape(B, n, km, -1) * self.XA.to(dt)[:, :, None, :]
-        R = R.reshape(B, n * km, -1)
-        pattern = (Cf @ Cf.transpose(1, 2)).reshape(B, n, km, n, km)
-        H = torch.baddbmm((self.Ka.to(dt)[:, :, None, :, None] * pattern).reshape(B, n * km, n * km), R,
-                          R.transpose(1, 2))
-        return H / self.l2[:, None, None].to(dt)
-
-
-def _on_face(H: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """``H`` restricted to the slots ``on`` (B, n, k-1); the others get identity rows."""
-    mask = on.reshape(on.shape[0], -1).to(H.dtype)
-    return H * (mask[:, :, None] * mask[:, None, :]) + torch.diag_embed(1.0 - mask)
-
-
 def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
-                     damping: Optional[torch.Tensor] = None, face_iters: int = 2
+                     damping: torch.Tensor, m_active: Optional[int] = None, face_iters: int = 2
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""``(Lam_N, Lam+)``: maximisers of the quadratic model of D on faces of the simplices
-    (P, B, n, k), one per face tried, and the projected-gradient point ``Lam+ = proj(Lam + eta g)``.
+    (face_iters + 1, B, n, k), one per face tried, and the projected-gradient point
+    ``Lam+ = proj(Lam + eta g)``.
 
     The model ``q(x) = g^T (x - Lam) - 1/2 (x - Lam)^T M (x - Lam)`` is maximised on the
-    affine hull of a face (a dense solve in the basis of :func:`_face_basis`), starting
-    from the face of ``Lam+``; ``face_iters`` primal-dual active-set updates then
+    affine hull of a face (:meth:`Face.solve`, basis of :mod:`~metasparse.solvers.face`),
+    starting from the face of ``Lam+``; ``face_iters`` primal-dual active-set updates then
     drop the entries that came out negative and add the zero entries whose model
     gradient exceeds the row's multiplier ``mu_i`` (the value of ``grad q`` on the face),
-    and solve again (same Hessian, new mask; only the episodes whose face changed are
-    solved again).  The reference class of each sample (the largest entry of ``Lam+``)
+    and solve again (same Hessian, new mask).  An episode whose face did not change keeps
+    its point (bit for bit); every episode is solved every time, so that no host sync
+    decides which.  The reference class of each sample (the largest entry of ``Lam+``)
     stays on the face.
 
     ``damping`` (B,) >= 0 adds ``damping * mean(diag(Q^T M Q)) ||z||^2 / 2`` to the model
     (Levenberg-Marquardt): it pulls the Newton point towards ``Lam+`` when the model
     has proved too optimistic (features crossing the threshold ``||V_j|| = lambda1``
-    along the step add curvature the generalised Hessian does not see).
+    along the step add curvature the generalised Hessian does not see).  ``m_active``:
+    an upper bound on the number of active rows of an episode (see :meth:`DualHessian.at`).
     """
     B, n, k = Lam.shape
     Lp = project_simplex(Lam + prob.eta[:, None, None] * ev.g)
-    M = DualHessian.at(prob.XF, ev.Vt, ev.nrm, prob.l1, prob.l2, prob.rho)
-    ref, cls, _ = _face_basis(Lp)
-    H = M.reduced(ref, cls)
-    if damping is not None and bool((damping > 0).any()):
-        scale = H.diagonal(dim1=-2, dim2=-1).mean(-1)
-        H = H + torch.diag_embed((damping.to(H.dtype) * scale)[:, None].expand(B, H.shape[-1]))
-    face = Lp > 0
+    M = DualHessian.at(prob.XF, ev.Vt, ev.nrm, prob.l1, prob.l2, prob.rho, m_active=m_active)
+    support = Lp > 0
+    face = Face.of(Lp, support)
+    H = M.reduced(face)
+    diag = H.diagonal(dim1=-2, dim2=-1)
+    diag.add_((damping.to(H.dtype) * diag.mean(-1))[:, None])
     points = []
-    x, todo = None, None          # todo: the episodes whose face changed (None: all)
+    x, changed = None, None
     for it in range(face_iters + 1):
         # anchor on the face: mass of entries off the face moved to the reference class
-        anchor = torch.where(face, Lp, torch.zeros_like(Lp))
-        anchor = anchor.scatter_add(2, ref[..., None], (Lp - anchor).sum(-1, keepdim=True))
-        on = face.gather(2, cls)
-        rhs = ev.g - M.apply(anchor - Lam)
-        b = (_reduce(rhs, ref, cls) * on).reshape(B, n * (k - 1))
-        if todo is None:
-            z = linalg.spd_solve(_on_face(H, on), b.to(H.dtype)).to(b.dtype).reshape(B, n, k - 1) * on
-            x = anchor + _expand_tangent(z, ref, cls, k)
-        else:
-            z = linalg.spd_solve(_on_face(H[todo], on[todo]), b[todo].to(H.dtype)).to(b.dtype)
-            z = z.reshape(-1, n, k - 1) * on[todo]
-            x = x.clone()
-            x[todo] = anchor[todo] + _expand_tangent(z, ref[todo], cls[todo], k)
+        anchor = torch.where(support, Lp, torch.zeros_like(Lp))
+        anchor = anchor.scatter_add(2, face.ref[..., None], (Lp - anchor).sum(-1, keepdim=True))
+        f = face.with_support(support)
+        x_new = anchor + f.solve(H, ev.g - M.apply(anchor - Lam), on_failure="zero")
+        x = x_new if x is None else torch.where(changed[:, None, None], x_new, x)
         points.append(x)
         if it == face_iters:
             break
         r = ev.g - M.apply(x - Lam)                       # model gradient at x
-        mu = r.gather(2, ref[..., None])
-        new_face = torch.where(face, x > 0, r > mu)
-        new_face = new_face.scatter(2, ref[..., None], True)
-        changed = (new_face != face).reshape(B, -1).any(-1)
-        if not bool(changed.any()):
-            break
-        todo = changed.nonzero()[:, 0]
-        face = new_face
+        mu = r.gather(2, face.ref[..., None])
+        new_support = torch.where(support, x > 0, r > mu).scatter(2, face.ref[..., None], True)
+        changed = (new_support != support).reshape(B, -1).any(-1)
+        support = new_support
     return torch.stack(points), Lp
 
 
@@ -334,7 +251,7 @@ def _candidate_values(prob: RestrictedProblem, cand: torch.Tensor) -> torch.Tens
     C, B, n, k = cand.shape
     G = (prob.Y - cand).permute(1, 0, 3, 2).reshape(B, C * k, n)
     Vt = torch.bmm(G, prob.XF).reshape(B, C, k, -1)                              # (B, C, k, m)
-    nrm = _column_norms(Vt).transpose(0, 1)          # (C, B, m); norms before the transpose (contiguous)
+    nrm = column_norms(Vt).transpose(0, 1)          # (C, B, m); norms before the transpose (contiguous)
     return _dual_value(cand, prob.Y, nrm, prob.l1, prob.l2, prob.c)
 
 
@@ -343,30 +260,27 @@ def projected_search(prob: RestrictedProblem, Lam: torch.Tensor, Lam_N: torch.Te
     r"""Choose the next point among ``Lam+`` and ``proj(Lam + t (x - Lam))`` for the Newton
     points ``x`` of ``Lam_N`` (P, B, n, k).  Returns (new Lam, accepted t (B,), 0 = ``Lam+``).
 
-    First the full steps ``proj(x)`` and ``Lam+`` are evaluated together; an episode takes
-    the best of them (the largest D; ties to the first face).  Only when ``Lam+`` wins for
-    some episode are the shortened steps ``t`` in ``steps`` evaluated, and such an episode
-    takes the best of those and ``Lam+``.  Either way the new point is at least as good
-    as projected gradient.
+    The full steps ``proj(x)`` and ``Lam+`` are evaluated, and an episode takes the best of
+    them (the largest D; ties to the first face).  An episode for which ``Lam+`` wins
+    takes instead the best of the shortened steps ``t`` in ``steps`` and ``Lam+`` (all
+    candidates are evaluated in one product, so no host sync decides which).  Either way
+    the new point is at least as good as projected gradient.
     """
     Pn = Lam_N.shape[0]
-    cand = torch.cat([project_simplex(Lam_N), Lp[None]], 0)                      # (P + 1, B, n, k)
+    S = len(steps)
+    t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[None, :, None, None, None]
+    moves = project_simplex(Lam + t * (Lam_N[:, None] - Lam)).reshape(Pn * S, *Lam.shape)
+    cand = torch.cat([project_simplex(Lam_N), Lp[None], moves], 0)              # (P + 1 + P S, B, n, k)
     D = _candidate_values(prob, cand)
-    best = D.argmax(0)
-    new = cand.gather(0, best[None, :, None, None].expand(1, *Lam.shape))[0]
-    acc = (best < Pn).to(Lam.dtype)
+    best = D[:Pn + 1].argmax(0)                        # full Newton steps and Lam+
     back = best == Pn
-    if steps and bool(back.any()):
-        t = torch.tensor(steps, dtype=Lam.dtype, device=Lam.device)[None, :, None, None, None]
-        moves = project_simplex(Lam + t * (Lam_N[:, None] - Lam)).reshape(Pn * len(steps), *Lam.shape)
-        cand2 = torch.cat([moves, Lp[None]], 0)
-        D2 = _candidate_values(prob, cand2)
-        best2 = D2.argmax(0)
-        new2 = cand2.gather(0, best2[None, :, None, None].expand(1, *Lam.shape))[0]
-        acc2 = torch.cat([t.flatten().repeat(Pn), t.new_zeros(1)])[best2]
-        new = torch.where(back[:, None, None], new2, new)
-        acc = torch.where(back, acc2, acc)
-    return new, acc
+    best2 = torch.cat([D[Pn + 1:], D[Pn:Pn + 1]], 0).argmax(0)     # shortened steps, then Lam+
+    best2 = torch.where(best2 == Pn * S, torch.full_like(best2, Pn), best2 + Pn + 1)
+    pick = torch.where(back, best2, best)
+    new = cand.gather(0, pick[None, :, None, None].expand(1, *Lam.shape))[0]
+    acc_t = torch.cat([torch.ones(Pn, dtype=Lam.dtype, device=Lam.device), Lam.new_zeros(1),
+                       t.flatten().repeat(Pn)])
+    return new, acc_t[pick]
 
 
 # ----------------------------------------------------------------- driver
@@ -379,6 +293,7 @@ class NewtonState:
     damping: Optional[torch.Tensor] = None   # (B,) Levenberg-Marquardt factor of newton_direction
     fresh: bool = False     # the working set was just built at Lam: no full pass needed
     ev: Optional[Evaluation] = None   # evaluation at Lam on prob (set by check, used by update)
+    m_active: Optional[int] = None    # bound on the active rows at Lam (host int, set by check)
 
 
 class WorkingSetNewton:
@@ -387,30 +302,32 @@ class WorkingSetNewton:
     ``X`` (B, n, d) the full features (any float dtype), ``Y`` one-hot, ``l1, l2, rho``
     (B,); the restricted problem and the dual state are float64 (or X's dtype if wider).
     ``check`` evaluates the restricted gap and runs the full pass; an episode whose
-    violators could not all be added in this check reports ``gap = inf``.
+    violators could not all be added in this check reports ``gap = inf``.  ``smooth``:
+    whether every ``rho > 0``, if the caller knows it on the host.
     """
 
-    def __init__(self, X, Y, l1, l2, rho):
+    def __init__(self, X, Y, l1, l2, rho, smooth: Optional[bool] = None):
         self.X = X
         self.dtype = torch.promote_types(X.dtype, torch.float64)
         dt = self.dtype
         self.Y, self.l1, self.l2, self.rho = Y.to(dt), l1.to(dt), l2.to(dt), rho.to(dt)
+        self.smooth = smooth
 
     def init_state(self, Lam0: torch.Tensor) -> NewtonState:
         """Working set: the features with the largest ``||V_j(Lam0)||`` (:func:`initial_working_set`)."""
         B, n, d = self.X.shape
         Lam0 = Lam0.to(self.dtype)
         Vt = (self.Y - Lam0).to(self.X.dtype).transpose(1, 2) @ self.X
-        idx = initial_working_set(_column_norms(Vt), n, self.Y.shape[-1])
+        idx = initial_working_set(column_norms(Vt), n, self.Y.shape[-1])
         XF = self.X.gather(2, idx[:, None, :].expand(B, n, idx.shape[1])).to(self.dtype)
         prob = RestrictedProblem(idx=idx, XF=XF, Y=self.Y, l1=self.l1, l2=self.l2, rho=self.rho,
-                                 eta=1.0 / restricted_lipschitz(XF, self.l2, self.rho))
+                                 eta=1.0 / restricted_lipschitz(XF, self.l2, self.rho), smooth=self.smooth)
         return NewtonState(Lam=Lam0, prob=prob, fresh=True)
 
     def update(self, state: NewtonState) -> NewtonState:
         ev = state.ev if state.ev is not None else evaluate(state.prob, state.Lam)
         damping = state.damping if state.damping is not None else torch.zeros_like(ev.D)
-        Lam_N, Lp = newton_direction(state.prob, state.Lam, ev, damping)
+        Lam_N, Lp = newton_direction(state.prob, state.Lam, ev, damping, m_active=state.m_active)
         Lam, t = projected_search(state.prob, state.Lam, Lam_N, Lp)
         return NewtonState(Lam=Lam, prob=state.prob, damping=self.adapt_damping(damping, t))
 
@@ -439,15 +356,24 @@ class WorkingSetNewton:
         Lam = torch.where(keep[:, None, None], Lam, state.Lam)
         return NewtonState(Lam=Lam, prob=state.prob), torch.where(keep, ev.P, P), torch.where(keep, ev.gap, gap)
 
+    def _active_rows(self, prob: RestrictedProblem, ev: Evaluation) -> torch.Tensor:
+        """Largest number of active rows (``||V_j|| > lambda1``) of an episode, on the device."""
+        return (ev.nrm > prob.l1[:, None]).sum(-1).max()
+
     def check(self, state: NewtonState, active=None):
         prob = state.prob
         if state.fresh:      # built from this point's norms: certify from the next check on
             ev = evaluate(prob, state.Lam)
-            return replace(state, fresh=False, ev=ev), ev.P, torch.full_like(ev.gap, math.inf)
+            m_active = int(self._active_rows(prob, ev))
+            return replace(state, fresh=False, ev=ev, m_active=m_active), ev.P, torch.full_like(ev.gap, math.inf)
         norms, viol = feature_violations(self.X, self.Y, state.Lam, prob)
-        covered = torch.ones_like(viol[:, 0])
-        if bool(viol.any()):
-            prob, covered = grow_working_set(prob, self.X, norms, viol)
         ev = evaluate(prob, state.Lam)
+        # the check's one transfer: violators to add, and the active rows of the next Hessian
+        count_max, m_active = torch.stack([viol.sum(-1).max(), self._active_rows(prob, ev)]).tolist()
+        covered = torch.ones_like(viol[:, 0])
+        if count_max > 0:
+            prob, covered, added = grow_working_set(prob, self.X, norms, viol, count_max)
+            ev = evaluate(prob, state.Lam)
+            m_active += added       # the rows active before, plus at most the features added
         gap = torch.where(covered, ev.gap, torch.full_like(ev.gap, math.inf))
-        return replace(state, prob=prob, ev=ev), ev.P, gap
+        return replace(state, prob=prob, ev=ev, m_active=m_active), ev.P, gap

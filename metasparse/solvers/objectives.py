@@ -20,12 +20,14 @@ the duality gap, zero exactly at the optimum.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .simplex import project_simplex
 
 __all__ = [
-    "as_episode_vector", "one_hot", "row_norms", "bst_factor", "bst_jacobian", "zero_weight_dual",
+    "as_episode_vector", "one_hot", "row_norms", "column_norms", "bst_factor", "bst_jacobian", "zero_weight_dual",
     "group_soft_threshold",
     "crammer_singer_loss", "fenchel_young_gap", "primal_objective", "dual_objective", "dual_features",
     "weights_from_dual", "weights_from_features", "dual_gradient",
@@ -57,6 +59,11 @@ def row_norms(V: torch.Tensor) -> torch.Tensor:
     sq = (V * V).sum(-1)
     pos = sq > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
+def column_norms(Vt: torch.Tensor) -> torch.Tensor:
+    """Norms of the columns of class-major ``Vt = V^T`` (B, k, m) -> (B, m) (the rows of V)."""
+    return torch.sqrt((Vt * Vt).sum(-2))
 
 
 def bst_factor(norms: torch.Tensor, lambda1: torch.Tensor) -> torch.Tensor:
@@ -136,23 +143,38 @@ def weights_from_features(V, lambda1, lambda2) -> torch.Tensor:
     return group_soft_threshold(V, lambda1, 1.0 / lambda2)
 
 
-def crammer_singer_loss(S: torch.Tensor, Y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _smooth(c: torch.Tensor, smooth: Optional[bool]) -> Optional[bool]:
+    """``smooth`` as given (True: every c > 0), else read from the device: False when no
+    c > 0 (None: some are, some are not)."""
+    if smooth is not None:
+        return smooth
+    return None if bool((c > 0).any()) else False
+
+
+def crammer_singer_loss(S: torch.Tensor, Y: torch.Tensor, c: torch.Tensor,
+                        smooth: Optional[bool] = None) -> torch.Tensor:
     r"""Sum over samples of the (smoothed, c = rho/lambda2) Crammer-Singer hinge; (B,).
 
-    ``S`` (B, n, k) scores ``x_i^T W``.  See the module docstring.
+    ``S`` (B, n, k) scores ``x_i^T W``.  See the module docstring.  ``smooth``: True when
+    every ``c > 0``, False when none is, if the caller knows it on the host (else it is
+    read from the device).
     """
     Delta = 1.0 - Y
     s_y = (S * Y).sum(-1)
-    plain = (Delta + S).amax(-1) - s_y
-    if not bool((c > 0).any()):
+    smooth = _smooth(c, smooth)
+    plain = (Delta + S).amax(-1) - s_y if smooth is not True else None
+    if smooth is False:
         return plain.sum(-1)
     cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
     q = project_simplex(Y + (Delta + S) / cs)
-    smooth = (q * (Delta + S)).sum(-1) - s_y - 0.5 * cs[..., 0] * ((q - Y) ** 2).sum(-1)
-    return torch.where(c[:, None] > 0, smooth, plain).sum(-1)
+    value = (q * (Delta + S)).sum(-1) - s_y - 0.5 * cs[..., 0] * ((q - Y) ** 2).sum(-1)
+    if smooth is True:
+        return value.sum(-1)
+    return torch.where(c[:, None] > 0, value, plain).sum(-1)
 
 
-def fenchel_young_gap(S: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def fenchel_young_gap(S: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, c: torch.Tensor,
+                      smooth: Optional[bool] = None) -> torch.Tensor:
     r"""Duality gap ``P(W(Lam)) - D(Lam)`` per episode, (B,), from the scores ``S = X W(Lam)``.
 
     When ``W = W(Lam)`` (the primal-dual link) the regulariser's Fenchel-Young gap
@@ -166,11 +188,14 @@ def fenchel_young_gap(S: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, c: to
     """
     z = (1.0 - Y) + S
     z = z - z.amax(-1, keepdim=True)
-    if not bool((c > 0).any()):
+    smooth = _smooth(c, smooth)
+    if smooth is False:
         return (z.amax(-1) - (Lam * z).sum(-1)).sum(-1)
     cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
     q = project_simplex(Y + z / cs)
-    q = torch.where(c[:, None, None] > 0, q, torch.nn.functional.one_hot(z.argmax(-1), z.shape[-1]).to(z.dtype))
+    if smooth is not True:
+        hard = (z.argmax(-1, keepdim=True) == torch.arange(z.shape[-1], device=z.device)).to(z.dtype)
+        q = torch.where(c[:, None, None] > 0, q, hard)
     ch = c[:, None]
     g = ((q - Lam) * z).sum(-1) - 0.5 * ch * (((q - Y) ** 2).sum(-1) - ((Lam - Y) ** 2).sum(-1))
     return g.clamp(min=0.0).sum(-1)

@@ -107,16 +107,37 @@ class GroupSparseSVMDual:
 
     # ------------------------------------------------------------------ checks
     @staticmethod
-    def _check(X, Y):
+    def _check_shapes(X, Y):
         if X.dim() != 3 or Y.dim() != 3 or X.shape[:2] != Y.shape[:2]:
             raise ValueError(f"solver: expected X (B, n, d) and one-hot Y (B, n, k), got "
                              f"{tuple(X.shape)} and {tuple(Y.shape)}")
         if not X.is_floating_point():
             raise ValueError(f"solver: X must be a floating tensor, got {X.dtype}")
+
+    @staticmethod
+    def _host_flags(X, l1, l2, rho, init):
+        """Everything the host must know about the inputs, read in one transfer (one host
+        sync on a GPU): validity of X, lambda1, lambda2, dual_reg and init, whether some
+        lambda1 > 0 and whether every dual_reg > 0."""
         with torch.no_grad():
-            finite = bool(torch.isfinite(X.sum())) or bool(torch.isfinite(X).all())
-        if not finite:
+            checks = [torch.isfinite(X.sum()),
+                      ((l1 >= 0) & torch.isfinite(l1)).all(), ((l2 > 0) & torch.isfinite(l2)).all(),
+                      (rho >= 0).all(), (l1 > 0).any(), (rho > 0).all()]
+            if init is not None:
+                tol_sum = 10 * init.shape[-1] * torch.finfo(init.dtype).eps
+                checks.append((init >= 0).all() & ((init.sum(-1) - 1).abs() <= tol_sum).all())
+            flags = [bool(v) for v in torch.stack(checks).tolist()]
+        if not flags[0] and not bool(torch.isfinite(X).all()):
             raise ValueError("solver: support features contain NaN or Inf")
+        if not flags[1]:
+            raise ValueError("lambda1: expected finite values >= 0")
+        if not flags[2]:
+            raise ValueError("lambda2: expected finite values > 0")
+        if not flags[3]:
+            raise ValueError("dual_reg: expected values >= 0")
+        sparse, smooth = flags[4], flags[5]
+        feasible = flags[6] if init is not None else True
+        return sparse, smooth, feasible
 
     # --------------------------------------------------------------------- run
     def run(self, X: torch.Tensor, Y: torch.Tensor, lambda1, lambda2, dual_reg,
@@ -131,44 +152,38 @@ class GroupSparseSVMDual:
             return self._run(X, Y, lambda1, lambda2, dual_reg, init)
 
     def _run(self, X, Y, lambda1, lambda2, dual_reg, init):
-        self._check(X, Y)
+        self._check_shapes(X, Y)
         B = X.shape[0]
         Y = Y.to(X.dtype)
         l1 = as_episode_vector(lambda1, B, X, "lambda1")
         l2 = as_episode_vector(lambda2, B, X, "lambda2")
         rho = as_episode_vector(dual_reg, B, X, "dual_reg").detach()
-        if bool((l1 < 0).any()) or not bool(torch.isfinite(l1).all()):
-            raise ValueError("lambda1: expected finite values >= 0")
-        if not bool((l2 > 0).all()) or not bool(torch.isfinite(l2).all()):
-            raise ValueError("lambda2: expected finite values > 0")
-        if bool((rho < 0).any()):
-            raise ValueError("dual_reg: expected values >= 0")
         if init is not None:
             if init.shape != Y.shape:
                 raise ValueError(f"init: expected shape {tuple(Y.shape)}, got {tuple(init.shape)}")
             init = init.detach().to(X.dtype)
-            tol_sum = 10 * init.shape[-1] * torch.finfo(init.dtype).eps
-            if not (bool((init >= 0).all()) and bool(((init.sum(-1) - 1).abs() <= tol_sum).all())):
-                init = project_simplex(init)   # a feasible init is kept bit-exact
+        sparse, smooth, feasible = self._host_flags(X, l1, l2, rho, init)
+        if not feasible:
+            init = project_simplex(init)   # a feasible init is kept bit-exact
 
-        if self.method == "auto" and self.backward == "implicit" and bool((l1 > 0).any()):
-            return self._run_newton(X, Y, l1, l2, rho, init)
+        if self.method == "auto" and self.backward == "implicit" and sparse:
+            return self._run_newton(X, Y, l1, l2, rho, init, smooth)
         K = None
-        if not bool((l1 > 0).any()):
+        if not sparse:
             with torch.no_grad():
                 K = X.detach() @ X.detach().transpose(1, 2)     # shared by forward and backward
         if self.backward == "unrolled":
             with torch.enable_grad():
-                Lam, n_iter, P, gap, W_val = self._iterate(X, Y, l1, l2, rho, init, K)
+                Lam, n_iter, P, gap, W_val = self._iterate(X, Y, l1, l2, rho, init, K, sparse, smooth)
         else:
             with torch.no_grad():
                 Lam, n_iter, P, gap, W_val = self._iterate(X.detach(), Y, l1.detach(), l2.detach(), rho,
-                                                           init, K)
+                                                           init, K, sparse, smooth)
             needs_grad = torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad)
             if needs_grad and K is not None and not l1.requires_grad:
                 # lambda1 = 0: W and its implicit backward in one function (one fused
                 # gradient for X instead of three rank-k outer products)
-                W = GramSVMWeights.apply(X, l2, Lam, K, Y, rho, self.cpu_threads)
+                W = GramSVMWeights.apply(X, l2, Lam, K, Y, rho, self.cpu_threads, smooth)
                 with torch.no_grad():
                     rel = gap / torch.clamp(P.abs(), min=1e-12 * X.shape[1])
                 return DualSolution(dual=Lam, weights=W, gap=gap.detach(), rel_gap=rel,
@@ -186,13 +201,13 @@ class GroupSparseSVMDual:
                             converged=rel <= self.tol)
 
     # ---------------------------------------------------------------- Newton
-    def _run_newton(self, X, Y, l1, l2, rho, init) -> DualSolution:
+    def _run_newton(self, X, Y, l1, l2, rho, init, smooth: bool) -> DualSolution:
         """Working-set semismooth Newton (:mod:`metasparse.solvers.newton`), then the
         weights with their implicit backward (:class:`GroupSparseWeights`)."""
         n = X.shape[1]
         with torch.no_grad():
             Lam0 = zero_weight_dual(Y, l2.detach(), rho) if init is None else init
-            solver = WorkingSetNewton(X.detach(), Y, l1.detach(), l2.detach(), rho)
+            solver = WorkingSetNewton(X.detach(), Y, l1.detach(), l2.detach(), rho, smooth=smooth)
             res = engine.run(solver, solver.init_state(Lam0), tol=self.tol, max_iter=self.max_iter,
                              check_every=1, patience=self.patience, floor=1e-12 * n)
             finite = torch.isfinite(res.gap)
@@ -203,7 +218,7 @@ class GroupSparseSVMDual:
         Lam64, rows, XF = state.Lam, state.prob.idx, state.prob.XF
         Lam = Lam64.to(X.dtype)
         needs_grad = torch.is_grad_enabled() and (X.requires_grad or l1.requires_grad or l2.requires_grad)
-        if needs_grad and not bool((rho > 0).all()):
+        if needs_grad and not smooth:
             # rho = 0: the dual optimum need not be unique; the generic backward takes the
             # minimum-norm solution of the face system in orthonormal coordinates
             Lam = ImplicitDual.apply(Lam, X, l1, l2, Y, rho, None, self.cpu_threads)
@@ -218,11 +233,11 @@ class GroupSparseSVMDual:
                             primal=P.to(X.dtype), converged=rel <= self.tol)
 
     # ----------------------------------------------------------------- FISTA
-    def _iterate(self, X, Y, l1, l2, rho, init, K=None):
+    def _iterate(self, X, Y, l1, l2, rho, init, K=None, sparse=None, smooth=None):
         r"""FISTA (:mod:`metasparse.solvers.fista`) through the engine's run loop; returns
         (Lam, n_iter, P, gap, W at the last check or None) at the returned point."""
         B, n, d = X.shape
-        gram = not bool((l1 > 0).any())
+        gram = not (bool((l1 > 0).any()) if sparse is None else sparse)
         out_dtype = X.dtype
         if K is None:
             K = X.detach() @ X.detach().transpose(1, 2)
@@ -232,7 +247,7 @@ class GroupSparseSVMDual:
             # Gram matrix (float32 accumulation of K (Y - Lam) otherwise limits the
             # attainable relative gap to ~1e-4 on 16000-d features)
             Y64, l2_64, rho64 = Y.double(), l2.double(), rho.double()
-            solver = GramFISTA(K.double(), Y64, l2_64, rho64, self.tol, newton=self.newton)
+            solver = GramFISTA(K.double(), Y64, l2_64, rho64, self.tol, newton=self.newton, smooth=smooth)
             state = solver.init_state(None if init is None else init.double())
             res = engine.run(solver, state, tol=self.tol, max_iter=self.max_iter, check_every=self.check_every,
                              patience=self.patience, floor=1e-12 * n)

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import metasparse.solvers.implicit as implicit
 import metasparse.solvers.linalg as linalg
 from metasparse.heads import GroupSparseSVMHead
 from metasparse.solvers import GroupSparseSVMDual
@@ -40,10 +39,10 @@ def test_cpu_threads_validated():
 
 @pytest.mark.parametrize("lambda1", [0.0, 0.5])
 def test_solve_and_implicit_backward_use_cpu_threads(two_threads, monkeypatch, lambda1):
-    # lambda1 = 0: Gram FISTA + implicit.dual_hessian in the backward; lambda1 > 0: the
-    # Newton solver and its backward both go through linalg.spd_solve
+    # lambda1 = 0: Gram FISTA's Newton tries and its implicit backward; lambda1 > 0: the
+    # Newton solver and its backward: all face systems go through linalg.spd_solve
     seen = []
-    module, name = (implicit, "dual_hessian") if lambda1 == 0 else (linalg, "spd_solve")
+    module, name = linalg, "spd_solve"
     real = getattr(module, name)
 
     def spy(*a, **kw):
@@ -58,7 +57,7 @@ def test_solve_and_implicit_backward_use_cpu_threads(two_threads, monkeypatch, l
     assert torch.get_num_threads() == 2
     n_forward = len(seen)
     sol.weights.sum().backward()               # implicit backward
-    assert len(seen) > n_forward or lambda1 == 0
+    assert len(seen) > n_forward
     assert seen and all(s == 1 for s in seen)
     assert torch.get_num_threads() == 2
     # same solution with torch's thread setting (only the thread count differs)
