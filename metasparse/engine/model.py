@@ -9,6 +9,15 @@ As in MetaOptNet, support and query images go through the backbone in two calls
 (batch-norm statistics of training mode are those of each set). The backbone may
 run under bf16 autocast (``amp=True``); the features are cast to ``head_dtype``
 (float32 by default, float64 for a tighter solve) before the head.
+
+GPU fast path (what :func:`metasparse.engine.train.train` turns on for CUDA):
+:meth:`FewShotModel.use_channels_last` stores a convolutional backbone's weights in the
+channels-last layout and feeds it images in that layout (cuDNN's fast NHWC kernels; the
+features are the same up to float rounding, their order is unchanged: ``flatten`` is
+logical); :meth:`FewShotModel.compile_backbone` runs the backbone through ``torch.compile``
+with a dynamic batch dimension (support and query sets, training and evaluation batches
+share one graph per mode). The compiled module is kept outside the module tree, so
+``state_dict()`` (checkpoints) holds the plain backbone's keys, never ``_orig_mod.``.
 """
 from __future__ import annotations
 
@@ -29,6 +38,32 @@ class FewShotModel(nn.Module):
         self.head = head
         self.amp = bool(amp)
         self.head_dtype = head_dtype
+        self.channels_last = False
+        self.__dict__["_compiled_backbone"] = None   # not a submodule: no ``_orig_mod.`` keys
+
+    def use_channels_last(self) -> bool:
+        """Channels-last weights and 4-d inputs for a backbone with 2-d convolutions (True),
+        else nothing (False). Parameters keep their identity (an optimizer stays valid)."""
+        if not any(isinstance(m, nn.Conv2d) for m in self.backbone.modules()):
+            return False
+        self.backbone.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return True
+
+    def compile_backbone(self, **options) -> None:
+        """Run the backbone through ``torch.compile(backbone, **options)`` from now on (the
+        batch dimension of every input is marked dynamic: one graph for all batch sizes).
+        Imports ``torch._dynamo`` (seconds), so only call it when compiling is wanted."""
+        import torch._dynamo  # noqa: F401  (lazy: importing it costs seconds)
+        self.__dict__["_compiled_backbone"] = torch.compile(self.backbone, **options)
+
+    def _backbone_fn(self, x: torch.Tensor):
+        compiled = self.__dict__.get("_compiled_backbone")
+        if compiled is None or compiled._orig_mod is not self.backbone:   # not compiled, or backbone replaced
+            return self.backbone
+        if x.shape[0] > 1:   # size 0 / 1 are specialised by torch.compile
+            torch._dynamo.mark_dynamic(x, 0)
+        return compiled
 
     def _autocast(self, x: torch.Tensor):
         if not self.amp:
@@ -38,8 +73,11 @@ class FewShotModel(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Features of a (B, M, ...) batch of examples: (B, M, d) in ``head_dtype``."""
         b, m = x.shape[:2]
+        flat = x.reshape(b * m, *x.shape[2:])
+        if self.channels_last and flat.dim() == 4:
+            flat = flat.contiguous(memory_format=torch.channels_last)
         with self._autocast(x):
-            feats = self.backbone(x.reshape(b * m, *x.shape[2:]))
+            feats = self._backbone_fn(flat)(flat)
         return feats.reshape(b, m, -1).to(self.head_dtype)
 
     def forward(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor,

@@ -20,8 +20,35 @@ and ``unconverged_fraction``, every epoch record ``train_max_rel_gap`` and
 ``train_unconverged_fraction``; an epoch in which some episode missed the tolerance ends
 with one :class:`~metasparse.heads.SolverConvergenceWarning`, or, with
 ``settings.strict_solver``, the step raises :class:`~metasparse.heads.SolverConvergenceError`
-(before its update, so ``last.pt`` stays the last good checkpoint). Heads that report
-nothing (ridge, ProtoNet) get none of these keys.
+(before any checkpoint holding its update is written, so ``last.pt`` stays the last good
+checkpoint). Heads that report nothing (ridge, ProtoNet) get none of these keys.
+
+Host syncs: a step reads its statistics on the host once. Loss, accuracy, unused
+fraction (means over ranks), worst relative gap (max over ranks), episodes, unconverged
+episodes and non-finite losses (sums over ranks) are packed into one float64 tensor on the
+device (:func:`_pack_step`); on CUDA it is copied to pinned memory behind an event, and
+read **one step late**: step ``i``'s numbers are read after step ``i + 1``'s work has been
+queued, so the host never waits for the GPU in the middle of the pipeline. What the
+numbers decide happens when they are read: a non-finite loss (``ConfigError``: the
+training diverged) or, with ``strict_solver``, an unconverged solve of step ``i`` raises
+once step ``i + 1`` is queued, or earlier if step ``i + 1`` fails (its failure is then
+reported as step ``i``'s), and in any case before a checkpoint, a step record, the end of
+the epoch or a ``stop_after_steps`` stop: every step is read before anything is written
+after it, so ``last.pt`` and ``metrics.jsonl`` never hold a bad step (the weights in
+memory may have taken one more update, they are never saved). Step records, epoch
+records and checkpoints hold the same numbers as an undeferred loop.
+
+Data wait: the wall-clock time spent in ``next(stream)`` over the whole step time
+(``time.perf_counter``) is ``data_wait_fraction`` in step records (over the steps since the
+previous step record), epoch records and the progress bar (over the epoch so far). On
+CUDA kernels run asynchronously, so only such fractions over many steps are meaningful:
+a fraction near 1 means the GPU waits for episodes (more ``--num-workers``), near 0 that
+the data keep up.
+
+CUDA fast path: ``torch.backends.cudnn.benchmark`` is on while :func:`train` runs, a
+convolutional backbone runs in the channels-last layout (``channels_last``, default: on
+CUDA) and ``compile_backbone`` runs it through ``torch.compile``
+(:meth:`~metasparse.engine.model.FewShotModel.compile_backbone`).
 """
 from __future__ import annotations
 
@@ -29,8 +56,9 @@ import json
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional, Protocol
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +99,8 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: floa
     ``(1 - eps)`` on the label and ``eps / (N - 1)`` on each other class."""
     n_way = logits.shape[-1]
     logp = F.log_softmax(logits.reshape(-1, n_way).float(), dim=-1)
-    y = F.one_hot(labels.reshape(-1), n_way).to(logp.dtype)
+    # the one-hot targets by a scatter: F.one_hot reads min / max of the labels on the host
+    y = torch.zeros_like(logp).scatter_(-1, labels.reshape(-1, 1), 1.0)
     if eps > 0:
         y = y * (1 - eps) + (1 - y) * (eps / (n_way - 1))
     return -(y * logp).sum(-1).mean()
@@ -131,17 +160,64 @@ def _restore_sums(saved) -> torch.Tensor:
     return sums
 
 
-def _step_convergence(fit, ctx: DistContext) -> Optional[torch.Tensor]:
-    """``[worst rel_gap, episodes, unconverged episodes]`` of the step over all ranks, or
-    None when the head reports no convergence."""
-    converged = getattr(fit, "converged", None)
-    if converged is None:
-        return None
+# one step's statistics, packed on the device (:func:`_pack_step`) and read on the host in
+# one transfer: the loss, accuracy and unused fraction of the batch (means over ranks), the
+# worst relative gap (max over ranks; -inf without convergence reports), the number of
+# episodes with a convergence report, how many of them missed the tolerance, and the
+# number of ranks whose loss is not finite (sums over ranks)
+_S_LOSS, _S_ACC, _S_UNUSED, _S_GAP, _S_EPISODES, _S_UNCONVERGED, _S_NONFINITE = range(7)
+
+
+def _pack_step(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, fit,
+               ctx: DistContext) -> torch.Tensor:
+    """The step's statistics (the ``_S_*`` entries) as one float64 tensor on the device of
+    ``loss``, reduced over ranks; no host sync (three all-reduces under DDP)."""
     with torch.no_grad():
-        gap = fit.rel_gap.detach().double().cpu()
-        worst = gap.max().reshape(1) if gap.numel() else torch.full((1,), -math.inf, dtype=torch.float64)
-        counts = torch.tensor([converged.numel(), int((~converged).sum())], dtype=torch.float64)
-    return torch.cat([all_reduce_max(worst, ctx), all_reduce_sum(counts, ctx)])
+        dev = loss.device
+        f64 = dict(dtype=torch.float64, device=dev)
+        loss = loss.detach()
+        acc = (logits.argmax(-1) == labels).double().mean()
+        unused = fit.unused_fraction.double().mean() if getattr(fit, "unused_fraction", None) is not None \
+            else torch.zeros((), **f64)
+        means = all_reduce_mean(torch.stack([loss.double(), acc, unused]), ctx)
+        nonfinite = (~torch.isfinite(loss)).double()
+        converged = getattr(fit, "converged", None)
+        if converged is None:
+            worst = torch.full((1,), -math.inf, **f64)
+            counts = torch.stack([torch.zeros((), **f64), torch.zeros((), **f64), nonfinite])
+        else:
+            gap = fit.rel_gap.detach().double()
+            worst = gap.max().reshape(1) if gap.numel() else torch.full((1,), -math.inf, **f64)
+            worst = all_reduce_max(worst, ctx)
+            counts = torch.stack([torch.full((), float(converged.numel()), **f64),
+                                  (~converged).sum().double(), nonfinite])
+        counts = all_reduce_sum(counts, ctx)
+        return torch.cat([means, worst, counts])
+
+
+class _StepStats:
+    """The packed statistics of step ``(epoch, i)`` on their way to the host: on CUDA a
+    non-blocking copy into pinned memory behind an event, so that :meth:`read` waits for
+    this step only, not for the work queued after it."""
+
+    def __init__(self, packed: torch.Tensor, reports: bool, epoch: int, i: int, global_step: int, lr: float,
+                 tol: Optional[float]):
+        self.reports, self.epoch, self.i, self.global_step, self.lr, self.tol = reports, epoch, i, global_step, lr, tol
+        self.event = None
+        if packed.device.type == "cuda":
+            self.host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self.host.copy_(packed, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:   # CPU: already there (other devices: one blocking copy)
+            self.host = packed.to("cpu")
+
+    def read(self):
+        """``(values as a CPU float64 tensor, the same as Python floats)``: the step's one
+        device -> host transfer."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host, self.host.tolist()
 
 
 def _add_step(sums: torch.Tensor, stats: torch.Tensor, conv: Optional[torch.Tensor]) -> None:
@@ -154,10 +230,11 @@ def _add_step(sums: torch.Tensor, stats: torch.Tensor, conv: Optional[torch.Tens
         sums[_MAX_GAP] = torch.maximum(sums[_MAX_GAP], conv[0])
 
 
-def _step_convergence_keys(conv: Optional[torch.Tensor]) -> Dict[str, float]:
-    if conv is None:
+def _step_convergence_keys(values: List[float], reports: bool) -> Dict[str, float]:
+    if not reports:
         return {}
-    return {"max_rel_gap": float(conv[0]), "unconverged_fraction": float(conv[2] / max(float(conv[1]), 1.0))}
+    return {"max_rel_gap": values[_S_GAP],
+            "unconverged_fraction": values[_S_UNCONVERGED] / max(values[_S_EPISODES], 1.0)}
 
 
 def _epoch_convergence_keys(sums: torch.Tensor) -> Dict[str, float]:
@@ -191,6 +268,42 @@ def _diverged(epoch: int, i: int, s: TrainSettings, what: str) -> ConfigError:
                        f"(the data are finite); start a new run with a lower --lr")
 
 
+class _DataWaitClock:
+    """Wall-clock seconds spent waiting for batches (``next(stream)``) against all seconds,
+    over the epoch so far and over the window since the previous step record."""
+
+    def __init__(self) -> None:
+        self.epoch_start = self.window_start = time.perf_counter()
+        self.epoch_wait = self.window_wait = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.epoch_wait += seconds
+        self.window_wait += seconds
+
+    def epoch_fraction(self) -> float:
+        total = time.perf_counter() - self.epoch_start
+        return min(self.epoch_wait / total, 1.0) if total > 0 else 0.0
+
+    def window_fraction(self) -> float:
+        """The window's fraction; starts the next window."""
+        now = time.perf_counter()
+        total, wait = now - self.window_start, self.window_wait
+        self.window_start, self.window_wait = now, 0.0
+        return min(wait / total, 1.0) if total > 0 else 0.0
+
+
+def _match_state_layout(opt: torch.optim.Optimizer) -> None:
+    """Give the optimizer's per-parameter buffers (momentum, Adam moments) the memory layout
+    of their parameter (a checkpoint's buffers are contiguous; channels-last weights are not)."""
+    for group in opt.param_groups:
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() == 4
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "sgd":
         return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov and s.momentum > 0,
@@ -200,23 +313,56 @@ def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {s.optimizer!r}")
 
 
+@contextmanager
+def _cudnn_benchmark(device: torch.device):
+    """``torch.backends.cudnn.benchmark`` on while training on CUDA (each conv shape picks its
+    fastest kernel once: a few shapes here, support / query / validation), then restored."""
+    saved = torch.backends.cudnn.benchmark
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[Iterable], settings: TrainSettings,
           run_dir, *, spec: Dict[str, Any], device: torch.device, resume: bool = False,
           ctx: Optional[DistContext] = None, progress: bool = True, stop_after_steps: Optional[int] = None,
-          tensorboard: bool = False, val_total: Optional[int] = None, sync_bn: bool = False) -> Dict[str, Any]:
+          tensorboard: bool = False, val_total: Optional[int] = None, sync_bn: bool = False,
+          channels_last: Optional[bool] = None, compile_backbone: bool = False) -> Dict[str, Any]:
     """Meta-train ``model`` (a FewShotModel) and write ``run_dir/{last,best}.pt`` and
     ``run_dir/metrics.jsonl``. ``spec`` goes into every checkpoint as given; it must hold
     ``config``, the run configuration the model is rebuilt from
     (:func:`metasparse.api.load_model`). The batches of ``train_stream`` and
     ``val_episodes`` reach the model as they are (augmented and normalised by the sampler).
 
+    ``channels_last`` (None: on CUDA) runs a convolutional backbone in the channels-last
+    layout; ``compile_backbone`` runs it through ``torch.compile`` (both: see
+    :class:`~metasparse.engine.model.FewShotModel`; checkpoints are unaffected). On CUDA,
+    ``torch.backends.cudnn.benchmark`` is on for the call.
+
     ``stop_after_steps`` stops (as if killed) after that many optimisation steps in this
     call, right after the checkpoint due at that point (tests use it)."""
+    with _cudnn_benchmark(device):
+        return _train(model, train_stream, val_episodes, settings, run_dir, spec=spec, device=device,
+                      resume=resume, ctx=ctx, progress=progress, stop_after_steps=stop_after_steps,
+                      tensorboard=tensorboard, val_total=val_total, sync_bn=sync_bn,
+                      channels_last=device.type == "cuda" if channels_last is None else channels_last,
+                      compile_backbone=compile_backbone)
+
+
+def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[Iterable], settings: TrainSettings,
+           run_dir, *, spec: Dict[str, Any], device: torch.device, resume: bool, ctx: Optional[DistContext],
+           progress: bool, stop_after_steps: Optional[int], tensorboard: bool, val_total: Optional[int],
+           sync_bn: bool, channels_last: bool, compile_backbone: bool) -> Dict[str, Any]:
     ctx = ctx or DistContext(device=device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     s = settings
     model.to(device)
+    if channels_last:   # before the optimizer state exists: its buffers follow the weights' layout
+        model.use_channels_last()
     opt = _make_optimizer(model.parameters(), s)
     start_epoch, start_step, global_step = 0, 0, 0
     best: Optional[Dict[str, Any]] = None
@@ -227,6 +373,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         try:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
+            _match_state_layout(opt)
             p = ck["progress"]
             start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
@@ -251,6 +398,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         if device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
         model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+    if compile_backbone:   # after any module swap (sync-bn): the compiled module wraps the final backbone
+        model.compile_backbone()
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -279,60 +428,94 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         tol = None   # the solver tolerance the head's fits report
         bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
                    disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
-        stream = train_stream.iter_epoch(epoch, first)
-        for i in range(first, s.batches_per_epoch):
-            batch = next(stream)
-            seed_i = step_seed(s.seed, epoch, i)
-            torch.manual_seed(seed_i)
-            batch = batch.to(device, non_blocking=True)
-            lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
-            local = batch[lo:hi]
-            try:
-                logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
-            except NonFiniteFeaturesError:   # finite data (checked when loaded): the weights diverged
-                raise _diverged(epoch, i, s, "the features are not finite") from None
-            except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
-                if global_step == 0:
-                    raise
-                raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
-                                             f"({str(e).strip().splitlines()[0][:120]})") from None
-            conv = _step_convergence(fit, ctx)
-            tol = getattr(fit, "tol", None)
-            if s.strict_solver and conv is not None and conv[2] > 0:
+        clock = _DataWaitClock()
+        pending: Optional[_StepStats] = None   # the step whose statistics are not read yet
+
+        def finish(step: _StepStats) -> None:
+            """Read a step's statistics (its one host sync) and act on them: raise for a
+            non-finite loss or (strict_solver) an unconverged solve, else add them to the
+            epoch's sums, the progress bar and the step record."""
+            nonlocal tol
+            values_t, values = step.read()
+            conv = values_t[_S_GAP:_S_NONFINITE] if step.reports else None   # [worst gap, episodes, unconverged]
+            tol = step.tol
+            if s.strict_solver and conv is not None and values[_S_UNCONVERGED] > 0:
                 bar.close()
-                raise _strict_error(conv, tol, epoch, i, s)
-            loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
-            if not torch.isfinite(loss):
-                raise _diverged(epoch, i, s, "the loss is not finite")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            global_step += 1
-            steps_this_call += 1
-            with torch.no_grad():
-                acc = (logits.argmax(-1) == local.query_labels).double().mean()
-                unused = fit.unused_fraction.double().mean() if getattr(fit, "unused_fraction", None) is not None \
-                    else torch.zeros((), dtype=torch.float64)
-                stats = all_reduce_mean(torch.stack([loss.detach().double().cpu(), acc.cpu(), unused.cpu()]), ctx)
-            _add_step(sums, stats, conv)
+                raise _strict_error(conv, tol, step.epoch, step.i, s)
+            if values[_S_NONFINITE] > 0:
+                bar.close()
+                raise _diverged(step.epoch, step.i, s, "the loss is not finite")
+            _add_step(sums, values_t[_S_LOSS:_S_GAP], conv)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats[0]:.3f}", acc=f"{100 * stats[1]:.1f}%", used=f"{100 * (1 - stats[2]):.1f}%")
-            if s.log_every and (i + 1) % s.log_every == 0:
-                step_record = {"kind": "step", "epoch": epoch + 1, "batch": i + 1, "global_step": global_step,
-                               "lr": lr, "loss": float(stats[0]), "accuracy": float(stats[1]),
-                               "unused_fraction": float(stats[2]), **_step_convergence_keys(conv)}
+            bar.set_postfix(loss=f"{values[_S_LOSS]:.3f}", acc=f"{100 * values[_S_ACC]:.1f}%",
+                            used=f"{100 * (1 - values[_S_UNUSED]):.1f}%",
+                            wait=f"{100 * clock.epoch_fraction():.0f}%", refresh=False)
+            if s.log_every and (step.i + 1) % s.log_every == 0:
+                step_record = {"kind": "step", "epoch": step.epoch + 1, "batch": step.i + 1,
+                               "global_step": step.global_step, "lr": step.lr, "loss": values[_S_LOSS],
+                               "accuracy": values[_S_ACC], "unused_fraction": values[_S_UNUSED],
+                               **_step_convergence_keys(values, step.reports),
+                               "data_wait_fraction": round(clock.window_fraction(), 4)}
                 log.write(step_record)
                 if writer:
-                    for key in ("loss", "accuracy", "unused_fraction", "max_rel_gap", "unconverged_fraction"):
+                    for key in ("loss", "accuracy", "unused_fraction", "max_rel_gap", "unconverged_fraction",
+                                "data_wait_fraction"):
                         if key in step_record:
-                            writer.add_scalar(f"train/{key}", step_record[key], global_step)
-            if s.checkpoint_every and (i + 1) % s.checkpoint_every == 0 and i + 1 < s.batches_per_epoch:
+                            writer.add_scalar(f"train/{key}", step_record[key], step.global_step)
+
+        stream = train_stream.iter_epoch(epoch, first)
+        for i in range(first, s.batches_per_epoch):
+            try:
+                t_wait = time.perf_counter()
+                batch = next(stream)
+                clock.waited(time.perf_counter() - t_wait)
+                seed_i = step_seed(s.seed, epoch, i)
+                torch.manual_seed(seed_i)
+                batch = batch.to(device, non_blocking=True)
+                lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
+                local = batch[lo:hi]
+                try:
+                    logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
+                except NonFiniteFeaturesError:   # finite data (checked when loaded): the weights diverged
+                    raise _diverged(epoch, i, s, "the features are not finite") from None
+                except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
+                    if global_step == 0:
+                        raise
+                    raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
+                                                 f"({str(e).strip().splitlines()[0][:120]})") from None
+                loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
+                packed = _pack_step(loss, logits, local.query_labels, fit, ctx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            except Exception:
+                if pending is not None:   # a bad previous step explains (and outranks) this failure
+                    previous, pending = pending, None
+                    finish(previous)
+                raise
+            global_step += 1
+            steps_this_call += 1
+            current = _StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i, global_step, lr,
+                                 getattr(fit, "tol", None))
+            if pending is not None:   # the previous step, now that this one is queued
+                finish(pending)
+            pending = current
+            save = bool(s.checkpoint_every) and (i + 1) % s.checkpoint_every == 0 and i + 1 < s.batches_per_epoch
+            stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+            if save or stop:   # read before anything is written after this step
+                pending = None
+                finish(current)
+            if save:
                 checkpoint("last.pt", epoch, i + 1)
-            if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+            if stop:
                 bar.close()
                 checkpoint("last.pt", epoch, i + 1) if i + 1 < s.batches_per_epoch else None
                 barrier(ctx)
                 return {"stopped": True, "global_step": global_step}
+        if pending is not None:   # the epoch's last step
+            previous, pending = pending, None
+            finish(previous)
+        data_wait = clock.epoch_fraction()
         bar.close()
         if ctx.is_main:
             _warn_unconverged(sums, tol, epoch, s)
@@ -340,7 +523,7 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         record = {"kind": "epoch", "epoch": epoch + 1, "global_step": global_step, "lr": lr,
                   "train_loss": float(sums[_LOSS] / n), "train_accuracy": float(sums[_ACC] / n),
                   "train_unused_fraction": float(sums[_UNUSED] / n), **_epoch_convergence_keys(sums),
-                  "elapsed_s": round(time.time() - t0, 2)}
+                  "data_wait_fraction": round(data_wait, 4), "elapsed_s": round(time.time() - t0, 2)}
         if val_episodes is not None:
             res = evaluate_episodes(model, val_episodes, device, ctx=ctx, progress=progress,
                                     desc=f"val {epoch + 1}", total=val_total)
@@ -362,7 +545,8 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
         if ctx.is_main:
             msg = (f"epoch {epoch + 1}/{s.epochs}: loss {record['train_loss']:.4f} "
                    f"train acc {100 * record['train_accuracy']:.2f}% "
-                   f"features used {100 * (1 - record['train_unused_fraction']):.1f}%")
+                   f"features used {100 * (1 - record['train_unused_fraction']):.1f}% "
+                   f"data wait {100 * data_wait:.0f}%")
             if "val_accuracy" in record:
                 msg += f" | val {100 * record['val_accuracy']:.2f} +- {100 * record['val_ci95']:.2f}%"
                 msg += " (best)" if improved else ""

@@ -46,7 +46,7 @@ def _records(run, kind):
 
 
 def _strip(records):
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "data_wait_fraction")} for r in records]
 
 
 def test_unconverged_solves_are_logged_and_warned_once_per_epoch(tmp_path):
