@@ -34,6 +34,14 @@ _OPTION_DICTS = ("backbone_options", "head_options", "source_options")
 _COUNTS = ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query")
 
 
+def default_amp(backbone: str, device_type: Optional[str]) -> bool:
+    """bf16 autocast of the backbone unless asked otherwise: on for an image backbone
+    (ResNet-12, Conv4: convolutions, whose accuracy bf16 does not change, at several times
+    the speed on tensor cores) trained on CUDA; off on the CPU (slow bf16) and for the MLP
+    of vector data (the synthetic experiments compare representations closely)."""
+    return device_type == "cuda" and backbone_entry(backbone).images
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -45,14 +53,16 @@ class TrainConfig:
     Data: ``dataset`` (required for a new run; one of :data:`metasparse.registry.DATASETS`),
     ``data_root`` (not for ``synthetic``), ``source_options`` (keyword arguments of the
     synthetic source). Model: ``backbone`` / ``backbone_options``, ``head`` (default
-    ``group-sparse-svm``) with ``lambda_ratio``, ``solver`` and ``head_options``, ``amp``,
-    ``head_dtype``. Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
+    ``group-sparse-svm``) with ``lambda_ratio``, ``solver`` and ``head_options``, ``amp``
+    (bf16 autocast of the backbone; None: on for an image backbone trained on CUDA, off
+    otherwise, see :func:`default_amp`; the resolved value is recorded), ``head_dtype``. Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
     ``val_episodes`` (0: no validation), ``val_shot``, ``val_query``. Optimisation:
     ``epochs``, ``batches_per_epoch``, ``optimizer``, ``lr``, ``weight_decay``,
     ``label_smoothing``, ``seed``, ``checkpoint_every``, ``log_every``, ``strict_solver``.
     Execution (not part of the run configuration): ``resume``, ``device``,
     ``num_workers``, ``augment_device`` ("auto": augmentation on the training device when it
-    is CUDA; "cpu"), ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``.
+    is CUDA; "cpu"), ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``,
+    ``compile`` (``torch.compile`` of the backbone).
     """
 
     out: PathLike
@@ -92,6 +102,7 @@ class TrainConfig:
     tensorboard: bool = False
     sync_bn: bool = False
     stop_after_steps: Optional[int] = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if str(self.out).strip() == "":   # Path("") is the current directory
@@ -128,9 +139,11 @@ class TrainConfig:
             if value is not None and value not in choices:
                 raise ConfigError(f"{_flag(name)} {value!r}: expected one of {list(choices)}")
 
-    def run_config(self) -> Dict[str, Any]:
+    def run_config(self, device_type: Optional[str] = None) -> Dict[str, Any]:
         """The configuration of a new run: the dataset's defaults overridden by the given
-        fields (JSON-able; training adds ``example_shape`` and ``n_features``)."""
+        fields (JSON-able; training adds ``example_shape`` and ``n_features``); ``amp``
+        left None resolves for ``device_type`` ("cuda", "cpu"; None: off) by
+        :func:`default_amp`."""
         if self.dataset is None:
             raise ConfigError("--dataset is required (one of " + ", ".join(DATASETS) + ")")
         d = dataset_defaults(self.dataset)
@@ -145,7 +158,8 @@ class TrainConfig:
         for name in ("way", "train_shot", "query", "episodes_per_batch", "val_episodes", "val_shot", "val_query"):
             cfg[name] = d[name] if getattr(self, name) is None else getattr(self, name)
         cfg.update({"test_query": d["test_query"], "test_episodes": d["test_episodes"],
-                    "amp": bool(self.amp), "head_dtype": self.head_dtype or "float32"})
+                    "amp": default_amp(cfg["backbone"], device_type) if self.amp is None else bool(self.amp),
+                    "head_dtype": self.head_dtype or "float32"})
         defaults = d["backbone_options"] if cfg["backbone"] == d["backbone"] else {}
         cfg["backbone_options"] = {**defaults, **(self.backbone_options or {})}
         s = TrainSettings(epochs=d["epochs"], batches_per_epoch=d["batches_per_epoch"], optimizer=d["optimizer"],
@@ -182,7 +196,7 @@ class TrainConfig:
             raise ConfigError(f"--dataset {self.dataset} contradicts the run being resumed ({saved['dataset']})")
         for name in _RUN_FIELDS:
             value = getattr(self, name)
-            if value is not None and value is not False and saved.get(name) != value:
+            if value is not None and (value is not False or name == "amp") and saved.get(name) != value:
                 raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
                                   f"({name}={saved.get(name)!r}); drop the flag or start a new --out")
         for name in _SETTINGS_FIELDS:

@@ -24,7 +24,7 @@ from ..registry import DATASETS, backbone_options_for_data
 from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
 from .outputs import check_new_folder
-from .train_config import TrainConfig
+from .train_config import TrainConfig, default_amp
 
 __all__ = ["TrainResult", "train"]
 
@@ -288,6 +288,8 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
     new_run = not config.resume
     out = config.out
     ctx = init_distributed(config.device)
+    if new_run and config.amp is None:   # the default depends on the device: recorded as resolved
+        run["amp"] = default_amp(run["backbone"], ctx.device.type)
     try:
         if run["episodes_per_batch"] % ctx.world_size:
             raise ConfigError(f"--episodes-per-batch {run['episodes_per_batch']} is not divisible by the "
@@ -338,11 +340,12 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
             print(f"metasparse train: {run['dataset']} {run['backbone']} + {run['head']} "
                   f"{run['head_options']} | {run['way']}-way {run['train_shot']}-shot, "
                   f"{run['episodes_per_batch']} episodes/batch x {s.batches_per_epoch} batches x {s.epochs} "
-                  f"epochs on {ctx.device}" + (f" x {ctx.world_size} processes" if ctx.enabled else ""))
+                  f"epochs on {ctx.device}" + (f" x {ctx.world_size} processes" if ctx.enabled else "")
+                  + (" (bf16 autocast)" if run["amp"] else "") + (" (compiled backbone)" if config.compile else ""))
         res = run_engine(model, stream, val, s, out, spec={"config": run}, device=ctx.device, resume=resume,
                          ctx=ctx, progress=config.progress, stop_after_steps=config.stop_after_steps,
                          tensorboard=config.tensorboard, val_total=len(val) if val is not None else None,
-                         sync_bn=config.sync_bn)
+                         sync_bn=config.sync_bn, compile_backbone=config.compile)
     finally:
         cleanup(ctx)
     return TrainResult(out, run, bool(res["stopped"]), int(res["global_step"]), res.get("best"),

@@ -41,7 +41,11 @@ def add_parser(sub) -> None:
     t.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last.pt, best.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    t.add_argument("--amp", action="store_true", default=None, help="bf16 autocast for the backbone")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the backbone (default: on for ResNet-12 / Conv4 trained on CUDA, "
+                        "off otherwise; --no-amp turns it off)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone (one graph for all batch sizes; the first steps compile)")
     t.add_argument("--head-dtype", choices=["float32", "float64"], help="dtype of the features given to the head")
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader workers producing episodes")
     t.add_argument("--augment-device", choices=["auto", "cpu"], default="auto",
@@ -75,7 +79,7 @@ def config_from_args(args: argparse.Namespace):
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, amp=args.amp, head_dtype=args.head_dtype,
         strict_solver=args.strict_solver, resume=args.resume, device=args.device, num_workers=args.num_workers,
         augment_device=args.augment_device,
-        progress=not args.no_progress, tensorboard=args.tensorboard, sync_bn=args.sync_bn,
+        progress=not args.no_progress, tensorboard=args.tensorboard, sync_bn=args.sync_bn, compile=args.compile,
         stop_after_steps=args.stop_after_steps)
 
 
