@@ -55,7 +55,8 @@ class TrainConfig:
     synthetic source). Model: ``backbone`` / ``backbone_options``, ``head`` (default
     ``group-sparse-svm``) with ``lambda_ratio``, ``solver`` and ``head_options``, ``amp``
     (bf16 autocast of the backbone; None: on for an image backbone trained on CUDA, off
-    otherwise, see :func:`default_amp`; the resolved value is recorded), ``head_dtype``. Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
+    otherwise, see :func:`default_amp`; the resolved value is recorded), ``head_dtype``.
+    Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
     ``val_episodes`` (0: no validation), ``val_shot``, ``val_query``. Optimisation:
     ``epochs``, ``batches_per_epoch``, ``optimizer``, ``lr``, ``weight_decay``,
     ``label_smoothing``, ``seed``, ``checkpoint_every``, ``log_every``, ``strict_solver``.
