@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import Counter, Optional
@@ -29,7 +30,7 @@ from typing import Counter, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["OpCounts", "count_ops", "SYNC_OPS"]
+__all__ = ["OpCounts", "count_ops", "host_side", "SYNC_OPS"]
 
 #: ATen ops that wait for the device: a scalar read back, output sizes known only from
 #: the data, and the cuSOLVER info checks of the non-``_ex`` decompositions.
@@ -42,6 +43,19 @@ SYNC_OPS = frozenset({
 })
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_HOST = threading.local()
+
+
+class host_side:
+    """Marks a block that works on data already copied to the host (the copy is the
+    sync): its ATen calls are counted, none of them as a host sync."""
+
+    def __enter__(self):
+        _HOST.depth = getattr(_HOST, "depth", 0) + 1
+
+    def __exit__(self, *exc):
+        _HOST.depth -= 1
+        return False
 
 
 @dataclass
@@ -95,7 +109,7 @@ class _Mode(TorchDispatchMode):
         c.aten_calls += 1
         name = str(func)
         c.by_op[name] += 1
-        if _is_sync(func, args):
+        if _is_sync(func, args) and not getattr(_HOST, "depth", 0):
             c.host_syncs += 1
             if self.sites:
                 c.sync_sites[(name, _site())] += 1

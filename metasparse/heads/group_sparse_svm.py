@@ -107,6 +107,7 @@ class GroupSparseSVMHead(Head):
             self.log_lambda1 = nn.Parameter(torch.tensor(math.log(value), dtype=torch.float64))
         else:
             self.register_buffer("lambda1_value", torch.tensor(value, dtype=torch.float64))
+        self._lambda1_host = value     # host copy of lambda1_value: no device read per call
         if learn_lambda2:
             self.log_lambda2 = nn.Parameter(torch.tensor(math.log(lambda2), dtype=torch.float64))
         else:
@@ -121,7 +122,12 @@ class GroupSparseSVMHead(Head):
     def vanilla(self) -> bool:
         """True when ``lambda1 = 0`` for every episode (``lambda_ratio = 0`` or ``lambda1 = 0``,
         not learnable): the plain SVM-CS, for which no ``lambda_max`` is needed."""
-        return not self.learn_lambda1 and float(self.lambda1_value) == 0.0
+        return not self.learn_lambda1 and self._lambda1_host == 0.0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not self.learn_lambda1:
+            self._lambda1_host = float(self.lambda1_value)
 
     def _lambda1_param(self, like):
         v = self.log_lambda1.exp() if self.learn_lambda1 else self.lambda1_value
@@ -147,7 +153,7 @@ class GroupSparseSVMHead(Head):
             l1 = torch.zeros(B, dtype=support.dtype, device=support.device)
         elif self.relative:
             lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol,
-                                            cpu_threads=self.solver.cpu_threads)
+                                            cpu_threads=self.solver.cpu_threads, smooth=self.dual_reg > 0)
             l1 = self._lambda1_param(support) * lmax
         else:
             l1 = self._lambda1_param(support).expand(B)
@@ -158,13 +164,13 @@ class GroupSparseSVMHead(Head):
         if lmax is not None:
             # lambda1 >= lambda_max (a certified upper bound): W* = 0 exactly, and Lam0 is
             # a zero-gap dual certificate; rounding in the solver cannot leave 1e-17 rows
+            # (selected on the device: no host sync)
             zero = (l1.detach() >= lmax)
-            if bool(zero.any()):
-                W = torch.where(zero[:, None, None], torch.zeros_like(W), W)
-                dual = torch.where(zero[:, None, None], Lam0, dual)
-                gap = torch.where(zero, torch.zeros_like(gap), gap)
-                rel = torch.where(zero, torch.zeros_like(rel), rel)
-                conv = conv | zero
+            W = torch.where(zero[:, None, None], torch.zeros_like(W), W)
+            dual = torch.where(zero[:, None, None], Lam0, dual)
+            gap = torch.where(zero, torch.zeros_like(gap), gap)
+            rel = torch.where(zero, torch.zeros_like(rel), rel)
+            conv = conv | zero
         return HeadFit(weights=W, active=row_norms(W.detach()) > 0, dual=dual,
                        lambda1=l1.detach(), gap=gap, rel_gap=rel, n_iter=sol.n_iter,
                        lambda_max=lmax, converged=conv, tol=self.solver.tol)

@@ -173,14 +173,16 @@ def _pdhg(X, Y, rtol: float, max_iter: int, Lam_init, U_init=None, check_every: 
 
 
 def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float = 5e-3,
-               max_iter: int = 5000, cpu_threads: Optional[int] = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int = 5000, cpu_threads: Optional[int] = 1,
+               smooth: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     r"""Per-episode ``lambda_max`` (B,) and a dual point ``Lam0`` (B, n, k) achieving it.
 
     ``rho > 0``: closed form.  ``rho = 0``: certified upper bound within ``rtol`` of the
     exact value (see the module docstring; a warning-free fallback returns the best
     bound found after ``max_iter`` iterations).  Not differentiated (a per-episode
     constant for the backward pass).  ``cpu_threads``: intra-op threads on CPU (see
-    :mod:`metasparse.solvers.threads`; ``None`` keeps torch's setting).
+    :mod:`metasparse.solvers.threads`; ``None`` keeps torch's setting).  ``smooth``: True
+    when the caller knows on the host that every ``dual_reg > 0`` (no device read).
     """
     with torch.no_grad(), solver_threads(X.device, cpu_threads):
         X = X.detach()
@@ -191,7 +193,7 @@ def lambda_max(X: torch.Tensor, Y: torch.Tensor, lambda2, dual_reg, rtol: float 
         pos = rho > 0
         Lam0 = zero_weight_dual(Y, l2, rho)
         lmax = _norms_like_solver(X, Y, Lam0).amax(-1)
-        if not bool(pos.all()):
+        if not (bool(pos.all()) if smooth is None else smooth):
             zero = ~pos
             up, lam, _ = _lambda_max_hinge(X[zero], Y[zero], rtol, max_iter)
             lmax = lmax.clone()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..profiling import host_side
+
 __all__ = ["spd_solve", "top_eigenvalue"]
 
 
@@ -44,5 +46,7 @@ def top_eigenvalue(K: torch.Tensor) -> torch.Tensor:
     in float64: on a GPU, cuSOLVER's batched ``syevd`` takes ~5 ms for 8 matrices of 75 x 75
     and checks its result with a host sync anyway; the copy is that one sync, and the
     host takes ~0.1 ms."""
-    w = torch.linalg.eigvalsh(K.detach().to(dtype=torch.float64).cpu())[..., -1]
+    K_host = K.detach().to(dtype=torch.float64).cpu()
+    with host_side():
+        w = torch.linalg.eigvalsh(K_host)[..., -1]
     return w.to(device=K.device, dtype=K.dtype, non_blocking=True)

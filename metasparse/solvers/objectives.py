@@ -48,10 +48,12 @@ def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype) -> torch.Tenso
     """(B, n) int labels in 0..n_way-1 -> (B, n, n_way) one-hot of ``dtype``."""
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"support_labels: expected an integer tensor, got {labels.dtype}")
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_way):
-        raise ValueError(f"support_labels: expected values in 0..{n_way - 1}, "
-                         f"got range {int(labels.min())}..{int(labels.max())}")
-    return torch.nn.functional.one_hot(labels.long(), n_way).to(dtype)
+    if labels.numel():
+        lo, hi = torch.stack([labels.min(), labels.max()]).tolist()     # one transfer
+        if lo < 0 or hi >= n_way:
+            raise ValueError(f"support_labels: expected values in 0..{n_way - 1}, got range {lo}..{hi}")
+    # by comparison: torch's one_hot checks the range again on the host
+    return (labels.long()[..., None] == torch.arange(n_way, device=labels.device)).to(dtype)
 
 
 def row_norms(V: torch.Tensor) -> torch.Tensor:
