@@ -89,7 +89,49 @@ def empty_output(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
             n *= int(d)
         storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
         return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
-    return torch.empty(tuple(shape), dtype=dtype, device=device)
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if device.type == "cpu" and HUGE_PAGES:
+        advise_huge_pages(out)
+    return out
+
+
+#: False: never ask for transparent huge pages in :func:`empty_output` (e.g. where the
+#: kernel's THP ``defrag`` setting makes page faults stall on a fragmented memory).
+HUGE_PAGES = True
+_HUGE = 2 << 20
+_madvise = None
+
+
+def advise_huge_pages(t: torch.Tensor, min_bytes: int = 4 * _HUGE) -> bool:
+    """Ask Linux to back a fresh, untouched CPU tensor of at least ``min_bytes`` with
+    transparent huge pages (``madvise(MADV_HUGEPAGE)`` on its 2 MB-aligned part).
+
+    A 71 MB float32 batch otherwise costs ~17,000 page faults on first touch, about a
+    third of the CPU augmentation's time; with 2 MB pages ~35.  Only the page size
+    changes (no data is touched).  Returns False where it does not apply (small tensor,
+    not Linux, THP set to ``never``: then nothing happens)."""
+    global _madvise
+    nbytes = t.untyped_storage().nbytes()
+    if nbytes < min_bytes or t.device.type != "cpu":
+        return False
+    if _madvise is None:
+        try:
+            import ctypes
+            import sys
+            if not sys.platform.startswith("linux"):
+                raise OSError
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.madvise
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            fn.restype = ctypes.c_int
+            _madvise = fn
+        except (OSError, AttributeError):
+            _madvise = False
+    if not _madvise:
+        return False
+    ptr = t.untyped_storage().data_ptr()
+    lo, hi = (ptr + _HUGE - 1) // _HUGE * _HUGE, (ptr + nbytes) // _HUGE * _HUGE
+    return hi > lo and _madvise(lo, hi - lo, 14) == 0          # 14 = MADV_HUGEPAGE
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -321,18 +363,20 @@ class MetaOptNetTrainTransform:
         tops, lefts, flips = params.top.tolist(), params.left.tolist(), params.flip.tolist()
         if p > 0:
             dst.zero_()                          # padding; one memset per chunk beats one per image
+        # numpy views: slicing and a reversed (negative-stride) view cost ~10x less per image
+        # than the equivalent torch calls, and the cast to float happens in the copy
+        d_np, i_np = dst.numpy(), images.numpy()
         for j, mi in enumerate(idx.tolist()):
             # padded coordinates [t, t+s) x [l, l+s) <-> image rows [t-p, t-p+s) clipped to [0, h)
             y0, x0 = tops[j] - p, lefts[j] - p
             r0, r1 = max(0, y0), min(h, y0 + s)
             c0, c1 = max(0, x0), min(w, x0 + s)
-            d = dst[j]
-            src = images[mi, :, r0:r1, c0:c1]
+            src = i_np[mi, :, r0:r1, c0:c1]
             if flips[j]:
                 # flipped output column x shows padded column l + s-1-x
-                d[:, r0 - y0: r1 - y0, s - (c1 - x0): s - (c0 - x0)].copy_(src.flip(-1))
+                d_np[j, :, r0 - y0: r1 - y0, s - (c1 - x0): s - (c0 - x0)] = src[:, :, ::-1]
             else:
-                d[:, r0 - y0: r1 - y0, c0 - x0: c1 - x0].copy_(src)
+                d_np[j, :, r0 - y0: r1 - y0, c0 - x0: c1 - x0] = src
 
 
 def _constants(dataset) -> Tuple[str, Tuple[float, ...], Tuple[float, ...], Optional[int]]:

@@ -21,6 +21,9 @@ Usage::
 
     .venv/bin/python scripts/bench_sampler.py --batches 20 --out results/bench_sampler.json
     (also writes results/bench_sampler.png)
+
+    # the training pipeline only (BENCHMARKS.md, "Data pipeline (session 5)"):
+    .venv/bin/python scripts/bench_sampler.py --pipeline --per-class 2000 --batches 20 --pipeline-workers 1 2
 """
 from __future__ import annotations
 
@@ -81,6 +84,84 @@ def bench_ours_workers(source, n, workers):
     for _ in range(n):
         next(it)
     return (time.perf_counter() - t0) / n, float("nan")
+
+
+# -- the training data pipeline (session 5): producers, transport, workers ------------------------
+
+def _consume(item, buffers):
+    """What the main process does with a delivered batch before the device copy: read every
+    byte once (a copy into a reused buffer, as the pin-memory thread's copy into pinned memory)."""
+    for x in ([item.images] if hasattr(item, "images") else [item.support, item.query]):
+        key = (x.dtype, tuple(x.shape))
+        if key not in buffers:
+            buffers[key] = torch.empty(x.shape, dtype=x.dtype)
+        buffers[key].copy_(x)
+
+
+def bench_pipeline(source, n, workers_list, epochs_fork: int = 2):
+    """Per-batch wall / main-process CPU time of each way of producing training batches.
+
+    * ``cpu-aug``: ``sampler.sample`` in this process (float32 output, augmentation on the CPU);
+    * ``deferred``: ``sampler.sample_deferred`` in this process: what stays on the host when the
+      augmentation runs on the device (episode draw, uint8 gather, parameter draw);
+    * ``*-Nw``: the same items from N persistent DataLoader workers (keys ``(epoch, i)``), each
+      delivered batch read once in the main process (the pin-memory copy's work);
+    * ``augment-vectorised-cpu``: the device code path's arithmetic run on the CPU (informative only);
+    * ``new-loader-first-batch`` / ``persistent-first-batch``: time to the first batch of an
+      epoch with a DataLoader created per epoch (before) vs the persistent one (after)."""
+    from torch.utils.data import DataLoader
+    from episodes.sampler import EpisodeDataset, EpochKeys, epoch_loader
+    sampler = EpisodeSampler(source, WAY, SHOT, QUERY, BATCH, seed=0, transform="train")
+    rows = {}
+    counter = iter(range(10 ** 9))
+    buffers = {}
+    rows["cpu-aug-0w"] = time_batches(lambda: _consume(sampler.sample(0, next(counter)), buffers), n, desc="cpu-aug")
+    rows["deferred-0w"] = time_batches(lambda: _consume(sampler.sample_deferred(0, next(counter)), buffers), n,
+                                       desc="deferred")
+    raw = sampler.sample_deferred(0, 0)
+    t = sampler.transform
+    rows["augment-vectorised-cpu"] = time_batches(lambda: t.augment(raw.images, raw.params), max(3, n // 4),
+                                                  desc="vectorised")
+    for w in workers_list:
+        for deferred in (False, True):
+            keys = EpochKeys(n + 4 * w + 4)
+            loader = DataLoader(EpisodeDataset(sampler, keys.n_batches, deferred=deferred), batch_size=None,
+                                sampler=keys, num_workers=w, collate_fn=_identity, persistent_workers=True,
+                                prefetch_factor=2)
+            it = iter(loader)
+            for _ in range(4 * w + 4):              # start-up and queue fill
+                _consume(next(it), buffers)
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                _consume(next(it), buffers)
+            name = f"{'deferred' if deferred else 'cpu-aug'}-{w}w"
+            rows[name] = ((time.perf_counter() - w0) / n, (time.process_time() - c0) / n)
+            del it, loader
+            if not deferred:                        # time to an epoch's first batch: new loader vs persistent
+                small = EpochKeys(3)
+                persistent = DataLoader(EpisodeDataset(sampler, 3), batch_size=None, sampler=small, num_workers=w,
+                                        collate_fn=_identity, persistent_workers=True, prefetch_factor=2)
+                firsts_new, firsts_persistent = [], []
+                for e in range(epochs_fork + 1):
+                    t0 = time.perf_counter()
+                    for j, b in enumerate(epoch_loader(sampler, 3, e, num_workers=w)):   # a loader per epoch
+                        if j == 0:
+                            firsts_new.append(time.perf_counter() - t0)
+                    small.set_epoch(e)
+                    t0 = time.perf_counter()
+                    for j, b in enumerate(persistent):                                   # whole epochs
+                        if j == 0:
+                            firsts_persistent.append(time.perf_counter() - t0)
+                firsts_persistent = firsts_persistent[1:]                 # epoch 0 starts the workers
+                rows[f"new-loader-first-batch-{w}w"] = (sum(firsts_new) / len(firsts_new), float("nan"))
+                rows[f"persistent-first-batch-{w}w"] = (sum(firsts_persistent) / len(firsts_persistent),
+                                                        float("nan"))
+                del persistent
+    return rows
+
+
+def _identity(x):
+    return x
 
 
 def _l2l_taskset(source, item_transform):
@@ -144,9 +225,15 @@ def main(argv=None):
     ap.add_argument("--skip-l2l-v2", action="store_true")
     ap.add_argument("--skip-malloc", action="store_true", help="skip the keep_freed_memory() re-runs")
     ap.add_argument("--out", default=None, help="write results as JSON (atomically)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="only the training data pipeline: CPU vs deferred (device) augmentation, in process and "
+                         "with persistent workers (--pipeline-workers), epoch start-up")
+    ap.add_argument("--pipeline-workers", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     source = make_source(args.classes, args.per_class, args.size)
+    if args.pipeline:
+        return pipeline_main(args, source)
     res = {}
     res["ours"] = bench_ours(source, args.batches)
     res["l2l-pil"] = bench_l2l(source, args.l2l_batches, lee2019_transform(), "l2l-pil")
@@ -189,6 +276,27 @@ def main(argv=None):
         d = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(d, exist_ok=True)
         plot(rows, os.path.splitext(args.out)[0] + ".png", info["workload"])
+        atomic_write_text(args.out, json.dumps(info, indent=2))
+    return info
+
+
+def pipeline_main(args, source):
+    rows = bench_pipeline(source, args.batches, args.pipeline_workers)
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = None
+    info = {"workload": f"{WAY}-way {SHOT}-shot {QUERY}-query, {BATCH} episodes/batch, {args.size}x{args.size}",
+            "source": f"{args.classes} classes x {args.per_class} images in memory", "threads": args.threads,
+            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "loadavg": load, "rows": [{"method": k, "wall_s_per_batch": w, "main_cpu_s_per_batch": c}
+                                      for k, (w, c) in rows.items()]}
+    print(f"{'method':<30}{'wall ms/batch':>14}{'main-process CPU ms/batch':>27}{'episodes/s':>12}")
+    for k, (w, c) in rows.items():
+        print(f"{k:<30}{1e3 * w:>14.1f}{1e3 * c:>27.1f}{BATCH / w:>12.1f}")
+    print(f"load average during the run: {load}")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         atomic_write_text(args.out, json.dumps(info, indent=2))
     return info
 

@@ -95,3 +95,22 @@ def test_accelerator_code_path_matches_cpu_path():
     b = t(images, generator=torch.Generator().manual_seed(3), index=index)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert a.shape == (70, 3, 32, 32)
+
+
+def test_huge_page_advice_is_harmless():
+    """empty_output asks for transparent huge pages on large fresh CPU outputs (fewer page
+    faults); the data and the results are unaffected, small tensors are left alone."""
+    import episodes.transforms as T
+    assert not T.advise_huge_pages(torch.empty(10))
+    big = T.empty_output((4, 3, 600, 600))
+    big.fill_(1.5)
+    assert big.shape == (4, 3, 600, 600) and bool((big == 1.5).all())
+    t = train_transform("mini-imagenet")
+    images = torch.randint(0, 256, (200, 3, 84, 84), dtype=torch.uint8)
+    a = t(images, generator=torch.Generator().manual_seed(0))
+    T.HUGE_PAGES = False
+    try:
+        b = t(images, generator=torch.Generator().manual_seed(0))
+    finally:
+        T.HUGE_PAGES = True
+    assert torch.equal(a, b)
