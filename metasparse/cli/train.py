@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _strict_resume_hint(out: Path) -> str:
-    """How to go on after a --strict-solver stop (its step made no update, last.pt is intact)."""
+    """How to go on after a --strict-solver stop (its step was never saved: last.pt is intact)."""
     if (out / "last.pt").is_file():
         return (f"{out}/last.pt is the last good checkpoint: continue with --resume --no-strict-solver, "
                 f"or start a new run with a larger max_iter in --head-options")

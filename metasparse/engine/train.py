@@ -250,7 +250,7 @@ def _strict_error(conv: torch.Tensor, tol: Optional[float], epoch: int, i: int,
     return SolverConvergenceError(
         f"epoch {epoch + 1}/{s.epochs}, batch {i + 1}/{s.batches_per_epoch}: "
         + unconverged_message(int(conv[2]), int(conv[1]), float(conv[0]), tol)
-        + " (strict_solver: stopped before this step's update)")
+        + " (strict_solver: stopped before this step was saved)")
 
 
 def _warn_unconverged(sums: torch.Tensor, tol: Optional[float], epoch: int, s: TrainSettings) -> None:
