@@ -31,27 +31,38 @@ __all__ = ["StoppingRule", "RunResult", "merge", "run"]
 
 
 class StoppingRule:
-    r"""Per-episode stopping of batched iterations (see the module docstring)."""
+    r"""Per-episode stopping of batched iterations (see the module docstring).  The
+    per-episode state is created at the first check."""
 
-    def __init__(self, B: int, tol: float, patience: int, dtype, device, floor: float = 0.0):
+    def __init__(self, tol: float, patience: int, floor: float = 0.0):
         self.tol, self.patience, self.floor = tol, patience, floor
-        self.active = torch.ones(B, dtype=torch.bool, device=device)
-        self.best = torch.full((B,), torch.inf, dtype=dtype, device=device)
-        self.since = torch.zeros(B, dtype=torch.int64, device=device)
+        self.active = self.best = self.since = None
         self.objective = self.gap = None
 
     def relative(self, objective: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         return gap / torch.clamp(objective.abs(), min=self.floor)
 
+    def _step(self, objective: torch.Tensor, gap: torch.Tensor):
+        rel = self.relative(objective, gap)
+        if self.active is None:
+            active, best, since = torch.ones_like(rel, dtype=torch.bool), torch.full_like(rel, torch.inf), \
+                torch.zeros_like(rel, dtype=torch.int64)
+        else:
+            active, best, since = self.active, self.best, self.since
+        improved = rel < 0.99 * best
+        best = torch.where(improved, rel, best)
+        since = torch.where(improved, 0, since + 1)
+        return active & ~(rel <= self.tol) & (since < self.patience), best, since
+
+    def preview(self, objective: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """The ``active`` mask :meth:`update` would return for this check (nothing recorded)."""
+        return self._step(objective, gap)[0]
+
     def update(self, objective: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
         """Record a check; returns the new ``active`` mask."""
-        rel = self.relative(objective, gap)
-        done = ~self.active
-        improved = rel < 0.99 * self.best
-        self.best = torch.where(improved, rel, self.best)
-        self.since = torch.where(improved, torch.zeros_like(self.since), self.since + 1)
-        self.active = self.active & ~(rel <= self.tol) & (self.since < self.patience)
-        if self.objective is None:
+        done = None if self.active is None else ~self.active
+        self.active, self.best, self.since = self._step(objective, gap)
+        if done is None:
             self.objective, self.gap = objective, gap
         else:
             self.objective = torch.where(done, self.objective, objective)
@@ -92,20 +103,28 @@ def merge(active: torch.Tensor, new, old):
 def run(solver, state, *, tol: float, max_iter: int, check_every: int = 1, patience: int = 20,
         floor: float = 0.0) -> RunResult:
     """Iterate ``solver.update`` from ``state`` until every episode is converged, stalled
-    or ``max_iter`` is reached (module docstring)."""
-    rule = None
+    or ``max_iter`` is reached (module docstring).
+
+    The number of running episodes is the loop's one host read per check.  A solver whose
+    ``check`` reads the device anyway can take it along: with ``previews_stopping = True``
+    its ``check(state, active, preview)`` gets ``preview(objective, gap)``, the device
+    mask of the episodes still running after this check, and may return the count it
+    read as a fourth value (the same transfer)."""
+    rule = StoppingRule(tol, patience, floor)
     n_iter = None
     all_active = True
     active = None
+    previews = getattr(solver, "previews_stopping", False)
     for it in range(max_iter + 1):
         if it % check_every == 0 or it == max_iter:
-            state, objective, gap = solver.check(state, active)
-            if rule is None:
-                B = objective.shape[0]
-                rule = StoppingRule(B, tol, patience, objective.dtype, objective.device, floor)
-                n_iter = torch.zeros(B, dtype=torch.int64, device=objective.device)
+            out = solver.check(state, active, rule.preview) if previews else solver.check(state, active)
+            state, objective, gap = out[:3]
+            n_active = out[3] if len(out) > 3 else None
+            if n_iter is None:
+                n_iter = torch.zeros(objective.shape[0], dtype=torch.int64, device=objective.device)
             active = rule.update(objective, gap)
-            n_active = int(active.sum())
+            if n_active is None:
+                n_active = int(active.sum())
             all_active = n_active == active.shape[0]
             if it == max_iter or n_active == 0:
                 break

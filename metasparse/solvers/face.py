@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 
 from . import linalg
-from .objectives import bst_jacobian, column_norms, dual_features, row_norms
+from .objectives import column_norms, dual_features, row_norms
 
 __all__ = ["on_face", "Face", "DualHessian", "dual_hessian", "projector_blocks", "solve_on_face_projector"]
 
@@ -45,58 +45,69 @@ def on_face(Lam: torch.Tensor) -> torch.Tensor:
     return Lam > 64 * torch.finfo(Lam.dtype).eps
 
 
+_EYE = {}
+
+
+def _eye(N: int, dtype, device) -> torch.Tensor:
+    """A cached (N, N) identity (one allocation per size, not one per solve)."""
+    key = (N, dtype, str(device))
+    if key not in _EYE:
+        _EYE[key] = torch.eye(N, dtype=dtype, device=device)
+    return _EYE[key]
+
+
 @dataclass
 class Face:
-    """A face in the basis of the module docstring: ``ref`` (B, n), ``cls`` (B, n, k-1),
-    ``on`` (B, n, k-1) bool."""
+    """A face in the basis of the module docstring: ``ref`` (B, n, 1) reference classes,
+    ``cls`` (B, n, k-1) the other classes, ``on`` (B, n, k-1) bool: the slots on the face,
+    and ``C`` (B, n, k-1, k) the rows ``e_cls - e_ref`` (``Q^T`` per sample) in the point's dtype.
+
+    (Written for few device operations: on a GPU each is a kernel launch.)"""
 
     ref: torch.Tensor
     cls: torch.Tensor
     on: torch.Tensor
+    C: torch.Tensor
 
     @classmethod
     def of(cls_, point: torch.Tensor, support: Optional[torch.Tensor] = None) -> "Face":
         """Basis with reference classes ``argmax`` of ``point`` (B, n, k); slots on the face
         where ``support`` (B, n, k) bool (default: ``point > 0``) is True."""
         k = point.shape[-1]
-        ref = point.argmax(-1)
-        cls = (ref[..., None] + torch.arange(1, k, device=point.device)) % k
+        classes = torch.arange(k, device=point.device)
+        ref = point.argmax(-1, keepdim=True)
+        cls = torch.remainder(ref + classes[1:], k)
+        C = (cls.unsqueeze(-1) == classes).to(point.dtype) - (ref.unsqueeze(-1) == classes).to(point.dtype)
         support = point > 0 if support is None else support
-        return cls_(ref=ref, cls=cls, on=support.gather(2, cls))
+        return cls_(ref=ref, cls=cls, on=support.gather(2, cls), C=C)
 
     def with_support(self, support: torch.Tensor) -> "Face":
         """The same basis on another support (B, n, k) (the reference class must be in it)."""
         return replace(self, on=support.gather(2, self.cls))
 
-    @property
-    def k(self) -> int:
-        return self.cls.shape[-1] + 1
-
     def expand(self, z: torch.Tensor) -> torch.Tensor:
         """``Q z``: (B, n, k-1) coordinates -> (B, n, k) tangent vector (rows sum to 0)."""
-        D = torch.zeros(*z.shape[:2], self.k, dtype=z.dtype, device=z.device)
-        D.scatter_(2, self.cls, z)
-        return D.scatter_(2, self.ref[..., None], -z.sum(-1, keepdim=True))
+        return (z.unsqueeze(-1) * self.C).sum(-2)
 
     def reduce(self, r: torch.Tensor) -> torch.Tensor:
         """``Q^T r``: (B, n, k) -> (B, n, k-1)."""
-        return r.gather(2, self.cls) - r.gather(2, self.ref[..., None])
+        return (self.C * r.unsqueeze(-2)).sum(-1)
 
     def restrict(self, H: torch.Tensor) -> torch.Tensor:
         """``H`` (B, n(k-1), n(k-1)) restricted to the slots on the face; the others get
         identity rows (their coordinate solves to 0)."""
-        mask = self.on.reshape(self.on.shape[0], -1).to(H.dtype)
-        return H * (mask[:, :, None] * mask[:, None, :]) + torch.diag_embed(1.0 - mask)
+        m = self.on.view(self.on.shape[0], -1)
+        return torch.where(m.unsqueeze(2) & m.unsqueeze(1), H, _eye(H.shape[-1], H.dtype, H.device))
 
     def solve(self, H: torch.Tensor, rhs: torch.Tensor, on_failure: str = "refine") -> torch.Tensor:
         """The tangent ``u = Q z`` (B, n, k) solving (*) for the reduced Hessian ``H = Q^T M Q``
         (:meth:`DualHessian.reduced`, every slot free) and ``rhs`` (B, n, k);
-        ``on_failure`` as in :func:`~metasparse.solvers.linalg.spd_solve`."""
+        ``on_failure`` as in :func:`~metasparse.solvers.linalg.spd_solve`.  (The coordinates
+        off the face solve to exactly 0: identity rows and a zero right-hand side.)"""
         B, n, km = self.cls.shape
-        on = self.on.to(rhs.dtype)
-        b = (self.reduce(rhs) * on).reshape(B, n * km)
-        z = linalg.spd_solve(self.restrict(H), b.to(H.dtype), on_failure=on_failure).to(rhs.dtype)
-        return self.expand(z.reshape(B, n, km) * on)
+        b = torch.where(self.on, self.reduce(rhs), 0.0).view(B, n * km)
+        z = linalg.spd_solve(self.restrict(H), b.to(H.dtype), on_failure=on_failure)
+        return self.expand(z.view(B, n, km).to(rhs.dtype))
 
 
 @dataclass
@@ -130,13 +141,19 @@ class DualHessian:
         number of active rows of an episode; the caller may know it without asking the
         device); default: counted here (a host sync on a GPU)."""
         B, n, m = XF.shape
-        on = nrm > l1[:, None]
+        l1c = l1.view(-1, 1)
+        on = nrm > l1c
         mA = max(int(on.sum(-1).max()), 1) if m_active is None else max(min(int(m_active), m), 1)
-        sel = torch.where(on, nrm, torch.full_like(nrm, -1.0)).topk(mA, dim=-1).indices
-        XA = XF.gather(2, sel[:, None, :].expand(B, n, mA))
-        VA = Vt.gather(2, sel[:, None, :].expand(B, Vt.shape[1], mA))
-        a, c, _ = bst_jacobian(nrm.gather(1, sel), l1)
-        Ka = torch.baddbmm(torch.diag_embed(rho[:, None].expand(B, n)), XA * a[:, None, :], XA.transpose(1, 2))
+        sel = torch.where(on, nrm, -1.0).topk(mA, dim=-1).indices
+        XA = XF.gather(2, sel.unsqueeze(1).expand(B, n, mA))
+        VA = Vt.gather(2, sel.unsqueeze(1).expand(B, Vt.shape[1], mA))
+        nA = nrm.gather(1, sel)
+        # bst_jacobian on the selected rows: a = 1 - lambda1/||v||, c = lambda1/||v||^3 (0 off A)
+        onA = nA > l1c
+        inv = torch.where(onA, nA, 1.0).reciprocal()
+        a = torch.where(onA, 1.0 - l1c * inv, 0.0)
+        c = torch.where(onA, l1c * inv * inv * inv, 0.0)
+        Ka = torch.baddbmm(torch.diag_embed(rho.view(-1, 1).expand(B, n)), XA * a.unsqueeze(1), XA.transpose(1, 2))
         return cls(Ka=Ka, l2=l2, XA=XA, VA=VA, c=c, cols=sel, solve_dtype=solve_dtype)
 
     @classmethod
@@ -148,11 +165,11 @@ class DualHessian:
 
     def apply(self, D: torch.Tensor) -> torch.Tensor:
         """``M D`` for D (B, n, k): ``(Ka D + X_A (s_j v_j)_j) / lambda2``, ``s_j = c_j <v_j, (X_A^T D)_j>``."""
-        out = self.Ka @ D
+        out = torch.bmm(self.Ka, D)
         if self.XA is not None:
-            s = self.c * (self.VA * (D.transpose(1, 2) @ self.XA)).sum(1)          # (B, mA)
-            out = torch.baddbmm(out, self.XA, (self.VA * s[:, None, :]).transpose(1, 2))
-        return out / self.l2[:, None, None]
+            s = self.c * (self.VA * torch.bmm(D.transpose(1, 2), self.XA)).sum(1)   # (B, mA)
+            out = torch.baddbmm(out, self.XA, (self.VA * s.unsqueeze(1)).transpose(1, 2))
+        return out / self.l2.view(-1, 1, 1)
 
     def reduced(self, face: Face) -> torch.Tensor:
         r"""``Q^T M Q`` (B, n(k-1), n(k-1)) in the basis of ``face`` with every slot free
@@ -162,21 +179,17 @@ class DualHessian:
         ``Ka_ij C_i C_j^T + sum_j c_j x_i x_j (C_i v) (C_j v)^T``; the second part is
         ``R R^T`` with ``R[(i, l), j] = x_ij sqrt(c_j) (C_i v_j)_l``.
         """
-        ref, cls_ = face.ref, face.cls
-        B, n, km = cls_.shape
-        k = km + 1
+        B, n, km, k = face.C.shape
         dt = self.solve_dtype
-        classes = torch.arange(k, device=cls_.device)     # one-hot by comparison: no host sync on a GPU
-        C = (cls_[..., None] == classes).to(dt) - (ref[..., None, None] == classes).to(dt)
-        Cf = C.reshape(B, n * km, k)
-        pattern = (Cf @ Cf.transpose(1, 2)).reshape(B, n, km, n, km)
-        H = (self.Ka.to(dt)[:, :, None, :, None] * pattern).reshape(B, n * km, n * km)
+        Cf = face.C.to(dt).view(B, n * km, k)
+        pattern = torch.bmm(Cf, Cf.transpose(1, 2)).view(B, n, km, n, km)
+        H = (self.Ka.to(dt).view(B, n, 1, n, 1) * pattern).view(B, n * km, n * km)
         if self.XA is not None:
-            R = (Cf @ (self.VA * self.c.sqrt()[:, None, :]).to(dt)).reshape(B, n, km, -1) \
-                * self.XA.to(dt)[:, :, None, :]
-            R = R.reshape(B, n * km, -1)
+            R = torch.bmm(Cf, (self.VA * self.c.sqrt().unsqueeze(1)).to(dt)).view(B, n, km, -1) \
+                * self.XA.to(dt).unsqueeze(2)
+            R = R.view(B, n * km, -1)
             H = torch.baddbmm(H, R, R.transpose(1, 2))
-        return H / self.l2[:, None, None].to(dt)
+        return H / self.l2.to(dt).view(-1, 1, 1)
 
 
 def dual_hessian(Lam, X, Y, lambda1, lambda2, dual_reg, K=None) -> torch.Tensor:

@@ -16,10 +16,10 @@ def spd_solve(H: torch.Tensor, b: torch.Tensor, on_failure: str = "refine") -> t
     pseudo-inverse; finding out costs one host sync.  ``"zero"``: no host sync; those
     episodes get ``x = 0`` (for iterative solvers that fall back to a safe step)."""
     L, info = torch.linalg.cholesky_ex(H)
-    x = torch.cholesky_solve(b[..., None], L)[..., 0]
+    x = torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
     bad = info != 0
     if on_failure == "zero":
-        return torch.where(bad[..., None], torch.zeros_like(x), x)
+        return torch.where(bad.unsqueeze(-1), 0.0, x)
     if on_failure != "refine":
         raise ValueError(f"on_failure: expected 'refine' or 'zero', got {on_failure!r}")
     if not bool(bad.any()):

@@ -123,20 +123,23 @@ class Evaluation:
 
 def _dual_value(Lam, Y, nrm, l1, l2, c) -> torch.Tensor:
     """``D(Lam)`` from the row norms of V (B,)."""
-    excess = torch.clamp(nrm - l1[..., None], min=0.0)
+    excess = torch.clamp(nrm - l1.unsqueeze(-1), min=0.0)
+    G = Lam - Y
+    # <Lam, Delta> = sum(Lam) - <Lam, Y> = n - <Lam, Y> for rows in the simplex: kept literal
     return ((Lam * (1.0 - Y)).sum((-1, -2)) - (0.5 / l2) * (excess * excess).sum(-1)
-            - 0.5 * c * ((Lam - Y) ** 2).sum((-1, -2)))
+            - 0.5 * c * (G * G).sum((-1, -2)))
 
 
 def evaluate(prob: RestrictedProblem, Lam: torch.Tensor) -> Evaluation:
     r"""Everything at ``Lam``: ``W = BST(V, lambda1)/lambda2`` on F, ``S = X_F W``,
     ``g = Delta + S + c (Y - Lam)``, D, and the gap in Fenchel-Young form."""
     Y, l1, l2, c = prob.Y, prob.l1, prob.l2, prob.c
-    Vt = (Y - Lam).transpose(1, 2) @ prob.XF
+    G = Y - Lam
+    Vt = torch.bmm(G.transpose(1, 2), prob.XF)
     nrm = column_norms(Vt)
-    Wt = Vt * (bst_factor(nrm, l1) / l2[:, None]).unsqueeze(1)
-    S = prob.XF @ Wt.transpose(1, 2)
-    g = (1.0 - Y) + S + c[:, None, None] * (Y - Lam)
+    Wt = Vt * (bst_factor(nrm, l1) / l2.view(-1, 1)).unsqueeze(1)
+    S = torch.bmm(prob.XF, Wt.transpose(1, 2))
+    g = (1.0 - Y) + S + c.view(-1, 1, 1) * G
     D = _dual_value(Lam, Y, nrm, l1, l2, c)
     gap = fenchel_young_gap(S, Y, Lam, c, smooth=prob.smooth)
     return Evaluation(Vt=Vt, nrm=nrm, S=S, g=g, D=D, P=D + gap, gap=gap)
@@ -164,24 +167,27 @@ def feature_violations(X: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, prob
     A violator is a feature outside the working set with
     ``||V_j|| > (1 - margin) lambda1`` (``V = X^T (Y - Lam)`` in X's dtype).
     """
-    Vt = (Y - Lam).to(X.dtype).transpose(1, 2) @ X
+    Vt = torch.bmm((Y - Lam).to(X.dtype).transpose(1, 2), X)
     norms = column_norms(Vt).to(Lam.dtype)
-    inside = torch.zeros_like(norms, dtype=torch.bool).scatter_(1, prob.idx, True)
-    return norms, (~inside) & (norms > (1.0 - margin) * prob.l1[:, None])
+    outside = torch.ones_like(norms, dtype=torch.bool).scatter_(1, prob.idx, False)
+    return norms, outside & (norms > (1.0 - margin) * prob.l1.view(-1, 1))
 
 
 def grow_working_set(prob: RestrictedProblem, X: torch.Tensor, norms: torch.Tensor,
                      violators: torch.Tensor, count_max: Optional[int] = None
                      ) -> Tuple[RestrictedProblem, torch.Tensor, int]:
     """Add violators (the largest ``||V_j||`` first, at most ``max(m, 256)`` per episode)
-    to the working set.  ``count_max``: the largest number of violators of an episode, if
+    to the working set, with a slack of ``max(64, count / 4)`` more features (the next
+    largest norms: those about to cross the threshold as the point moves, each of which
+    would otherwise cost a growth of its own: a host sync, an eigenvalue solve and a
+    re-evaluation).  ``count_max``: the largest number of violators of an episode, if
     the caller has it on the host (else read here).  Returns the new problem, a (B,) bool
     (all of the episode's violators are now inside) and the number of features added."""
     B, n, d = X.shape
     m = prob.idx.shape[1]
     count = violators.sum(-1)
     count_max = int(count.max()) if count_max is None else int(count_max)
-    add = min(d - m, max(count_max, 1), max(m, 256))
+    add = min(d - m, count_max + max(64, count_max // 4), max(m, 256))
     # the largest norms outside F: the violators first (largest first), then, for
     # episodes with fewer violators, the next features (harmless: a larger F is
     # still a restriction of the full problem)
@@ -221,7 +227,7 @@ def face_newton_points(M: DualHessian, g: torch.Tensor, Lam: torch.Tensor, Lp: t
     H = M.reduced(face)
     diag = H.diagonal(dim1=-2, dim2=-1)
     diag.add_((damping.to(H.dtype) * diag.mean(-1))[:, None])
-    ref = face.ref[..., None]
+    ref = face.ref                                      # (B, n, 1)
     points = []
     x, changed = None, None
     for it in range(face_iters + 1):
@@ -249,7 +255,7 @@ def newton_direction(prob: RestrictedProblem, Lam: torch.Tensor, ev: Evaluation,
     :func:`face_newton_points` with the generalised Hessian of the active rows, and the
     projected-gradient point ``Lam+ = proj(Lam + eta g)``.  ``m_active``: an upper bound on
     the number of active rows of an episode (see :meth:`DualHessian.at`)."""
-    Lp = project_simplex(Lam + prob.eta[:, None, None] * ev.g)
+    Lp = project_simplex(torch.addcmul(Lam, prob.eta.view(-1, 1, 1), ev.g))
     M = DualHessian.at(prob.XF, ev.Vt, ev.nrm, prob.l1, prob.l2, prob.rho, m_active=m_active)
     return face_newton_points(M, ev.g, Lam, Lp, damping, face_iters), Lp
 
@@ -367,25 +373,38 @@ class WorkingSetNewton:
 
     def _active_rows(self, prob: RestrictedProblem, ev: Evaluation) -> torch.Tensor:
         """Largest number of active rows (``||V_j|| > lambda1``) of an episode, on the device."""
-        return (ev.nrm > prob.l1[:, None]).sum(-1).max()
+        return (ev.nrm > prob.l1.view(-1, 1)).sum(-1).max()
 
-    def check(self, state: NewtonState, active=None):
+    previews_stopping = True     # check() reads the run loop's count with its own transfer
+
+    def check(self, state: NewtonState, active=None, preview=None):
+        """Restricted gap after the full pass (growing the working set where features
+        outside it violate), with one device-to-host transfer: the number of violators to
+        add, the active rows of the next Hessian and, from ``preview`` (the run loop's
+        stopping rule), the episodes still running; a second one only when the working
+        set grows (the gap then changes)."""
         prob = state.prob
         if state.fresh:      # built from this point's norms: certify from the next check on
             ev = evaluate(prob, state.Lam)
-            m_active = int(self._active_rows(prob, ev))
-            return replace(state, fresh=False, ev=ev, m_active=m_active), ev.P, torch.full_like(ev.gap, math.inf)
+            gap = torch.full_like(ev.gap, math.inf)
+            reads = [self._active_rows(prob, ev)] + ([] if preview is None else [preview(ev.P, gap).sum()])
+            vals = torch.stack(reads).tolist()
+            state = replace(state, fresh=False, ev=ev, m_active=int(vals[0]))
+            return (state, ev.P, gap) + tuple(int(v) for v in vals[1:])
         norms, viol = feature_violations(self.X, self.Y, state.Lam, prob)
         ev = evaluate(prob, state.Lam)
-        # the check's one transfer: violators to add, and the active rows of the next Hessian
-        count_max, m_active = torch.stack([viol.sum(-1).max(), self._active_rows(prob, ev)]).tolist()
-        covered = torch.ones_like(viol[:, 0])
-        if count_max > 0:
-            prob, covered, added = grow_working_set(prob, self.X, norms, viol, count_max)
-            ev = evaluate(prob, state.Lam)
-            m_active += added       # the rows active before, plus at most the features added
-        gap = torch.where(covered, ev.gap, torch.full_like(ev.gap, math.inf))
-        return replace(state, prob=prob, ev=ev, m_active=m_active), ev.P, gap
+        reads = [viol.sum(-1).max(), self._active_rows(prob, ev)]
+        if preview is not None:      # what the loop will decide if no feature is added
+            reads.append(preview(ev.P, ev.gap).sum())
+        vals = [int(v) for v in torch.stack(reads).tolist()]
+        count_max, m_active = vals[0], vals[1]
+        if count_max == 0:
+            return (replace(state, ev=ev, m_active=m_active), ev.P, ev.gap) + tuple(vals[2:])
+        prob, covered, added = grow_working_set(prob, self.X, norms, viol, count_max)
+        ev = evaluate(prob, state.Lam)
+        gap = torch.where(covered, ev.gap, math.inf)
+        # the rows active before, plus at most the features added
+        return replace(state, prob=prob, ev=ev, m_active=m_active + added), ev.P, gap
 
 
 # ------------------------------------------------------------- lambda1 = 0

@@ -193,13 +193,14 @@ def fenchel_young_gap(S: torch.Tensor, Y: torch.Tensor, Lam: torch.Tensor, c: to
     smooth = _smooth(c, smooth)
     if smooth is False:
         return (z.amax(-1) - (Lam * z).sum(-1)).sum(-1)
-    cs = torch.where(c > 0, c, torch.ones_like(c))[:, None, None]
+    c3 = c.view(-1, 1, 1)
+    cs = c3 if smooth is True else torch.where(c3 > 0, c3, 1.0)
     q = project_simplex(Y + z / cs)
     if smooth is not True:
         hard = (z.argmax(-1, keepdim=True) == torch.arange(z.shape[-1], device=z.device)).to(z.dtype)
-        q = torch.where(c[:, None, None] > 0, q, hard)
-    ch = c[:, None]
-    g = ((q - Lam) * z).sum(-1) - 0.5 * ch * (((q - Y) ** 2).sum(-1) - ((Lam - Y) ** 2).sum(-1))
+        q = torch.where(c3 > 0, q, hard)
+    # <q - Lam, z> - c/2 (||q - y||^2 - ||Lam - y||^2) = <q - Lam, z - (c/2) (q + Lam - 2 y)>
+    g = ((q - Lam) * (z - (0.5 * c3) * (q + Lam - 2.0 * Y))).sum(-1)
     return g.clamp(min=0.0).sum(-1)
 
 
