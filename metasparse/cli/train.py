@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..heads import SolverConvergenceError
 from ..registry import BACKBONES, DATASETS, HEADS, SOLVERS
 from .common import json_arg
 
@@ -85,6 +84,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..api import train
+    from ..heads import SolverConvergenceError   # here, not at the top: --help needs no torch
     config = config_from_args(args)
     try:
         result = train(config)
