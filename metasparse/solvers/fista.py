@@ -24,7 +24,7 @@ of an iteration are ~2x faster in that layout.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -109,14 +109,24 @@ class Oracle:
 
 @dataclass
 class FISTAState:
-    """Per-episode FISTA state: point, previous point, momentum ``t``; feature mode also
-    keeps ``lin = V^T`` of both points (on the current working set)."""
+    """FISTA state: point, previous point, momentum ``t`` (per episode); feature mode also
+    keeps ``lin = V^T`` of both points (on the current working set).  What the checks
+    refresh lives here too, not in the solver: the Newton tries made so far, the face (and
+    active rows) at the previous check, and in feature mode the working set ``ws_idx``
+    (B, m) (None: all features) with its :class:`Oracle` and the weights ``W_last`` of the
+    last check."""
 
     Lam: torch.Tensor
     Lam_prev: torch.Tensor
     t: torch.Tensor
     lin: Optional[torch.Tensor] = None
     lin_prev: Optional[torch.Tensor] = None
+    n_newton: int = 0
+    face_prev: Optional[torch.Tensor] = None
+    feat_prev: Optional[torch.Tensor] = None
+    ws_idx: Optional[torch.Tensor] = None
+    ora: Optional["Oracle"] = None
+    W_last: Optional[torch.Tensor] = None
 
 
 def _momentum(t):
@@ -176,7 +186,7 @@ class GramFISTA:
         self.smooth = bool((rho > 0).all()) if smooth is None else bool(smooth)   # every rho > 0
         self.ora = Oracle(None, Y, torch.zeros_like(l2), l2, rho, gram=True, K=K, smooth=self.smooth)
         self.newton = newton and self.smooth
-        self.max_newton, self.n_newton, self.face_prev = max_newton, 0, None
+        self.max_newton = max_newton
         self.floor = 1e-12 * n
 
     def init_state(self, init=None) -> FISTAState:
@@ -187,7 +197,7 @@ class GramFISTA:
         t_next, beta = _momentum(s.t)
         Z = torch.lerp(s.Lam_prev, s.Lam, 1.0 + beta[:, None, None])     # Lam + beta (Lam - Lam_prev)
         Lam_new = project_simplex(torch.baddbmm(self.C0, self.Mp, Z))
-        return FISTAState(Lam=Lam_new, Lam_prev=s.Lam, t=_restart(Z, Lam_new, s.Lam, t_next))
+        return replace(s, Lam=Lam_new, Lam_prev=s.Lam, t=_restart(Z, Lam_new, s.Lam, t_next))
 
     def finalize(self, s: FISTAState, P, gap):
         """One projected-gradient step from the returned point (a fixed point at the
@@ -199,7 +209,7 @@ class GramFISTA:
         P_new, gap_new = self.ora.objectives(Lam, lin, S, None)
         keep = gap_new <= gap
         Lam = torch.where(keep[:, None, None], Lam, s.Lam)
-        return FISTAState(Lam=Lam, Lam_prev=Lam, t=s.t), torch.where(keep, P_new, P), torch.where(keep, gap_new, gap)
+        return replace(s, Lam=Lam, Lam_prev=Lam), torch.where(keep, P_new, P), torch.where(keep, gap_new, gap)
 
     def check(self, s: FISTAState, active=None):
         lin = self.ora.lin(s.Lam)
@@ -208,21 +218,19 @@ class GramFISTA:
         face = s.Lam > 0
         active = torch.ones_like(face[:, 0, 0]) if active is None else active
         pending = active & (gap > self.tol * torch.clamp(P.abs(), min=self.floor))
-        if (self.newton and self.n_newton < self.max_newton and self.face_prev is not None
-                and bool(pending.any()) and bool((face == self.face_prev).all())):
+        if (self.newton and s.n_newton < self.max_newton and s.face_prev is not None
+                and bool(pending.any()) and bool((face == s.face_prev).all())):
             # the face is stable: one Newton step on it solves the QP there (kept for
             # every running episode whose gap it lowers)
-            self.n_newton += 1
             Lam_try, P_try, gap_try = newton_step_gram(self.K, self.Y, self.l2, self.rho, s.Lam, S, self.ora)
             acc = active & (gap_try < gap)
             a3 = acc[:, None, None]
             Lam = torch.where(a3, Lam_try, s.Lam)
-            s = FISTAState(Lam=Lam, Lam_prev=torch.where(a3, Lam, s.Lam_prev),
-                           t=torch.where(acc, torch.ones_like(s.t), s.t))
+            s = replace(s, Lam=Lam, Lam_prev=torch.where(a3, Lam, s.Lam_prev),
+                        t=torch.where(acc, torch.ones_like(s.t), s.t), n_newton=s.n_newton + 1)
             P, gap = torch.where(acc, P_try, P), torch.where(acc, gap_try, gap)
             face = Lam > 0
-        self.face_prev = face
-        return s, P, gap
+        return replace(s, face_prev=face), P, gap
 
 
 # --------------------------------------------------------------- feature mode
@@ -248,7 +256,7 @@ class FeatureFISTA:
     copy in mixed mode).  The working set (``working_set=True``, no autograd) is
     rebuilt at a check when a feature outside it crossed ``(1 - ws_margin) lambda1`` or
     when it can shrink by 20%; the check's full ``V`` re-anchors the iteration state.
-    ``W_last`` holds the weights of the last check (float64 in mixed mode).
+    The state's ``W_last`` holds the weights of the last check (float64 in mixed mode).
     """
 
     def __init__(self, X, X_check, Y, l1, l2, rho, K, tol: float, working_set: bool, ws_margin: float,
@@ -260,36 +268,36 @@ class FeatureFISTA:
         self.mixed = X.dtype != X_check.dtype
         self.use_ws = working_set and not grad
         self.full = Oracle(X_check, Y, l1, l2, rho, gram=False)
-        self.ora = self.full if not self.mixed else Oracle(X, Y, l1, l2, rho, gram=False)
         self.eta = (1.0 / lipschitz_constant(None, l2.detach(), rho, K=K))[:, None, None]
         self.Y, self.l2, self.rho = Y, l2, rho
-        self.ws_idx, self.ws_size = None, d
-        self.W_last = None
         self.refresh = self.use_ws or self.mixed         # checks re-anchor on the full V
         self.newton = self.refresh and newton and bool((rho > 0).all())
-        self.max_newton, self.n_newton, self.face_prev, self.feat_prev = max_newton, 0, None, None
+        self.max_newton = max_newton
         self.floor = 1e-12 * n
 
     def init_state(self, init=None) -> FISTAState:
         Lam = zero_weight_dual(self.Y, self.l2.detach(), self.rho) if init is None else init
-        lin = self.ora.lin(Lam)
+        ora = self.full if not self.mixed else Oracle(self.X, self.Y, self.l1, self.l2, self.rho, gram=False)
+        lin = ora.lin(Lam)
         return FISTAState(Lam=Lam, Lam_prev=Lam, t=torch.ones(Lam.shape[0], dtype=Lam.dtype, device=Lam.device),
-                          lin=lin, lin_prev=lin)
+                          lin=lin, lin_prev=lin, ora=ora)
 
     def update(self, s: FISTAState) -> FISTAState:
         t_next, beta = _momentum(s.t)
         b3 = beta[:, None, None]
         Z = s.Lam + b3 * (s.Lam - s.Lam_prev)
         linZ = s.lin + b3 * (s.lin - s.lin_prev)
-        SZ, _ = self.ora.scores(linZ)
-        Lam_new = project_simplex(Z + self.eta * self.ora.gradient(Z, SZ))
-        lin_new = self.ora.lin_step(s.lin, s.Lam, Lam_new)
-        return FISTAState(Lam=Lam_new, Lam_prev=s.Lam, t=_restart(Z, Lam_new, s.Lam, t_next).detach(),
-                          lin=lin_new, lin_prev=s.lin)
+        SZ, _ = s.ora.scores(linZ)
+        Lam_new = project_simplex(Z + self.eta * s.ora.gradient(Z, SZ))
+        lin_new = s.ora.lin_step(s.lin, s.Lam, Lam_new)
+        return replace(s, Lam=Lam_new, Lam_prev=s.Lam, t=_restart(Z, Lam_new, s.Lam, t_next).detach(),
+                       lin=lin_new, lin_prev=s.lin)
 
-    def _gather(self, V):
+    @staticmethod
+    def _gather(s: FISTAState, V):
         B, k = V.shape[:2]
-        return V if self.ws_idx is None else V.gather(2, self.ws_idx[:, None, :].expand(B, k, self.ws_size))
+        idx = s.ws_idx
+        return V if idx is None else V.gather(2, idx[:, None, :].expand(B, k, idx.shape[1]))
 
     def working_set_step(self, s: FISTAState, V: torch.Tensor) -> FISTAState:
         """Rebuild the working set from the full ``V`` when needed; re-anchor ``lin``."""
@@ -298,33 +306,32 @@ class FeatureFISTA:
             nrm = (V * V).sum(-2).sqrt()                                          # (B, d)
             need = nrm > (1.0 - self.ws_margin) * self.l1[:, None]
             m_need = max(int(need.sum(-1).max()), 1)
-            outside = self.ws_idx is not None and bool(
-                (need.sum(-1) > need.gather(1, self.ws_idx).sum(-1)).any())
-            if outside or m_need < 0.8 * self.ws_size:
-                self.ws_size = min(d, max(m_need + m_need // 8, 1))
-                self.ws_idx = nrm.topk(self.ws_size, dim=-1).indices            # (B, m)
-                Xw = self.X.gather(2, self.ws_idx[:, None, :].expand(B, n, self.ws_size))
-                self.ora = Oracle(Xw, self.Y, self.l1, self.l2, self.rho, gram=False)
-                lin = self._gather(V)
-                return FISTAState(Lam=s.Lam, Lam_prev=s.Lam_prev, t=s.t, lin=lin,
-                                  lin_prev=self.ora.lin_step(lin, s.Lam, s.Lam_prev))
-        return FISTAState(Lam=s.Lam, Lam_prev=s.Lam_prev, t=s.t, lin=self._gather(V), lin_prev=s.lin_prev)
+            ws_size = d if s.ws_idx is None else s.ws_idx.shape[1]
+            outside = s.ws_idx is not None and bool(
+                (need.sum(-1) > need.gather(1, s.ws_idx).sum(-1)).any())
+            if outside or m_need < 0.8 * ws_size:
+                ws_size = min(d, max(m_need + m_need // 8, 1))
+                idx = nrm.topk(ws_size, dim=-1).indices                          # (B, m)
+                Xw = self.X.gather(2, idx[:, None, :].expand(B, n, ws_size))
+                s = replace(s, ws_idx=idx, ora=Oracle(Xw, self.Y, self.l1, self.l2, self.rho, gram=False))
+                lin = self._gather(s, V)
+                return replace(s, lin=lin, lin_prev=s.ora.lin_step(lin, s.Lam, s.Lam_prev))
+        return replace(s, lin=self._gather(s, V))
 
     def check(self, s: FISTAState, active=None):
         with torch.no_grad():
             if not self.refresh:
-                S, W = self.ora.scores(s.lin.detach())
-                P, gap = self.ora.objectives(s.Lam.detach(), s.lin.detach(), S, W)
+                S, W = s.ora.scores(s.lin.detach())
+                P, gap = s.ora.objectives(s.Lam.detach(), s.lin.detach(), S, W)
                 return s, P, gap
             # the full V (float64 in mixed mode) re-anchors the iteration state
-            V = s.lin if (self.ws_idx is None and not self.mixed) else self.full.lin(s.Lam)
+            V = s.lin if (s.ws_idx is None and not self.mixed) else self.full.lin(s.Lam)
             s = self.working_set_step(s, V)
             S, W = self.full.scores(V)
             P, gap = self.full.objectives(s.Lam, V, S, W)
             if self.newton:
                 s, V, S, W, P, gap = self._newton_try(s, V, S, W, P, gap, active)
-            self.W_last = W
-            return s, P, gap
+            return replace(s, W_last=W), P, gap
 
     def _newton_try(self, s, V, S, W, P, gap, active):
         """Up to ``max_newton`` Newton steps while the face and the active rows are stable."""
@@ -333,20 +340,18 @@ class FeatureFISTA:
         feat = (V * V).sum(-2) > (l1 * l1)[:, None]
         pending = gap > self.tol * torch.clamp(P.abs(), min=self.floor)
         pending = pending if active is None else pending & active
-        if (self.n_newton < self.max_newton and self.face_prev is not None and bool(pending.any())
-                and bool((face == self.face_prev).all()) and bool((feat == self.feat_prev).all())):
-            self.n_newton += 1
+        if (s.n_newton < self.max_newton and s.face_prev is not None and bool(pending.any())
+                and bool((face == s.face_prev).all()) and bool((feat == s.feat_prev).all())):
             Lam_t, V_t, S_t, W_t, P_t, gap_t = newton_step_features(self.full, s.Lam, S)
             acc = pending & (gap_t < gap)
             a3 = acc[:, None, None]
             Lam = torch.where(a3, Lam_t, s.Lam)
             V, S, W = torch.where(a3, V_t, V), torch.where(a3, S_t, S), torch.where(a3, W_t, W)
             P, gap = torch.where(acc, P_t, P), torch.where(acc, gap_t, gap)
-            lin = self._gather(V)
-            s = FISTAState(Lam=Lam, Lam_prev=torch.where(a3, Lam, s.Lam_prev),
-                           t=torch.where(acc, torch.ones_like(s.t), s.t), lin=lin,
-                           lin_prev=torch.where(a3, lin, s.lin_prev))
+            lin = self._gather(s, V)
+            s = replace(s, Lam=Lam, Lam_prev=torch.where(a3, Lam, s.Lam_prev),
+                        t=torch.where(acc, torch.ones_like(s.t), s.t), lin=lin,
+                        lin_prev=torch.where(a3, lin, s.lin_prev), n_newton=s.n_newton + 1)
             face = Lam > 0
             feat = (V * V).sum(-2) > (l1 * l1)[:, None]
-        self.face_prev, self.feat_prev = face, feat
-        return s, V, S, W, P, gap
+        return replace(s, face_prev=face, feat_prev=feat), V, S, W, P, gap

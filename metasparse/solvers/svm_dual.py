@@ -274,6 +274,6 @@ class GroupSparseSVMDual:
                               self.ws_margin, self.newton)
         res = engine.run(solver, solver.init_state(init), tol=self.tol, max_iter=self.max_iter,
                          check_every=self.check_every, patience=self.patience, floor=1e-12 * n)
-        W_last = None if solver.W_last is None else solver.W_last.to(out_dtype).contiguous()
+        W_last = None if res.state.W_last is None else res.state.W_last.to(out_dtype).contiguous()
         return (res.state.Lam.to(out_dtype), res.n_iter, res.objective.to(out_dtype), res.gap.to(out_dtype),
                 W_last)
