@@ -431,10 +431,10 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
         clock = _DataWaitClock()
         pending: Optional[_StepStats] = None   # the step whose statistics are not read yet
 
-        def finish(step: _StepStats) -> None:
+        def finish(step: _StepStats, record: bool = True) -> None:
             """Read a step's statistics (its one host sync) and act on them: raise for a
-            non-finite loss or (strict_solver) an unconverged solve, else add them to the
-            epoch's sums, the progress bar and the step record."""
+            non-finite loss or (strict_solver) an unconverged solve, else (``record``) add
+            them to the epoch's sums, the progress bar and the step record."""
             nonlocal tol
             values_t, values = step.read()
             conv = values_t[_S_GAP:_S_NONFINITE] if step.reports else None   # [worst gap, episodes, unconverged]
@@ -445,6 +445,8 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
             if values[_S_NONFINITE] > 0:
                 bar.close()
                 raise _diverged(step.epoch, step.i, s, "the loss is not finite")
+            if not record:
+                return
             _add_step(sums, values_t[_S_LOSS:_S_GAP], conv)
             bar.update(1)
             bar.set_postfix(loss=f"{values[_S_LOSS]:.3f}", acc=f"{100 * values[_S_ACC]:.1f}%",
@@ -465,6 +467,7 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
 
         stream = train_stream.iter_epoch(epoch, first)
         for i in range(first, s.batches_per_epoch):
+            packed = None
             try:
                 t_wait = time.perf_counter()
                 batch = next(stream)
@@ -492,6 +495,9 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
                 if pending is not None:   # a bad previous step explains (and outranks) this failure
                     previous, pending = pending, None
                     finish(previous)
+                if packed is not None:    # so does this step's own loss or solve (e.g. a failed backward)
+                    finish(_StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i,
+                                      global_step + 1, lr, getattr(fit, "tol", None)), record=False)
                 raise
             global_step += 1
             steps_this_call += 1

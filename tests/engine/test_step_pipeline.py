@@ -219,3 +219,33 @@ def test_channels_last_training_resumes_exactly_and_saves_plain_keys(tmp_path):
     full.eval(), plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(full.embed(x), plain.embed(x), rtol=1e-4, atol=1e-5)
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward failed")
+
+
+class BackwardFailsWhenUnconverged(LateGapHead):
+    """A solver head whose backward fails on an unconverged solve (as an implicit backward
+    may): the strict-solver error of the step, not the backward's, is what the user gets."""
+
+    def predict(self, query, support, support_labels, n_way):
+        out = super().predict(query, support, support_labels, n_way)
+        if not bool(out.fit.converged.all()):
+            return Out(_FailingBackward.apply(out.logits), out.fit)
+        return out
+
+
+def test_a_step_whose_backward_fails_still_reports_its_own_unconverged_solve(tmp_path):
+    with pytest.raises(SolverConvergenceError, match=r"epoch 2/2, batch 2/4"):
+        _run(tmp_path, settings=_settings(checkpoint_every=0, strict_solver=True, batches_per_epoch=4),
+             head=BackwardFailsWhenUnconverged(), dropout=0.0)
+    with pytest.raises(RuntimeError, match="backward failed"):   # without strict_solver: the failure itself
+        _run(tmp_path / "lax", settings=_settings(checkpoint_every=0, batches_per_epoch=4),
+             head=BackwardFailsWhenUnconverged(), dropout=0.0)
