@@ -40,8 +40,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
+import torch.nn.functional as TF
 
 from .sources.cifar import CIFAR_MEAN, CIFAR_STD
 from .sources.miniimagenet import MINI_IMAGENET_MEAN, MINI_IMAGENET_STD
@@ -149,7 +148,7 @@ def _gather(images: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor
 
 
 class Normalise:
-    """Evaluation transform: ``(x / 255 - mean) / std`` on a uint8 batch (v2 kernels)."""
+    """Evaluation transform: ``(x / 255 - mean) / std`` on a uint8 batch (the arithmetic of v2's ToDtype + Normalize)."""
 
     supports_index = True
 
@@ -162,7 +161,12 @@ class Normalise:
         x = _gather(images, index)
         out = empty_output(x.shape, torch.float32, x.device)
         out.copy_(x).mul_(1.0 / 255.0)                  # v2.ToDtype(float32, scale=True)
-        return F.normalize(out, list(self.mean), list(self.std), inplace=True)
+        # v2.functional.normalize(inplace=True) on a tensor: sub_(mean).div_(std), per channel
+        # (torchvision itself is imported only by the reference transform: it pulls in
+        # torch._dynamo, a second of start-up)
+        mean = torch.tensor(self.mean, dtype=out.dtype, device=out.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=out.dtype, device=out.device).view(-1, 1, 1)
+        return out.sub_(mean).div_(std)
 
     def sample_params(self, m: int, generator: Optional[torch.Generator] = None) -> None:
         """Parameter-free (draws nothing): deferred application needs no parameters."""
@@ -270,7 +274,7 @@ class MetaOptNetTrainTransform:
         """:meth:`crop_flip` with the parameters as tensors on the images' device (one gather)."""
         m, c, h, w = images.shape
         p, s, dev = self.padding, self.size, images.device
-        padded = F.pad(images, [p, p, p, p], fill=0) if p > 0 else images
+        padded = TF.pad(images, (p, p, p, p), value=0) if p > 0 else images
         hp, wp = h + 2 * p, w + 2 * p
         ar = torch.arange(s, device=dev)
         rows = top[:, None] + ar                                                     # (M, s)
@@ -414,12 +418,13 @@ def eval_transform(dataset) -> Union[Normalise, IdentityTransform]:
     return Normalise(mean, std)
 
 
-def torchvision_train_transform(dataset) -> v2.Compose:
+def torchvision_train_transform(dataset):
     """The same augmentation as a per-image ``torchvision.transforms.v2`` pipeline
     (one image ``(C, H, W)`` uint8 per call).  Used as the reference / baseline only."""
     name, mean, std, size = _constants(dataset)
     if size is None:
         raise ValueError(f"{name}: torchvision_train_transform needs an image dataset")
+    from torchvision.transforms import v2
     return v2.Compose([
         v2.RandomCrop(size, padding=crop_padding(size)),
         v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
