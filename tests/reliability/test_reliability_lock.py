@@ -82,11 +82,15 @@ def test_lock_is_released_after_errors_and_interrupts(tmp_path, capsys, monkeypa
     assert rc == 130 and not (out / LOCK_NAME).exists()
 
 
-def test_a_killed_training_leaves_a_stale_lock_that_resume_takes_over(tmp_path, capsys, syn_run):
+def test_a_killed_training_leaves_a_stale_lock_that_resume_takes_over(tmp_path, capsys):
     """kill -9: no cleanup runs, the lock file stays; the kernel dropped the lock, so
     --resume takes it over and finishes the run with the weights of an uninterrupted one."""
+    # long enough (200 batches) that the child is still training when it is killed
+    args = [a if prev != "--batches-per-epoch" else "200" for prev, a in zip([None] + SYN[:-1], SYN)]
+    ref = tmp_path / "ref"
+    assert run_cli(capsys, ["train", *args, "--out", ref])[0] == 0
     out = tmp_path / "run"
-    c = subprocess.Popen([sys.executable, "-m", "metasparse", "train", *SYN, "--out", str(out)],
+    c = subprocess.Popen([sys.executable, "-m", "metasparse", "train", *args, "--out", str(out)],
                          env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -103,5 +107,5 @@ def test_a_killed_training_leaves_a_stale_lock_that_resume_takes_over(tmp_path, 
     assert lock_owner(out)["pid"] == c.pid        # left behind, stale
     assert run_cli(capsys, ["train", "--out", out, "--resume", "--no-progress", "--device", "cpu"])[0] == 0
     assert not (out / LOCK_NAME).exists()
-    a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(syn_run / "last.pt")["model"]
+    a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
