@@ -27,3 +27,32 @@ def test_train_throughput_cpu_tiny(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [x["head"] for x in rows] == ["group-sparse-svm (dual)", "svm (dual)"]
     assert all(x["episodes_per_s"] > 0 for x in rows)
+
+
+def test_gpu_check_dry_run(tmp_path):
+    """The prepared GPU check runs end to end on the CPU at toy sizes (`metasparse train`
+    on MetaOptNet pickles for the three heads, the backbone and heads parts), so device
+    time is never spent on a broken script."""
+    out = tmp_path / "gpu"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--dry-run", "--shots", "5",
+                        "--out", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert [row["head"] for row in report["train"]] == ["group-sparse-svm", "svm", "protonet"]
+    assert all(row["episodes_per_s"] > 0 and 0 <= row["data_wait_fraction"] <= 1 for row in report["train"])
+    assert all("head_share" in row for row in report["train"] if row["head"] != "protonet")
+    assert report["backbone"][0]["gflop"] > 0 and report["heads"][0]["ms"]["group-sparse-svm"] > 0
+
+
+def test_count_syncs_runs(tmp_path):
+    out = tmp_path / "counts.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "count_syncs.py"), "--dim", "400", "--shots", "2",
+                        "--episodes", "2", "--step-widths", "4", "4", "4", "4", "--image-size", "32",
+                        "--json", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {(x["kind"], x["head"]) for x in rows} == {(k, h) for k in ("head", "step")
+                                                     for h in ("group-sparse-svm", "svm", "ridge", "protonet")}
+    assert all(x["aten_calls"] > 0 and x["host_syncs"] >= 0 for x in rows)
