@@ -17,12 +17,14 @@ Rows:
     python scripts/count_syncs.py                       # CPU, all rows
     python scripts/count_syncs.py --features resnet12   # features of a random full ResNet-12 (slow on CPU)
     python scripts/count_syncs.py --sites 8 --json runs/count_syncs.json
+    python scripts/count_syncs.py --no-step --metaoptnet     # with MetaOptNet's qpth head (needs qpth)
 
 ``--sites N`` prints the N places (operator, file:line) with the most syncs per row.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -30,6 +32,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from episodes.atomic import atomic_write_text  # noqa: E402
 from metasparse.backbones import build_backbone  # noqa: E402
 from metasparse.engine.model import FewShotModel  # noqa: E402
@@ -48,7 +51,6 @@ def resnet_like_features(B, m, d, generator, scale=1.0):
 
 def head_batch(args, shot, device):
     if args.features == "resnet12":
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from bench_heads import resnet12_batch
         q, s, ys, yq = resnet12_batch(args.episodes, args.way, shot, args.query, 84, 0, device, torch.float32)
         return q, s, ys, yq
@@ -72,6 +74,19 @@ def count_head(name, opts, q, s, ys, yq, way, sites):
     head(q, s, ys, way)                       # warm-up (lazy caches)
     with count_ops(sites=sites > 0) as c:
         logits = head(q, s, ys, way)
+        smoothed_cross_entropy(logits, yq, 0.1).backward()
+    return c
+
+
+def count_metaoptnet(q, s, ys, yq, way, sites):
+    """MetaOptNet's own SVM-CS head (qpth's batched interior-point QP, 15 iterations as it
+    trains; scripts/head_baselines.py), the reference for the SVM head's cost."""
+    from head_baselines import metaoptnet_svm_cs
+    s = s.clone().requires_grad_(True)
+    q = q.clone().requires_grad_(True)
+    metaoptnet_svm_cs(q, s, ys, way)
+    with count_ops(sites=sites > 0) as c:
+        logits, _ = metaoptnet_svm_cs(q, s, ys, way)
         smoothed_cross_entropy(logits, yq, 0.1).backward()
     return c
 
@@ -113,6 +128,8 @@ def main():
     ap.add_argument("--lambda-ratio", type=float, default=0.01)
     ap.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     ap.add_argument("--no-step", action="store_true", help="skip the training-step rows")
+    ap.add_argument("--metaoptnet", action="store_true",
+                    help="also count MetaOptNet's own SVM-CS head (qpth, batched), the SVM head's reference")
     ap.add_argument("--step-widths", type=int, nargs=4, default=[8, 8, 8, 8])
     ap.add_argument("--step-episodes", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=84)
@@ -140,6 +157,11 @@ def main():
         q, s, ys, yq = head_batch(args, shot, device)
         for name in args.heads:
             report("head", name, shot, count_head(name, HEADS[name](args), q, s, ys, yq, args.way, args.sites))
+        if args.metaoptnet:
+            if importlib.util.find_spec("qpth") is None:
+                print("skipped: MetaOptNet's qpth SVM-CS (qpth is not installed)")
+            else:
+                report("head", "metaoptnet-qpth", shot, count_metaoptnet(q, s, ys, yq, args.way, args.sites))
     if not args.no_step:
         for shot in args.shots:
             for name in args.heads:
