@@ -61,9 +61,12 @@ class TrainSettings:
 
 def milestone_epochs(epochs: int, fractions=LR_MILESTONE_FRACTIONS) -> List[int]:
     """The milestones of a new run of ``epochs`` epochs: ``round(f * epochs)`` (60 epochs:
-    MetaOptNet's 20 / 40 / 50). They are stored in the run configuration, so raising
-    ``--epochs`` on ``--resume`` keeps them."""
-    return [int(round(f * epochs)) for f in fractions]
+    MetaOptNet's 20 / 40 / 50), but the i-th (0-based) at least epoch ``i + 2``: the first
+    epoch always trains at ``--lr`` and no two decays fall on one epoch, so a short run
+    (``--epochs`` <= 6, where the rounded fractions collapse onto epochs 1-2) decays one
+    factor per epoch instead of starting at ``0.012 lr``.  They are stored in the run
+    configuration, so raising ``--epochs`` on ``--resume`` keeps them."""
+    return [max(int(round(f * epochs)), i + 2) for i, f in enumerate(fractions)]
 
 
 def lr_factor(epoch: int, settings: TrainSettings) -> float:

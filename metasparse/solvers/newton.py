@@ -62,7 +62,9 @@ the first candidate, so the choice is the one a data-dependent loop would make),
 face system whose float32 Cholesky fails (numerically singular) falls back to the
 projected-gradient point for that episode in that iteration, which the
 Levenberg-Marquardt damping then corrects.  A check makes one device-to-host transfer,
-plus one more and an ``eigvalsh`` when the working set grows.
+plus one more when the working set grows.  The step size ``1/L`` comes from one
+eigenvalue solve per call, a Lipschitz bound of all d features that holds for every
+working set.
 """
 from __future__ import annotations
 
@@ -88,7 +90,8 @@ class RestrictedProblem:
     """The dual restricted to a working set of features (float64).
 
     ``idx`` (B, m) feature indices into the full d; ``XF`` (B, n, m) their columns;
-    ``Y`` (B, n, k); ``l1, l2, rho`` (B,); ``eta`` (B,) projected-gradient step ``1/L``;
+    ``Y`` (B, n, k); ``l1, l2, rho`` (B,); ``eta`` (B,) projected-gradient step ``1/L`` (``L``
+    a Lipschitz bound valid for any working set: :func:`restricted_lipschitz` of all features);
     ``smooth``: whether every ``rho > 0`` (known on the host).
     """
 
@@ -146,9 +149,20 @@ def evaluate(prob: RestrictedProblem, Lam: torch.Tensor) -> Evaluation:
 
 
 def restricted_lipschitz(XF: torch.Tensor, l2: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    r"""``L = (sigma_max(X_F)^2 + rho) / lambda2`` (eigvalsh of the n x n Gram of F),
-    inflated by 1e-6 relative so rounding never gives a step above ``1/L``."""
-    sig2 = linalg.top_eigenvalue(XF @ XF.transpose(1, 2)).clamp(min=0.0)
+    r"""``L = (sigma_max(X_F)^2 + rho) / lambda2``, an upper bound of the Lipschitz constant of
+    the gradient of the dual restricted to the columns ``X_F`` (B, n, m) -- or to any subset
+    of them, so the bound of the full features serves every working set and is computed
+    once per solve.
+
+    ``sigma_max^2`` is the top eigenvalue of the n x n Gram matrix ``K = X_F X_F^T`` computed
+    in X_F's dtype; ``gamma_m trace(K)``, ``gamma_m = m eps / (1 - m eps)``, bounds its
+    rounding error (``|fl(K) - K| <= gamma_m |X_F| |X_F|^T`` entrywise, whose norm is at
+    most ``trace(K)``), and a relative 1e-6 the eigenvalue's, so rounding never gives a
+    step above ``1/L`` (float32 features at d = 16000: ~0.2% smaller steps)."""
+    K = torch.bmm(XF, XF.transpose(1, 2))
+    m, eps = XF.shape[-1], torch.finfo(XF.dtype).eps
+    gamma = m * eps / max(1.0 - m * eps, 1e-3)
+    sig2 = linalg.top_eigenvalue(K).clamp(min=0.0) + gamma * K.diagonal(dim1=-2, dim2=-1).sum(-1)
     return torch.clamp((sig2 * (1.0 + 1e-6) + rho) / l2, min=1e-12 / l2)
 
 
@@ -195,9 +209,8 @@ def grow_working_set(prob: RestrictedProblem, X: torch.Tensor, norms: torch.Tens
     outside = torch.where(inside, torch.full_like(norms, -math.inf), norms)
     idx = torch.cat([prob.idx, outside.topk(add, dim=-1).indices], 1)
     XF = X.gather(2, idx[:, None, :].expand(B, n, idx.shape[1])).to(prob.XF.dtype)
-    eta = 1.0 / restricted_lipschitz(XF, prob.l2, prob.rho)
     covered = count <= add
-    return replace(prob, idx=idx, XF=XF, eta=eta), covered, add
+    return replace(prob, idx=idx, XF=XF), covered, add      # eta: a bound for every working set
 
 
 # ----------------------------------------------------------------- Newton
@@ -346,8 +359,10 @@ class WorkingSetNewton:
         Vt = (self.Y - Lam0).to(self.X.dtype).transpose(1, 2) @ self.X
         idx = initial_working_set(column_norms(Vt), n, self.Y.shape[-1])
         XF = self.X.gather(2, idx[:, None, :].expand(B, n, idx.shape[1])).to(self.dtype)
+        # one step size for every working set: the Lipschitz bound of all d features
+        eta = 1.0 / restricted_lipschitz(self.X, self.l2.to(self.X.dtype), self.rho.to(self.X.dtype)).to(self.dtype)
         prob = RestrictedProblem(idx=idx, XF=XF, Y=self.Y, l1=self.l1, l2=self.l2, rho=self.rho,
-                                 eta=1.0 / restricted_lipschitz(XF, self.l2, self.rho), smooth=self.smooth)
+                                 eta=eta, smooth=self.smooth)
         return NewtonState(Lam=Lam0, prob=prob, fresh=True)
 
     def update(self, state: NewtonState) -> NewtonState:

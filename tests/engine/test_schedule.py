@@ -125,3 +125,18 @@ def test_dataset_defaults_are_metaoptnet_protocol(dataset):
     assert (crop_padding(84), crop_padding(32)) == (8, 4)   # RandomCrop(84, padding=8) / RandomCrop(32, padding=4)
     cfg = TrainConfig(out="unused", dataset=dataset, data_root="unused").run_config()["settings"]
     assert cfg["lr_milestones"] == [20, 40, 50] and cfg["nesterov"] and cfg["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 6, 8, 12, 30, 60, 90])
+def test_short_runs_start_at_the_base_lr_and_decay_one_step_at_a_time(epochs):
+    """--epochs <= 4 used to round the first milestone to epoch 1: the run started at
+    0.012 lr (0.0012 for lr 0.1) and never trained at --lr."""
+    m = milestone_epochs(epochs)
+    s = TrainSettings(epochs=epochs, lr_milestones=m)
+    factors = [lr_factor(e, s) for e in range(epochs)]
+    assert factors[0] == 1.0
+    assert m == sorted(set(m)) and m[0] >= 2               # distinct milestones, none on epoch 1
+    steps = [s.lr_factors.index(f) if f != 1.0 else -1 for f in factors]
+    assert all(b - a in (0, 1) for a, b in zip(steps, steps[1:]))   # one factor at a time
+    if epochs >= 12:                                       # MetaOptNet's fractions where they fit
+        assert m == [round(epochs / 3), round(2 * epochs / 3), round(5 * epochs / 6)]
