@@ -139,7 +139,7 @@ def run_figure1(ratios: Sequence[float] = (0.05, 0.2, 0.8), ns: Sequence[int] = 
 
     ns = [int(n) for n in ns]
     results = {}
-    bar = tqdm(total=len(ratios) * seeds, desc="figure1", disable=not progress)
+    bar = tqdm(total=len(ratios) * seeds, desc="figure1", disable=None if progress else True)
     for ratio in ratios:
         per_seed = {m: [] for m in METHODS}
         for seed in range(seeds):

@@ -145,7 +145,7 @@ class FactorWorld:
         source = self.world.images(rows)          # sorted rows: one read (a memory map for a procedural cache)
         out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
         for start in tqdm(range(0, len(rows), chunk), desc="preparing images",
-                          disable=not progress or len(rows) <= chunk, leave=False):
+                          disable=True if (not progress or len(rows) <= chunk) else None, leave=False):
             block = torch.from_numpy(np.array(source[start:start + chunk])).permute(0, 3, 1, 2).float()
             if size != block.shape[-1]:
                 block = F.interpolate(block, size=(size, size), mode="area")
@@ -292,7 +292,7 @@ def train_one(method: str, rho: float, seed: int, fw: FactorWorld, s: Settings, 
     recent: List[float] = []
     used: List[float] = []
     start = time.time()
-    bar = tqdm(range(steps), desc=f"rho={rho:g} seed={seed} {method}", disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=f"rho={rho:g} seed={seed} {method}", disable=None if progress else True, leave=False)
     for step in bar:
         pos, y, _ = draw_tasks(fw, s, rho, seed, step, kind)
         x = fw.inputs(pos)
@@ -370,9 +370,9 @@ def run(s: Settings, fw: FactorWorld, progress: bool = True, workers: int = 1,
         if workers > 1 and fw.device.type == "cpu":
             import multiprocessing as mp
             with mp.get_context("fork").Pool(workers) as pool:
-                outs = list(tqdm(pool.imap(_job, args), total=len(args), desc="figure 4 runs", disable=not progress))
+                outs = list(tqdm(pool.imap(_job, args), total=len(args), desc="figure 4 runs", disable=None if progress else True))
         else:
-            outs = [_job(a) for a in tqdm(args, desc="figure 4 runs", disable=not progress)]
+            outs = [_job(a) for a in tqdm(args, desc="figure 4 runs", disable=None if progress else True)]
     finally:
         _FW = None
     records: Dict[Tuple[float, str], List[Dict]] = {}

@@ -266,7 +266,7 @@ def train_config(cfg: Config, settings: Settings, mixing: Mixing, progress: bool
     checkpoints = set(np.linspace(0, n_steps, settings.n_checkpoints + 1).astype(int).tolist())
     history: List[Dict] = []
     start = time.time()
-    bar = tqdm(range(n_steps), desc=cfg.name, disable=not progress, leave=False)
+    bar = tqdm(range(n_steps), desc=cfg.name, disable=None if progress else True, leave=False)
     recent: List[float] = []
     for step in bar:
         if step in checkpoints:
@@ -395,7 +395,7 @@ def run(settings: Settings, configs: Sequence[Config], progress: bool = True, se
               "baselines": _aggregate_baselines([baselines(s, make_world(s)) for s in seed_settings]),
               "configs": [], "skipped": [{"name": c.name, "reason": reason} for c in configs if c not in runnable]}
     jobs = [(cfg, s) for cfg in runnable for s in seed_settings]
-    bar = tqdm(total=len(jobs), desc="configurations x seeds", disable=not progress)
+    bar = tqdm(total=len(jobs), desc="configurations x seeds", disable=None if progress else True)
     records: List[Dict] = []
     if workers <= 1:
         for cfg, s in jobs:

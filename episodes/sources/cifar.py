@@ -98,7 +98,7 @@ def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     if not files:
         raise ValueError(f"{folder}: no .png images in the class folders")
     images, labels = [], []
-    for p, c in tqdm(files, desc=f"reading {split} images", disable=len(files) < 5000, leave=False):
+    for p, c in tqdm(files, desc=f"reading {split} images", disable=True if len(files) < 5000 else None, leave=False):
         try:
             with Image.open(p) as im:
                 img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)

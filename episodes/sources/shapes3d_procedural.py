@@ -244,7 +244,7 @@ class ProceduralShapes3D(Shapes3DWorld):
                 f, {"descr": "|u1", "fortran_order": False, "shape": (len(sorted_rows),) + IMAGE_SHAPE})
             starts = range(0, len(sorted_rows), chunk)
             for start in tqdm(starts, desc="rendering 3D shapes (procedural)", unit="chunk",
-                              disable=not self.progress or len(starts) < 4, leave=False):
+                              disable=True if (not self.progress or len(starts) < 4) else None, leave=False):
                 f.write(self._render_chunk(sorted_rows[start:start + chunk]).tobytes())
 
         atomic_write(path, write)

@@ -109,7 +109,9 @@ def _evaluate(items: Iterable[Tuple[int, Any]], predict: Callable, ctx: DistCont
     gaps: List[np.ndarray] = []
     converged: List[np.ndarray] = []
     usage, tol = None, None
-    bar = tqdm(items, desc=desc, unit="batch", total=total, disable=not (progress and ctx.is_main),
+    # disable=None: no bar when stderr is not a terminal (tqdm's convention: no frames in logs)
+    bar = tqdm(items, desc=desc, unit="batch", total=total,
+               disable=None if (progress and ctx.is_main) else True,
                dynamic_ncols=True, leave=False)
     for n_way, local in bar:
         if local is not None:
@@ -252,7 +254,8 @@ def embed_episodes(model: nn.Module, episodes, device: torch.device, ctx: Option
     where = device
     batches: List[Tuple[int, Optional[FeatureBatch]]] = []
     nbytes = 0
-    bar = tqdm(episodes, desc=desc, unit="batch", total=n_batches, disable=not (progress and ctx.is_main),
+    bar = tqdm(episodes, desc=desc, unit="batch", total=n_batches,
+               disable=None if (progress and ctx.is_main) else True,
                dynamic_ncols=True, leave=False)
     for batch in bar:
         lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)

@@ -427,7 +427,7 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
         sums = resumed_sums.clone() if (epoch == start_epoch and first) else _fresh_sums()
         tol = None   # the solver tolerance the head's fits report
         bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
-                   disable=not (progress and ctx.is_main), dynamic_ncols=True, leave=False)
+                   disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True, leave=False)
         clock = _DataWaitClock()
         pending: Optional[_StepStats] = None   # the step whose statistics are not read yet
 

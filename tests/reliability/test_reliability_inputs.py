@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 from metasparse.heads import SolverConvergenceWarning
-from reliability_helpers import EVAL, SYN, SYN_SOURCE, TINY_IMAGES, main, one_line_error, run_cli, snapshot
+from reliability_helpers import (EVAL, SYN, SYN_SOURCE, TINY_IMAGES, main, one_line_error, run_cli, snapshot,
+                                 subprocess_env)
 
 
 class _Runs:
@@ -322,3 +325,14 @@ def test_argument_errors_are_one_line(capsys):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert exc.value.code == 2 and len(lines) == 1 and needle in lines[0], err
         assert lines[0].startswith("metasparse") and "usage:" not in err
+
+
+def test_redirected_output_has_no_progress_bar_frames(tmp_path):
+    """tqdm's convention: no bar when the output is not a terminal, so a log redirected to
+    a file holds the per-epoch lines, not carriage-return frames."""
+    args = [a for a in SYN if a != "--no-progress"]
+    r = subprocess.run([sys.executable, "-m", "metasparse", "train", *args, "--out", str(tmp_path / "run")],
+                       env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "\r" not in r.stdout + r.stderr
+    assert "epoch 1/1: loss" in r.stdout + r.stderr
