@@ -418,8 +418,12 @@ class WorkingSetNewton:
         prob, covered, added = grow_working_set(prob, self.X, norms, viol, count_max)
         ev = evaluate(prob, state.Lam)
         gap = torch.where(covered, ev.gap, math.inf)
-        # the rows active before, plus at most the features added
-        return replace(state, prob=prob, ev=ev, m_active=m_active + added), ev.P, gap
+        if preview is None:    # the rows active before, plus at most the features added
+            return replace(state, prob=prob, ev=ev, m_active=m_active + added), ev.P, gap
+        # the loop's count changed with the gap: read it with the exact active rows
+        m_active, n_active = (int(v) for v in
+                              torch.stack([self._active_rows(prob, ev), preview(ev.P, gap).sum()]).tolist())
+        return replace(state, prob=prob, ev=ev, m_active=m_active), ev.P, gap, n_active
 
 
 # ------------------------------------------------------------- lambda1 = 0
