@@ -104,16 +104,22 @@ class RunLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:   # never through a symbolic link: the lock file is written and removed
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             except IsADirectoryError:
                 raise ConfigError(f"{self.flag} {self.run_dir}: {self.path} is a folder; "
                                   f"it is the lock file name of a run") from None
+            except OSError as e:
+                if e.errno == errno.ELOOP or os.path.islink(self.path):
+                    raise ConfigError(f"{self.flag} {self.run_dir}: {self.path} is a symbolic link; a run's lock "
+                                      f"file is written and removed, so it is never followed (remove the "
+                                      f"link)") from None
+                raise
             try:
                 if not self._lock(fd):
                     raise self._refuse(lock_owner(self.run_dir))
                 try:   # the path may have been released (removed) between our open and lock
-                    if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                    if os.lstat(self.path).st_ino != os.fstat(fd).st_ino:
                         raise FileNotFoundError
                 except FileNotFoundError:
                     os.close(fd)
@@ -162,7 +168,7 @@ class RunLock:
         if self.fd is None:
             return
         try:
-            if os.stat(self.path).st_ino == self._ino:
+            if os.lstat(self.path).st_ino == self._ino:
                 os.unlink(self.path)
         except OSError:
             pass

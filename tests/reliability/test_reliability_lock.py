@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from reliability_helpers import SYN, one_line_error, run_cli, subprocess_env
@@ -109,3 +110,18 @@ def test_a_killed_training_leaves_a_stale_lock_that_resume_takes_over(tmp_path, 
     assert not (out / LOCK_NAME).exists()
     a, b = load_checkpoint(out / "last.pt")["model"], load_checkpoint(ref / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_lock_file_that_is_a_symlink_is_never_followed(tmp_path, capsys, resume):
+    """A planted ``train.lock -> ../victim.txt`` must not let a training overwrite (or
+    delete) the file it points to: one-line error, victim and link untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to("../victim.txt")
+    args = ["train", "--out", out, "--resume", "--no-progress", "--device", "cpu"] if resume else \
+        ["train", *SYN, "--out", out]
+    one_line_error(capsys, args, "symbolic link", str(out / LOCK_NAME))
+    assert victim.read_text() == "precious\n" and (out / LOCK_NAME).is_symlink()
