@@ -65,12 +65,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from episodes.atomic import atomic_write_bytes
 from episodes.sampler import batch_seed
 
 from ..errors import CheckpointError, ConfigError
 from ..heads.base import (NonFiniteFeaturesError, SolverConvergenceError, SolverConvergenceWarning,
                           unconverged_message)
-from .checkpoint import atomic_write_text, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainSettings, lr_factor
 from .distributed import DistContext, all_reduce_max, all_reduce_mean, all_reduce_sum, barrier, shard_bounds
 from .evaluate import evaluate_episodes
@@ -107,30 +108,54 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, eps: floa
 
 
 def read_jsonl(path) -> list:
+    """The records of a JSONL file; lines that do not parse (a torn last line of a killed
+    run, or damage) are skipped."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         line = line.strip()
         if line:
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line of a killed run
-                break
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
     return out
 
 
+def _lines_to_keep(path: Path, keep_until: int) -> bytes:
+    """``metrics.jsonl`` as a resume from ``global_step = keep_until`` keeps it: every line as
+    it is (byte for byte), less the records written after the checkpoint and a last line
+    that does not parse (torn by the kill).  A line that does not parse elsewhere is not
+    ours to judge: it is kept."""
+    if not path.exists():
+        return b""
+    lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+    kept = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if i < len(lines) - 1:
+                kept.append(line)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("global_step"), int) \
+                and record["global_step"] > keep_until:
+            continue
+        kept.append(line)
+    return b"".join(line + b"\n" for line in kept)
+
+
 class _MetricsLog:
-    """Append-only JSONL log; on resume, records after the checkpoint are dropped."""
+    """Append-only JSONL log; on resume, the records written after the checkpoint are
+    dropped (nothing else: see :func:`_lines_to_keep`)."""
 
     def __init__(self, path: Path, enabled: bool, keep_until: Optional[int]):
         self.path = path
         self.enabled = enabled
         if enabled:
-            records = read_jsonl(path) if keep_until is not None else []
-            records = [r for r in records if keep_until is not None and r.get("global_step", 0) <= keep_until]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+            atomic_write_bytes(path, _lines_to_keep(path, keep_until) if keep_until is not None else b"")
 
     def write(self, record: Dict[str, Any]) -> None:
         if self.enabled:

@@ -215,3 +215,21 @@ def test_truncated_checkpoints_are_one_line_without_torch_advice(tmp_path, capsy
     line = one_line_error(capsys, ["evaluate", "--checkpoint", out / "best.pt", "--no-progress", "--device", "cpu"],
                           f"{out / 'best.pt'}: not a loadable metasparse checkpoint")
     assert "weights_only" not in line
+
+
+def test_resume_keeps_every_metrics_line_but_the_torn_last_one(tmp_path, capsys):
+    """--resume used to rewrite metrics.jsonl with only the lines before the first one that
+    did not parse (443 of 454 records lost in one case). Now: the records after the
+    checkpoint and a torn last line are dropped, every other line is kept byte for byte."""
+    args = [a if prev != "--batches-per-epoch" else "6" for prev, a in zip([None] + SYN[:-1], SYN)]
+    out = tmp_path / "run"
+    assert run_cli(capsys, ["train", *args, "--epochs", "2", "--log-every", "1", "--out", out])[0] == 0
+    path = out / "metrics.jsonl"
+    lines = path.read_bytes().splitlines()
+    assert len(lines) > 6
+    damaged = lines[:2] + [b"{not json \xff"] + lines[2:] + [b'{"kind": "step", "glob']     # a torn last line
+    path.write_bytes(b"\n".join(damaged) + b"\n")
+    assert run_cli(capsys, ["train", "--out", out, "--resume", "--epochs", "3", "--no-progress"])[0] == 0
+    after = path.read_bytes().splitlines()
+    assert after[:len(damaged) - 1] == damaged[:-1]             # all kept, in order, the damaged one too
+    assert json.loads(after[-1])["epoch"] == 3 and damaged[-1] not in after
