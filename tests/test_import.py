@@ -108,6 +108,9 @@ def test_metaoptnet_pth_with_dataparallel_prefix(l2l_net, tmp_path, capsys):
     ("unexpected", "unexpected key 'layer2.0.fc.weight'"),
     ("head", "unexpected key 'head.temperature'"),
     ("not_a_dict", "expected MetaOptNet's {'embedding': ..., 'head': ...} dict"),
+    ("nan", "key 'layer2.0.conv2.weight' holds NaN or Inf"),
+    ("head_nan", "key 'head.scale' holds inf"),
+    ("head_tensor", "'head' holds a Tensor, not a state dict"),
 ])
 def test_key_and_shape_errors_name_the_key(l2l_net, tmp_path, capsys, case, expected):
     emb = dict(l2l_net.features.state_dict())
@@ -120,6 +123,13 @@ def test_key_and_shape_errors_name_the_key(l2l_net, tmp_path, capsys, case, expe
         emb["layer2.0.fc.weight"] = torch.zeros(2)
     elif case == "head":
         head["temperature"] = torch.ones(1)
+    elif case == "nan":
+        emb["layer2.0.conv2.weight"] = emb["layer2.0.conv2.weight"].clone()
+        emb["layer2.0.conv2.weight"][0, 0, 0, 0] = float("nan")
+    elif case == "head_nan":
+        head["scale"] = torch.tensor([float("inf")])
+    elif case == "head_tensor":
+        head = torch.ones(3)
     src = tmp_path / "bad.pth"
     torch.save(emb if case == "not_a_dict" else {"embedding": emb, "head": head}, src)
     err = _err(capsys, ["import", str(src), "--from", "metaoptnet", "--dataset", "fc100",

@@ -23,6 +23,8 @@ one-line :class:`~metasparse.errors.CheckpointError` naming the key.
 """
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,8 @@ def convert_state_dict(state: Dict[str, Any], fmt: str, src: Path = Path("<state
             key = _strip(key, "features.")
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{src}: key {raw!r} holds a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{src}: key {raw!r} holds NaN or Inf; the model cannot be imported")
         layers[_layer_key(src, key, fmt)] = value
     if not layers and duplicates:   # only the Sequential copy was saved
         layers = {_layer_key(src, k, fmt): v for k, v in duplicates.items()}
@@ -186,7 +190,8 @@ def import_checkpoint(config: ImportConfig) -> ImportResult:
             keys = list(data)[:4] if isinstance(data, dict) else type(data).__name__
             raise CheckpointError(f"{src}: expected MetaOptNet's {{'embedding': ..., 'head': ...}} dict, got {keys}")
         state = data["embedding"]
-        head_state = data.get("head") or {}
+        head_state = data.get("head")
+        head_state = {} if head_state is None else head_state
         if not isinstance(head_state, dict):
             raise CheckpointError(f"{src}: 'head' holds a {type(head_state).__name__}, not a state dict")
         for k, v in head_state.items():
@@ -196,6 +201,8 @@ def import_checkpoint(config: ImportConfig) -> ImportResult:
                 raise CheckpointError(f"{src}: key 'head.{k}' should hold one number, got "
                                       f"{getattr(v, 'shape', type(v).__name__)}")
             scale = float(v.reshape(()))
+            if not math.isfinite(scale):
+                raise CheckpointError(f"{src}: key 'head.{k}' holds {scale}; the logit scale must be finite")
     else:
         state = data.get("state_dict", data) if isinstance(data, dict) else data
     stages, ignored = convert_state_dict(state, config.from_format, src)

@@ -65,6 +65,11 @@ def build_model(spec: ModelSpec, head: Optional[nn.Module] = None) -> FewShotMod
 def checkpoint_model(checkpoint: Dict[str, Any]) -> FewShotModel:
     """The model of a loaded checkpoint (:func:`metasparse.engine.checkpoint.load_checkpoint`)."""
     config = checkpoint["config"]
+    bad = [k for k, v in checkpoint["model"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:   # a model with NaN / Inf weights would be scored (accuracy of argmax over NaN): refuse
+        raise CheckpointError(f"{checkpoint['path']}: {len(bad)} weight tensor(s) hold NaN or Inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the model cannot be evaluated")
     model = build_model(ModelSpec.from_config(config, checkpoint["path"]))
     try:
         model.load_state_dict(checkpoint["model"])

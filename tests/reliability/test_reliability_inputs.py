@@ -218,6 +218,22 @@ def test_checkpoints_naming_a_callable_or_lacking_keys(tmp_path, capsys, syn_run
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == []
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_checkpoint_with_non_finite_weights_is_refused_not_scored(tmp_path, capsys, syn_run, value):
+    """A NaN / Inf logit scale (or any weight) used to be scored: loss NaN, accuracy of
+    argmax over NaN (33.3% at 3-way), looking like a result."""
+    from metasparse.engine.checkpoint import load_checkpoint, save_checkpoint
+    ck = {k: v for k, v in load_checkpoint(syn_run / "best.pt").items() if k not in ("format", "version", "path")}
+    model = dict(ck["model"])
+    model["head.scale"] = torch.full_like(model["head.scale"], value)
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, {**ck, "model": model})
+    for cmd in (["evaluate", "--checkpoint", bad, *EVAL, "--out", tmp_path / "e.json"],
+                ["compare", bad, *EVAL, "--out", tmp_path / "cmp"]):
+        one_line_error(capsys, cmd, f"{bad}: 1 weight tensor(s) hold NaN or Inf (head.scale)")
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "cmp").exists()
+
+
 # ------------------------------------------------------------------ episode files
 @pytest.fixture(scope="module")
 def episodes_file(syn_run, tmp_path_factory):
