@@ -24,7 +24,6 @@ one-line :class:`~metasparse.errors.CheckpointError` naming the key.
 from __future__ import annotations
 
 import math
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
