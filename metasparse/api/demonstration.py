@@ -78,6 +78,15 @@ class DemoConfig:
     quick: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        # checked here, not by `or` below: --epochs 0 used to run the default 10 epochs
+        for flag, value in (("--epochs", self.epochs), ("--batches-per-epoch", self.batches_per_epoch),
+                            ("--episodes", self.episodes)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
+        if self.lambda_ratio is not None and not (0 <= float(self.lambda_ratio) < float("inf")):
+            raise ConfigError(f"--lambda-ratio must be a finite number >= 0, got {self.lambda_ratio!r}")
+
 
 def demo_train_config(head: str, out: Path, *, epochs: int, batches: int, lambda_ratio: float, seed: int,
                       source: Dict[str, Any], val_episodes: int, device: str, progress: bool) -> TrainConfig:
@@ -172,9 +181,9 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
     out = Path(config.out)
     claim_output(out)                        # before any work: refuses outputs it did not create
     quick = config.quick
-    epochs = config.epochs or (2 if quick else 10)
-    batches = config.batches_per_epoch or (5 if quick else 50)
-    n_test = config.episodes or (20 if quick else 300)
+    epochs = config.epochs if config.epochs is not None else (2 if quick else 10)
+    batches = config.batches_per_epoch if config.batches_per_epoch is not None else (5 if quick else 50)
+    n_test = config.episodes if config.episodes is not None else (20 if quick else 300)
     ratio = 0.3 if config.lambda_ratio is None else config.lambda_ratio
     source = dict(DEMO_SOURCE)
     if quick:

@@ -48,6 +48,9 @@ class EpisodeSpec:
     def __post_init__(self) -> None:
         if self.split not in _SPLITS:
             raise ConfigError(f"--split {self.split!r}: expected one of {list(_SPLITS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -2 ** 63 <= self.seed < 2 ** 63:
+            # the episode seeds are hashed modulo 2^64: 2^64 would silently be seed 0 (train refuses it too)
+            raise ConfigError(f"--seed must be an integer that fits in 64 bits, got {self.seed!r}")
         if self.episodes_file:
             for flag, value in (("--shot", self.shots), ("--episodes", self.n_episodes), ("--way", self.way),
                                 ("--query", self.query)):

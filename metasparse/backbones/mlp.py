@@ -30,6 +30,11 @@ class MLP(nn.Module):
         self.unit_rows = bool(unit_rows)
         if in_dim < 1 or out_dim < 1:
             raise ValueError(f"MLP: in_dim and out_dim must be positive, got {in_dim}, {out_dim}")
+        if isinstance(hidden, (str, bytes)) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                        for h in hidden):
+            raise ValueError(f"MLP: hidden must be a list of layer widths >= 1, got {hidden!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"MLP: dropout must be in [0, 1), got {dropout}")
         dims = [int(in_dim), *[int(h) for h in hidden], int(out_dim)]
         layers = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):

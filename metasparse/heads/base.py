@@ -130,7 +130,20 @@ class Head(nn.Module):
                              f"{tuple(support_labels.shape)}")
         if int(n_way) < 2:
             raise ValueError(f"n_way: expected >= 2, got {n_way}")
-        if not _all_finite(support):
+        if support_labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"support_labels: expected an integer tensor, got {support_labels.dtype}")
+        # one device-to-host transfer for everything the host must know about the inputs
+        with torch.no_grad():
+            labels = support_labels.long()
+            counts = (labels.unsqueeze(-1) == torch.arange(int(n_way), device=labels.device)).sum(1)   # (B, k)
+            finite, lo, hi, least = torch.stack([torch.isfinite(support.sum()).long(), labels.min(), labels.max(),
+                                                 counts.min()]).tolist()
+        if lo < 0 or hi >= n_way:
+            raise ValueError(f"support_labels: expected values in 0..{n_way - 1}, got range {lo}..{hi}")
+        if least == 0:
+            raise ValueError(f"support_labels: every class 0..{n_way - 1} needs at least one support example "
+                             f"in every episode; an episode has a class without one")
+        if not finite and not bool(torch.isfinite(support).all()):   # the sum alone may overflow
             raise NonFiniteFeaturesError("support: features contain NaN or Inf (check the backbone output)")
 
     @staticmethod

@@ -145,7 +145,7 @@ class GroupSparseSVMHead(Head):
     def fit(self, support, support_labels, n_way) -> HeadFit:
         self.check_support(support, support_labels, n_way)
         B = support.shape[0]
-        Y = one_hot(support_labels, n_way, support.dtype)
+        Y = one_hot(support_labels, n_way, support.dtype, check=False)   # checked by check_support
         l2 = self._lambda2(B, support)
         rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")
         lmax, Lam0 = None, None
@@ -266,7 +266,7 @@ class SVMHead(GroupSparseSVMHead):
                 duals.append(clf.qp_solution)          # alpha = C (Y - Lam), (n, k)
         alpha = torch.stack(duals).to(support.dtype)
         W = support.transpose(1, 2) @ alpha
-        Y = one_hot(support_labels, n_way, support.dtype)
+        Y = one_hot(support_labels, n_way, support.dtype, check=False)   # checked by check_support
         Cv = torch.as_tensor(C, dtype=support.dtype, device=support.device)
         zero = torch.zeros(B, dtype=support.dtype, device=support.device)
         rho = as_episode_vector(self.dual_reg, B, support, "dual_reg")

@@ -14,11 +14,12 @@ from .base import Head, HeadFit
 __all__ = ["ProtoNetHead", "class_means"]
 
 
-def class_means(support: torch.Tensor, support_labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """(B, n_way, d) prototypes; an empty class raises ValueError."""
-    Y = one_hot(support_labels, n_way, support.dtype)             # (B, n, k)
+def class_means(support: torch.Tensor, support_labels: torch.Tensor, n_way: int, check: bool = True) -> torch.Tensor:
+    """(B, n_way, d) prototypes; an empty class raises ValueError (``check=False``: the
+    caller has checked, :meth:`Head.check_support`)."""
+    Y = one_hot(support_labels, n_way, support.dtype, check=check)   # (B, n, k)
     counts = Y.sum(1)                                             # (B, k)
-    if bool((counts == 0).any()):
+    if check and bool((counts == 0).any()):
         raise ValueError("support_labels: every class 0..n_way-1 needs at least one support example")
     return (Y.transpose(1, 2) @ support) / counts[..., None]
 
@@ -30,7 +31,7 @@ class ProtoNetHead(Head):
 
     def fit(self, support, support_labels, n_way) -> HeadFit:
         self.check_support(support, support_labels, n_way)
-        protos = class_means(support, support_labels, n_way)
+        protos = class_means(support, support_labels, n_way, check=False)
         # the nearest-mean rule is linear in the query plus a class bias; W = 2 c^T (/d)
         W = 2.0 * protos.transpose(1, 2)
         if self.normalize:

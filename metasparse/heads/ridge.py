@@ -27,7 +27,7 @@ class RidgeHead(Head):
     def fit(self, support, support_labels, n_way) -> HeadFit:
         self.check_support(support, support_labels, n_way)
         B, n, _ = support.shape
-        Y = one_hot(support_labels, n_way, support.dtype)
+        Y = one_hot(support_labels, n_way, support.dtype, check=False)   # checked by check_support
         K = support @ support.transpose(1, 2)
         K = K + self.lambda_reg * torch.eye(n, dtype=support.dtype, device=support.device)
         # K is symmetric positive definite: Cholesky (differentiable; batched LU in

@@ -44,11 +44,12 @@ def as_episode_vector(value, batch: int, like: torch.Tensor, name: str) -> torch
     return t
 
 
-def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B, n) int labels in 0..n_way-1 -> (B, n, n_way) one-hot of ``dtype``."""
+def one_hot(labels: torch.Tensor, n_way: int, dtype: torch.dtype, check: bool = True) -> torch.Tensor:
+    """(B, n) int labels in 0..n_way-1 -> (B, n, n_way) one-hot of ``dtype``; ``check=False``
+    when the caller has checked the range already (it costs a host read)."""
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"support_labels: expected an integer tensor, got {labels.dtype}")
-    if labels.numel():
+    if check and labels.numel():
         lo, hi = torch.stack([labels.min(), labels.max()]).tolist()     # one transfer
         if lo < 0 or hi >= n_way:
             raise ValueError(f"support_labels: expected values in 0..{n_way - 1}, got range {lo}..{hi}")

@@ -140,3 +140,16 @@ def test_ridge_head_large_support_with_two_threads():
         X, Y = S[b].numpy(), np.eye(5)[labels[b].numpy()]
         ref = X.T @ np.linalg.solve(X @ X.T + 50.0 * np.eye(250), Y)
         assert np.allclose(W[b].numpy(), ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["group-sparse-svm", "svm", "ridge", "protonet"])
+def test_an_episode_with_a_class_without_support_examples_is_refused(name):
+    """Every head used to fit such an episode (the SVMs silently; ProtoNet refused)."""
+    from metasparse.registry import build_head
+    g = torch.Generator().manual_seed(0)
+    support = torch.randn(2, 6, 10, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 1, 0]])     # episode 2 has no class 2
+    with pytest.raises(ValueError, match="an episode has a class without one"):
+        build_head(name, {}).fit(support, labels, 3)
+    with pytest.raises(ValueError, match=r"expected values in 0..2, got range 0..3"):
+        build_head(name, {}).fit(support, labels + (labels == 2).long(), 3)

@@ -66,7 +66,7 @@ def test_solve_and_implicit_backward_use_cpu_threads(two_threads, monkeypatch, l
 
 
 def test_head_restores_threads(two_threads):
-    X, labels, _ = make_problem()
+    X, labels, _ = make_problem(balanced=True)
     head = GroupSparseSVMHead(lambda_ratio=0.1)
     head.fit(X.float(), labels, 3)
     assert torch.get_num_threads() == 2
