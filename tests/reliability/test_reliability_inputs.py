@@ -352,3 +352,13 @@ def test_redirected_output_has_no_progress_bar_frames(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\r" not in r.stdout + r.stderr
     assert "epoch 1/1: loss" in r.stdout + r.stderr
+
+
+def test_out_of_range_seed_and_zero_counts_are_refused(tmp_path, capsys, syn_run):
+    """evaluate --seed 2**64 used to give seed 0's episodes (the hash is modulo 2^64);
+    demo --epochs 0 used to run the default 10 epochs."""
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--seed", str(2 ** 64),
+                            "--out", tmp_path / "e.json"], "--seed must be an integer that fits in 64 bits")
+    for flag in ("--epochs", "--batches-per-epoch", "--episodes"):
+        one_line_error(capsys, ["demo", "--out", tmp_path / "demo", flag, "0"], f"{flag} must be an integer >= 1")
+    assert not (tmp_path / "e.json").exists() and not (tmp_path / "demo").exists()
