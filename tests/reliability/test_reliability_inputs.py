@@ -362,3 +362,13 @@ def test_out_of_range_seed_and_zero_counts_are_refused(tmp_path, capsys, syn_run
     for flag in ("--epochs", "--batches-per-epoch", "--episodes"):
         one_line_error(capsys, ["demo", "--out", tmp_path / "demo", flag, "0"], f"{flag} must be an integer >= 1")
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "demo").exists()
+
+
+def test_a_users_own_episodes_py_in_the_working_directory_does_not_shadow_the_package(tmp_path):
+    """`python -m` puts the working directory first on sys.path; a user's episodes.py there
+    used to break every command (and the tool blamed itself)."""
+    (tmp_path / "episodes.py").write_text('raise RuntimeError("the user\'s own episodes.py")\n')
+    r = subprocess.run([sys.executable, "-m", "metasparse", "evaluate", "--checkpoint", str(tmp_path / "none.pt")],
+                       cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert "none.pt does not exist" in r.stderr
