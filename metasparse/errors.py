@@ -14,11 +14,11 @@ expect (``ValueError``, or ``FileNotFoundError`` for a missing file)::
         +-- CheckpointNotFoundError      the checkpoint file or run directory does not exist
 
 A training step whose inner solver stops short of its tolerance under ``strict_solver``
-raises :class:`metasparse.heads.SolverConvergenceError` (exit status 1), not one of these.
+raises :class:`SolverConvergenceError` (exit status 1), not one of these.
 """
 from __future__ import annotations
 
-__all__ = ["MetasparseError", "ConfigError", "DataError", "DataNotFoundError", "CheckpointError",
+__all__ = ["SolverConvergenceError", "MetasparseError", "ConfigError", "DataError", "DataNotFoundError", "CheckpointError",
            "CheckpointNotFoundError"]
 
 
@@ -44,3 +44,10 @@ class CheckpointError(MetasparseError, ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint file (or run directory) that does not exist."""
+
+
+class SolverConvergenceError(RuntimeError):
+    """Raised instead of a ``SolverConvergenceWarning`` when training with ``strict_solver``:
+    some episode's inner solve stopped short of its tolerance (exit status 1).  Defined
+    here, re-exported by :mod:`metasparse.heads`, so the command line knows it without
+    importing torch."""

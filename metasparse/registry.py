@@ -18,15 +18,17 @@ Unknown names and options a head or backbone does not take raise
 from __future__ import annotations
 
 import copy
+import importlib
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from torch import nn
-
-from .backbones import build_backbone as _build_backbone
 from .engine.config import DATASET_DEFAULTS
 from .errors import ConfigError
-from .heads import GroupSparseSVMHead, Head, ProtoNetHead, RidgeHead, SVMHead
+
+if TYPE_CHECKING:   # the classes are imported when first built: the registry itself needs no torch
+    from torch import nn
+
+    from .heads import Head
 
 __all__ = ["HeadEntry", "BackboneEntry", "DatasetEntry", "HEADS", "BACKBONES", "DATASETS", "SOLVERS",
            "DEFAULT_HEAD", "head_entry", "head_options", "build_head", "backbone_entry", "build_backbone",
@@ -41,20 +43,26 @@ class HeadEntry:
     (takes ``lambda_ratio = lambda1 / lambda_max``)."""
 
     name: str
-    cls: type
+    target: str                      # "module:Class", imported on first use
     aliases: Tuple[str, ...] = ()
     solvers: Tuple[str, ...] = ()
     sparse: bool = False
+
+    @property
+    def cls(self) -> type:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 #: the values of the SVM heads' ``solver`` option, in the order the CLI lists them
 SOLVERS = ("dual", "qpth", "cvxpylayers")
 
 HEADS: Dict[str, HeadEntry] = {e.name: e for e in (
-    HeadEntry("group-sparse-svm", GroupSparseSVMHead, ("gs-svm",), ("dual", "cvxpylayers"), sparse=True),
-    HeadEntry("svm", SVMHead, ("svm-cs", "metaoptnet-svm"), ("dual", "qpth", "cvxpylayers")),
-    HeadEntry("ridge", RidgeHead, ("rr", "r2d2", "metaoptnet-rr")),
-    HeadEntry("protonet", ProtoNetHead, ("proto",)),
+    HeadEntry("group-sparse-svm", "metasparse.heads:GroupSparseSVMHead", ("gs-svm",), ("dual", "cvxpylayers"),
+              sparse=True),
+    HeadEntry("svm", "metasparse.heads:SVMHead", ("svm-cs", "metaoptnet-svm"), ("dual", "qpth", "cvxpylayers")),
+    HeadEntry("ridge", "metasparse.heads:RidgeHead", ("rr", "r2d2", "metaoptnet-rr")),
+    HeadEntry("protonet", "metasparse.heads:ProtoNetHead", ("proto",)),
 )}
 DEFAULT_HEAD = "group-sparse-svm"
 _HEAD_KEYS = {key: e.name for e in HEADS.values() for key in (e.name, *e.aliases)}
@@ -97,7 +105,7 @@ def head_options(head: str, lambda_ratio: Optional[float] = None, solver: Option
     return opts
 
 
-def build_head(name: str, options: Optional[Mapping[str, Any]] = None) -> Head:
+def build_head(name: str, options: Optional[Mapping[str, Any]] = None) -> "Head":
     """Instantiate head ``name`` with keyword ``options``; options it does not take or
     values it rejects raise :class:`ConfigError`."""
     entry = head_entry(name)
@@ -138,9 +146,10 @@ def backbone_entry(name: str) -> BackboneEntry:
     return BACKBONES[key]
 
 
-def build_backbone(name: str, options: Optional[Mapping[str, Any]] = None) -> nn.Module:
+def build_backbone(name: str, options: Optional[Mapping[str, Any]] = None) -> "nn.Module":
     """Instantiate backbone ``name`` with keyword ``options`` (:class:`ConfigError` if it rejects them)."""
     try:
+        from .backbones import build_backbone as _build_backbone
         return _build_backbone(backbone_entry(name).name, **dict(options or {}))
     except (ValueError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -7,8 +7,7 @@ import traceback
 from typing import Optional, Sequence
 
 from .. import __version__
-from ..errors import MetasparseError
-from ..heads import SolverConvergenceError
+from ..errors import MetasparseError, SolverConvergenceError
 from . import compare, demo, evaluate, import_cmd, prepare, train
 
 __all__ = ["build_parser", "main"]
@@ -44,6 +43,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ``metasparse CMD: error: ...``: a :class:`~metasparse.errors.MetasparseError`, or a file
     system error on a named file); 1 for a ``--strict-solver`` stop, and for any other
     exception (a bug: its traceback, then a line saying so); 130 for Ctrl-C."""
+    for stream in (sys.stdout, sys.stderr):
+        # a path that is not valid in the output's encoding (a non-UTF-8 --out) is printed
+        # escaped, not a UnicodeEncodeError after the work is done
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..api import train
-    from ..heads import SolverConvergenceError   # here, not at the top: --help needs no torch
+    from ..errors import SolverConvergenceError
     config = config_from_args(args)
     try:
         result = train(config)

@@ -8,6 +8,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import SolverConvergenceError
+
 __all__ = ["HeadFit", "HeadOutput", "Head", "NonFiniteFeaturesError", "SolverConvergenceWarning",
            "SolverConvergenceError", "unconverged_message"]
 
@@ -21,8 +23,6 @@ class NonFiniteFeaturesError(ValueError):
     """Features (or the logits they give) that are NaN or Inf: a head cannot fit them."""
 
 
-class SolverConvergenceError(RuntimeError):
-    """Raised instead of :class:`SolverConvergenceWarning` when training with ``strict_solver``."""
 
 
 def unconverged_message(n_bad: int, n_total: int, worst_rel_gap: float, tol: Optional[float]) -> str:

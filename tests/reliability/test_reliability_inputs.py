@@ -372,3 +372,12 @@ def test_a_users_own_episodes_py_in_the_working_directory_does_not_shadow_the_pa
                        cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-1500:]
     assert "none.pt does not exist" in r.stderr
+
+
+def test_a_non_utf8_out_path_is_printed_escaped_not_a_crash_after_the_work(tmp_path):
+    out = os.path.join(os.fsdecode(bytes(tmp_path)), os.fsdecode(b"run-\xff"))
+    r = subprocess.run([sys.executable, "-m", "metasparse", "train", *SYN, "--out", out],
+                       env={**subprocess_env(), "PYTHONIOENCODING": "utf-8:strict"}, capture_output=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert b"UnicodeEncodeError" not in r.stderr and b"\\udcff" in r.stdout + r.stderr
+    assert os.path.exists(os.path.join(out, "last.pt"))
