@@ -64,6 +64,8 @@ class EpisodeSpec:
                             *(("--shot", k) for k in self.shots or ())):
             if value is not None and value < 1:
                 raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if self.way is not None and self.way < 2:
+            raise ConfigError(f"--way must be >= 2 (a few-shot task tells classes apart), got {self.way}")
 
     def shot_list(self) -> Tuple[int, ...]:
         """The shots evaluated when the episodes are drawn (default 1 and 5)."""

@@ -125,6 +125,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise ConfigError(f"{_flag(name)} must be >= 1, got {value}")
+        if self.way is not None and int(self.way) < 2:   # one class: nothing to classify (the heads need 2)
+            raise ConfigError(f"--way must be >= 2 (a few-shot task tells classes apart), got {self.way}")
         if any(v is not None and v < 1 for v in (self.epochs, self.batches_per_epoch)):
             raise ConfigError("--epochs and --batches-per-epoch must be >= 1")
         if int(self.num_workers) < 0:

@@ -12,14 +12,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from ..engine.checkpoint import atomic_write_text
+from ..engine.checkpoint import atomic_write_text, load_checkpoint
 from ..engine.config import TrainSettings
 from ..engine.distributed import cleanup, init_distributed
 from ..engine.runlock import RunLock
 from ..engine.streams import FixedStream, SamplerStream
 from ..engine.train import read_jsonl
 from ..engine.train import train as run_engine
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MetasparseError
 from ..registry import DATASETS, backbone_options_for_data
 from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
@@ -265,6 +265,13 @@ def train(config: TrainConfig) -> TrainResult:
         result = _train_locked(config, written)
         finished = True
         return result
+    except DataError:
+        # bad data found by the first step of a new run (nothing trained): the files of
+        # step 0 go too, so the failed start leaves no run that can never finish
+        if main_process and not config.resume and _untrained(out / "last.pt"):
+            for name in ("last.pt", "metrics.jsonl"):
+                (out / name).unlink(missing_ok=True)
+        raise
     finally:
         # a failure before the first checkpoint: remove what this call created, nothing else
         if not finished and main_process and not (out / "last.pt").exists():
@@ -274,6 +281,14 @@ def train(config: TrainConfig) -> TrainResult:
             lock.release()
         if not finished and not any((out / name).exists() for name in _RUN_FILES):
             _remove_dirs(created)
+
+
+def _untrained(last: Path) -> bool:
+    """Whether ``last`` is the step-0 checkpoint of a run (no optimisation step yet)."""
+    try:
+        return int(load_checkpoint(last)["progress"]["global_step"]) == 0
+    except (MetasparseError, OSError, KeyError, TypeError, ValueError):
+        return False
 
 
 def _launch_rank() -> int:

@@ -190,7 +190,9 @@ def parse_cache_size(text) -> Optional[int]:
     such as ``"512MB"``, ``"8GiB"``, ``"2e9"`` in bytes."""
     if text is None:
         return None
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not 0 <= text < float("inf"):
+            raise ValueError(f"--feature-cache {text!r}: expected a finite size >= 0")
         return int(text)
     t = str(text).strip().lower().replace(" ", "")
     if t == "auto":
@@ -209,8 +211,8 @@ def parse_cache_size(text) -> Optional[int]:
         value = float(t) * factor
     except ValueError:
         raise ValueError(f"--feature-cache {text!r}: expected auto, off or a size such as 512MB or 8GiB") from None
-    if not value >= 0:
-        raise ValueError(f"--feature-cache {text!r}: expected a size >= 0")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"--feature-cache {text!r}: expected a finite size >= 0")
     return int(value)
 
 

@@ -68,7 +68,7 @@ from tqdm.auto import tqdm
 from episodes.atomic import atomic_write_bytes
 from episodes.sampler import batch_seed
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..heads.base import (NonFiniteFeaturesError, SolverConvergenceError, SolverConvergenceWarning,
                           unconverged_message)
 from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -504,11 +504,19 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
                 local = batch[lo:hi]
                 try:
                     logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
-                except NonFiniteFeaturesError:   # finite data (checked when loaded): the weights diverged
+                except NonFiniteFeaturesError as e:
+                    if global_step == 0:   # before any update: the data are finite but too large
+                        raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the first batch's features are too "
+                                        f"large for the head ({str(e).splitlines()[0][:160]}); normalise the "
+                                        f"data") from None
+                    # finite data (checked when loaded): the weights diverged
                     raise _diverged(epoch, i, s, "the features are not finite") from None
                 except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
-                    if global_step == 0:
-                        raise
+                    if global_step == 0:   # before any update: the data, not the training
+                        raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the head's linear algebra failed on "
+                                        f"the first batch's features ({str(e).strip().splitlines()[0][:120]}); "
+                                        f"the examples are probably of a huge magnitude: normalise the data"
+                                        ) from None
                     raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
                                                  f"({str(e).strip().splitlines()[0][:120]})") from None
                 loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)

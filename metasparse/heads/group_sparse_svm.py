@@ -31,8 +31,8 @@ from torch import nn
 from ..solvers.lambda_max import lambda_max as compute_lambda_max
 from ..solvers.objectives import as_episode_vector, dual_objective, one_hot, primal_objective, row_norms
 from ..solvers.simplex import project_simplex
-from ..solvers.svm_dual import GroupSparseSVMDual
-from .base import Head, HeadFit
+from ..solvers.svm_dual import GroupSparseSVMDual, NonFiniteInputError
+from .base import Head, HeadFit, NonFiniteFeaturesError
 
 __all__ = ["GroupSparseSVMHead", "SVMHead", "DEFAULT_LAMBDA2", "DEFAULT_DUAL_REG"]
 
@@ -154,12 +154,18 @@ class GroupSparseSVMHead(Head):
         elif self.relative:
             lmax, Lam0 = compute_lambda_max(support, Y, l2, rho, rtol=self.lambda_max_rtol,
                                             cpu_threads=self.solver.cpu_threads, smooth=self.dual_reg > 0)
-            l1 = self._lambda1_param(support) * lmax
+            # a ratio >= 1 gives W* = 0 whatever its value: capped at 1 so that a huge ratio
+            # (1e308) does not overflow lambda1 to inf
+            l1 = self._lambda1_param(support).clamp(max=1.0) * lmax
         else:
             l1 = self._lambda1_param(support).expand(B)
         if self.solver_name == "cvxpylayers":
             return self._fit_cvxpylayers(support, Y, l1, l2, rho, lmax)
-        sol = self.solver.run(support, Y, l1, l2, rho, init=Lam0)
+        try:
+            sol = self.solver.run(support, Y, l1, l2, rho, init=Lam0)
+        except NonFiniteInputError as e:   # finite features whose lambda_max overflows, or not finite
+            raise NonFiniteFeaturesError(f"head: {e} (features too large for the head's arithmetic, or not "
+                                         f"finite: rescale the data)") from None
         W, dual, gap, rel, conv = sol.weights, sol.dual, sol.gap, sol.rel_gap, sol.converged
         if lmax is not None:
             # lambda1 >= lambda_max (a certified upper bound): W* = 0 exactly, and Lam0 is

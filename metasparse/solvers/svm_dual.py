@@ -37,7 +37,12 @@ from .objectives import (
 from .simplex import project_simplex
 from .threads import solver_threads
 
-__all__ = ["DualSolution", "GroupSparseSVMDual", "lipschitz_constant"]
+__all__ = ["DualSolution", "GroupSparseSVMDual", "NonFiniteInputError", "lipschitz_constant"]
+
+
+class NonFiniteInputError(ValueError):
+    """Features or regularisation weights that are NaN or Inf (e.g. ``lambda1 = ratio *
+    lambda_max`` overflowing on features of huge magnitude)."""
 
 
 @dataclass
@@ -128,11 +133,15 @@ class GroupSparseSVMDual:
                 checks.append((init >= 0).all() & ((init.sum(-1) - 1).abs() <= tol_sum).all())
             flags = [bool(v) for v in torch.stack(checks).tolist()]
         if not flags[0] and not bool(torch.isfinite(X).all()):
-            raise ValueError("solver: support features contain NaN or Inf")
+            raise NonFiniteInputError("solver: support features contain NaN or Inf")
         if not flags[1]:
-            raise ValueError("lambda1: expected finite values >= 0")
+            if bool(torch.isfinite(l1).all()):
+                raise ValueError("lambda1: expected finite values >= 0")
+            raise NonFiniteInputError("lambda1: expected finite values >= 0, got NaN or Inf")
         if not flags[2]:
-            raise ValueError("lambda2: expected finite values > 0")
+            if bool(torch.isfinite(l2).all()):
+                raise ValueError("lambda2: expected finite values > 0")
+            raise NonFiniteInputError("lambda2: expected finite values > 0, got NaN or Inf")
         if not flags[3]:
             raise ValueError("dual_reg: expected values >= 0")
         sparse, smooth = flags[4], flags[5]

@@ -381,3 +381,23 @@ def test_a_non_utf8_out_path_is_printed_escaped_not_a_crash_after_the_work(tmp_p
     assert r.returncode == 0, r.stderr[-1500:]
     assert b"UnicodeEncodeError" not in r.stderr and b"\\udcff" in r.stdout + r.stderr
     assert os.path.exists(os.path.join(out, "last.pt"))
+
+
+def test_user_errors_that_used_to_be_tracebacks(tmp_path, capsys, syn_run):
+    """--way 1; --lambda-ratio 1e308 (lambda1 overflowed to inf); data of magnitude 1e20
+    (its lambda_max overflows: the first step fails, and the new run is removed);
+    compare --feature-cache inf."""
+    src = SYN.index("--source-options") + 1
+    way = SYN.index("--way") + 1
+    one_line_error(capsys, ["train", *SYN[:way], "1", *SYN[way + 1:], "--out", tmp_path / "w1"], "--way must be >= 2")
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--way", "1", "--out", tmp_path / "e.json"],
+                   "--way must be >= 2")
+    huge = SYN_SOURCE[:-1] + ', "noise_std": 1e20}'
+    one_line_error(capsys, ["train", *SYN[:src], huge, *SYN[src + 1:], "--head", "group-sparse-svm",
+                            "--out", tmp_path / "big"], "the first batch's features are too large", "normalise")
+    one_line_error(capsys, ["compare", syn_run, *EVAL, "--feature-cache", "inf", "--out", tmp_path / "c"],
+                   "--feature-cache 'inf': expected a finite size >= 0")
+    assert not any(tmp_path.iterdir())
+    rc = run_cli(capsys, ["train", *SYN, "--head", "group-sparse-svm", "--lambda-ratio", "1e308",
+                          "--out", tmp_path / "r"])[0]
+    assert rc == 0
