@@ -154,6 +154,8 @@ def save_episodes(path, episodes: FixedEpisodes) -> None:
 def load_episodes(path, source: Optional[FewShotSource] = None) -> FixedEpisodes:
     """Read an episode file; with ``source``, also check that it matches (else ValueError)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not an episode file (.json or .pt)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: episode file not found")
     ext = os.path.splitext(path)[1].lower()

@@ -116,6 +116,8 @@ def int_labels(labels, n: int, where: str, key: str) -> np.ndarray:
         out = np.asarray(labels)
     except Exception:  # pragma: no cover - defensive
         out = None
+    if n == 0:
+        raise ValueError(f"{where}: holds no images (an empty split)")
     if out is None or out.ndim != 1 or out.shape[0] != n or not np.issubdtype(out.dtype, np.integer):
         got = f"{type(labels).__name__} of length {len(labels) if hasattr(labels, '__len__') else '?'}"
         raise ValueError(f"{where}: '{key}' must be {n} integer labels (one per image); got {got}")

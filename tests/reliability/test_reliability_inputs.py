@@ -401,3 +401,17 @@ def test_user_errors_that_used_to_be_tracebacks(tmp_path, capsys, syn_run):
     rc = run_cli(capsys, ["train", *SYN, "--head", "group-sparse-svm", "--lambda-ratio", "1e308",
                           "--out", tmp_path / "r"])[0]
     assert rc == 0
+
+
+def test_messages_for_an_empty_split_and_a_folder_as_episode_file(tmp_path, capsys, syn_run, cifar_root):
+    import numpy as np
+    from fixtures_formats import write_py2_pickle
+    root = tmp_path / "data"
+    shutil.copytree(cifar_root, root)
+    write_py2_pickle(str(root / "CIFAR_FS_train.pickle"), {"data": np.zeros((0, 32, 32, 3), np.uint8), "labels": []})
+    one_line_error(capsys, _tiny(root, tmp_path / "run"), "CIFAR_FS_train.pickle", "holds no images (an empty split)")
+    folder = tmp_path / "eps"
+    folder.mkdir()
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", folder, "--no-progress",
+                            "--device", "cpu", "--out", tmp_path / "e.json"],
+                   f"{folder}: is a folder, not an episode file")
