@@ -140,6 +140,10 @@ def split_fine_labels(dataset: str, fine_names: List[str], coarse_of_fine: Dict[
     raise ValueError(f"dataset must be 'cifar-fs' or 'fc100', got {dataset!r}")
 
 
+#: the largest archive member read (the official ``train`` is ~155 MB uncompressed)
+_MAX_MEMBER_BYTES = 512 * 2 ** 20
+
+
 def _read_archive(archive_path: str):
     if not os.path.isfile(archive_path):
         raise FileNotFoundError(f"{archive_path}: CIFAR-100 archive not found (expected cifar-100-python.tar.gz)")
@@ -149,12 +153,19 @@ def _read_archive(archive_path: str):
         # one line: tarfile's message lists every compression method tried, one per line
         raise ValueError(f"{archive_path}: not a readable tar archive (expected the official "
                          f"cifar-100-python.tar.gz)") from None
-    parts = {}
+    parts, seen = {}, {}
     with tar:
         try:
-            for m in tar.getmembers():
+            for m in tar:          # as the headers come: a declared size is checked before the next read
                 base = os.path.basename(m.name)
                 if m.isfile() and base in ("train", "test", "meta"):
+                    if base in parts:   # the last one used to win silently
+                        raise ValueError(f"{archive_path}: two members named {base!r} ({seen[base]} and {m.name}); "
+                                         f"expected the official cifar-100-python.tar.gz")
+                    if m.size > _MAX_MEMBER_BYTES:   # declared size, checked before reading: no memory bomb
+                        raise ValueError(f"{archive_path}: member {m.name} declares {m.size / 2 ** 20:.0f} MiB; the "
+                                         f"official one is under 200 MiB (refused before reading it)")
+                    seen[base] = m.name
                     parts[base] = str_keys(loads_pickle(tar.extractfile(m).read(), f"{archive_path}:{m.name}"),
                                            f"{archive_path}:{m.name}")
         except (EOFError, tarfile.TarError, zlib.error, OSError) as e:   # truncated or corrupt compressed data

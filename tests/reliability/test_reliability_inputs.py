@@ -415,3 +415,26 @@ def test_messages_for_an_empty_split_and_a_folder_as_episode_file(tmp_path, caps
     one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes-file", folder, "--no-progress",
                             "--device", "cpu", "--out", tmp_path / "e.json"],
                    f"{folder}: is a folder, not an episode file")
+
+
+def test_prepare_refuses_duplicate_and_oversized_archive_members(tmp_path, capsys):
+    """Two members named train used to be read silently (the last one won); a member
+    declaring 3 GiB was read into memory (4.1 GB peak) before anything was checked."""
+    good = _archive(tmp_path / "good.tar.gz")
+    dup = tmp_path / "dup.tar.gz"
+    with tarfile.open(good) as src, tarfile.open(dup, "w:gz") as tar:
+        for m in src.getmembers():
+            tar.addfile(m, src.extractfile(m) if m.isfile() else None)
+        m = src.getmember("cifar-100-python/train")
+        m2 = tarfile.TarInfo("extra/train")
+        m2.size = m.size
+        tar.addfile(m2, src.extractfile(m))
+    out = tmp_path / "out"
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", dup, "--out", out], "two members named 'train'")
+    big = tmp_path / "big.tar"
+    with tarfile.open(big, "w") as tar:
+        info = tarfile.TarInfo("cifar-100-python/train")
+        info.size = 3 * 2 ** 30
+        tar.addfile(info)          # a header only: the declared size is what is checked
+    one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", big, "--out", out], "declares 3072 MiB")
+    assert not out.exists()
