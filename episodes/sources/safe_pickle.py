@@ -20,7 +20,7 @@ import io
 import os
 import pickle
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ["RestrictedUnpickler", "UnsafePickleError", "load_pickle", "loads_pickle", "ALLOWED_GLOBALS"]
 
@@ -96,26 +96,78 @@ def _resolve(module: str, name: str) -> Any:
     raise UnsafePickleError(f"global {module}.{name} is not allowed")  # pragma: no cover
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler whose ``find_class`` only admits :data:`ALLOWED_GLOBALS`."""
+def _array_bytes(shape, dtype) -> int:
+    import numpy as np
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = 1
+    for s in shape:
+        n *= max(int(s), 0)
+    return n * np.dtype(dtype if dtype is not None else np.float64).itemsize
 
-    def __init__(self, file, *, source: str = "<pickle>", **kwargs):
+
+class _NdarrayRef:
+    """What a pickle gets for ``numpy.ndarray``: numpy's own pickles only pass it to
+    ``_reconstruct`` (with shape ``(0,)``, the data coming later from the file); calling
+    it allocates the array it names, so its size is checked first."""
+
+    def __init__(self, limit: int, source: str):
+        self.limit, self.source = limit, source
+
+    def __call__(self, shape, dtype=None, *args, **kwargs):
+        import numpy as np
+        _check_size(self, shape, dtype)
+        return np.ndarray(shape, dtype, *args, **kwargs)
+
+
+def _check_size(ref, shape, dtype) -> None:
+    try:
+        nbytes = _array_bytes(shape, dtype)
+    except (TypeError, ValueError):
+        return                          # numpy itself refuses such arguments
+    if nbytes > ref.limit:
+        raise UnsafePickleError(f"{ref.source}: refusing to allocate an array of {nbytes / 2 ** 30:.3g} GiB "
+                                f"declared by a file of {ref.limit - 2 ** 20} bytes (an array's data must be "
+                                f"in the file)")
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An Unpickler whose ``find_class`` only admits :data:`ALLOWED_GLOBALS`.
+
+    ``size``: the pickle's size in bytes.  An array allocated from a declared shape
+    (``numpy.ndarray(shape)``, ``_reconstruct``) may not exceed it (plus 1 MiB): a
+    legitimate array's data are in the file, so a 131-byte pickle cannot ask for 2^40
+    bytes."""
+
+    def __init__(self, file, *, source: str = "<pickle>", size: Optional[int] = None, **kwargs):
         super().__init__(file, **kwargs)
         self._source = source
+        self._ndarray = _NdarrayRef((size if size is not None else 2 ** 40) + 2 ** 20, source)
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         if (module, name) not in ALLOWED_GLOBALS:
             raise UnsafePickleError(
                 f"{self._source}: refusing to load global '{module}.{name}' "
                 f"(dataset pickles may only contain numpy arrays/dtypes and plain containers)")
+        if name == "ndarray":
+            return self._ndarray
+        if name == "_reconstruct":
+            real, ref = _resolve(module, name), self._ndarray
+
+            def _reconstruct(subtype, shape, dtype):
+                import numpy as np
+                if subtype is ref:
+                    subtype = np.ndarray
+                _check_size(ref, shape, dtype if not isinstance(dtype, (bytes, str)) else np.uint8)
+                return real(subtype, shape, dtype)
+            return _reconstruct
         return _resolve(module, name)
 
     def persistent_load(self, pid):  # pragma: no cover - dataset pickles have none
         raise UnsafePickleError(f"{self._source}: persistent ids are not allowed")
 
 
-def _load(f, source: str, encoding: str) -> Any:
-    return RestrictedUnpickler(f, source=source, encoding=encoding).load()
+def _load(f, source: str, encoding: str, size: Optional[int] = None) -> Any:
+    return RestrictedUnpickler(f, source=source, encoding=encoding, size=size).load()
 
 
 def load_pickle(path: "str | os.PathLike") -> Any:
@@ -128,12 +180,13 @@ def load_pickle(path: "str | os.PathLike") -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found")
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             try:
-                return _load(f, path, "ASCII")
+                return _load(f, path, "ASCII", size)
             except UnicodeDecodeError:
                 f.seek(0)
-                return _load(f, path, "latin1")
+                return _load(f, path, "latin1", size)
     except UnsafePickleError as e:
         if not str(e).startswith(path):
             raise UnsafePickleError(f"{path}: {e}") from None
@@ -146,9 +199,9 @@ def loads_pickle(data: bytes, source: str = "<bytes>") -> Any:
     """Like :func:`load_pickle` for an in-memory byte string (e.g. a member of a tar archive)."""
     try:
         try:
-            return _load(io.BytesIO(data), source, "ASCII")
+            return _load(io.BytesIO(data), source, "ASCII", len(data))
         except UnicodeDecodeError:
-            return _load(io.BytesIO(data), source, "latin1")
+            return _load(io.BytesIO(data), source, "latin1", len(data))
     except UnsafePickleError as e:
         if not str(e).startswith(source):
             raise UnsafePickleError(f"{source}: {e}") from None

@@ -82,3 +82,31 @@ def test_not_a_pickle_and_missing_file(tmp_path):
         load_pickle(bad)
     with pytest.raises(FileNotFoundError, match="nope.pickle"):
         load_pickle(tmp_path / "nope.pickle")
+
+
+def test_declared_array_sizes_are_checked_before_allocating(tmp_path):
+    """A 52-byte pickle calling numpy.ndarray((2**40,)) (or numpy's _reconstruct with that
+    shape) used to allocate it: refused from the declared size; real arrays still load."""
+    import pickle
+    import numpy as np
+    from numpy.core import multiarray
+    from episodes.sources.safe_pickle import UnsafePickleError, load_pickle, loads_pickle
+
+    class Direct:
+        def __reduce__(self):
+            return (np.ndarray, ((2 ** 40,),))
+
+    class Reconstruct:
+        def __reduce__(self):
+            return (multiarray._reconstruct, (np.ndarray, (2 ** 40,), b"b"))
+
+    for obj in (Direct(), Reconstruct()):
+        data = pickle.dumps({"data": obj}, protocol=2)
+        with pytest.raises(UnsafePickleError, match="refusing to allocate an array of 1.02e\\+03 GiB|8.19e\\+03 GiB"):
+            loads_pickle(data, "evil.pkl")
+        path = tmp_path / "evil.pickle"
+        path.write_bytes(data)
+        with pytest.raises(UnsafePickleError, match=f"declared by a file of {len(data)} bytes"):
+            load_pickle(path)
+    a = np.arange(3 * 84 * 84 * 3, dtype=np.uint8).reshape(3, 84, 84, 3)
+    assert np.array_equal(loads_pickle(pickle.dumps({"data": a}, protocol=2))["data"], a)
