@@ -111,6 +111,7 @@ def test_metaoptnet_pth_with_dataparallel_prefix(l2l_net, tmp_path, capsys):
     ("nan", "key 'layer2.0.conv2.weight' holds NaN or Inf"),
     ("head_nan", "key 'head.scale' holds inf"),
     ("head_tensor", "'head' holds a Tensor, not a state dict"),
+    ("wide", "the first convolutions declare widths [60000, 160, 320, 640]"),
 ])
 def test_key_and_shape_errors_name_the_key(l2l_net, tmp_path, capsys, case, expected):
     emb = dict(l2l_net.features.state_dict())
@@ -130,6 +131,8 @@ def test_key_and_shape_errors_name_the_key(l2l_net, tmp_path, capsys, case, expe
         head["scale"] = torch.tensor([float("inf")])
     elif case == "head_tensor":
         head = torch.ones(3)
+    elif case == "wide":   # a small file declaring a 60000-channel first convolution
+        emb["layer1.0.conv1.weight"] = torch.zeros(60000, 3, 1, 1)
     src = tmp_path / "bad.pth"
     torch.save(emb if case == "not_a_dict" else {"embedding": emb, "head": head}, src)
     err = _err(capsys, ["import", str(src), "--from", "metaoptnet", "--dataset", "fc100",

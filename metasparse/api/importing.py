@@ -166,7 +166,20 @@ def _widths(src: Path, stages: Dict[str, torch.Tensor]) -> Tuple[int, Tuple[int,
             raise CheckpointError(f"{src}: key 'layer{i + 1}.0.conv1.weight' has shape {tuple(w.shape)}, "
                                   f"expected a 4-d convolution weight")
         widths.append(int(w.shape[0]))
-    return int(stages["stages.0.conv1.weight"].shape[1]), tuple(widths)
+    in_channels = int(stages["stages.0.conv1.weight"].shape[1])
+    # every weight of the ResNet-12 these widths describe must be in the file: compare the
+    # conv weights it would allocate with those the file holds before building it (a
+    # 60000-channel first conv would otherwise build a 130 GB model)
+    expected, cin = 0, in_channels
+    for w in widths:
+        expected += 9 * (cin * w + 2 * w * w) + cin * w
+        cin = w
+    held = sum(v.numel() for k, v in stages.items() if k.endswith(".weight") and v.dim() == 4)
+    if expected > 4 * held + 10 ** 6:     # grossly more (a wrong shape is told key by key below)
+        raise CheckpointError(f"{src}: the first convolutions declare widths {list(widths)}, a ResNet-12 of "
+                              f"{expected / 1e6:.3g}M conv weights, but the file holds {held / 1e6:.3g}M; "
+                              f"not a ResNet-12 state dict")
+    return in_channels, tuple(widths)
 
 
 def _source_key(key: str) -> str:
