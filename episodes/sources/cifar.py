@@ -82,6 +82,10 @@ def load_metaoptnet_cifar(path: str, dataset: str, split: str) -> FewShotSource:
                          class_names=names, path=path)
 
 
+#: the largest image (pixels) the folder reader decodes
+_MAX_PIXELS = 1024 * 1024
+
+
 def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     """Read learn2learn's ``cifarfs/processed/<split>/<class>/*.png`` folder of one split."""
     from PIL import Image
@@ -100,9 +104,19 @@ def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     images, labels = [], []
     for p, c in tqdm(files, desc=f"reading {split} images", disable=True if len(files) < 5000 else None, leave=False):
         try:
-            with Image.open(p) as im:
+            with Image.open(p) as im:    # reads the header only: the declared size is checked first
+                if im.size[0] * im.size[1] > _MAX_PIXELS:
+                    raise ValueError(f"{p}: declares a {im.size[0]}x{im.size[1]} image; CIFAR images are "
+                                     f"32x32 (refused before decoding it)")
                 img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        except (OSError, ValueError, SyntaxError) as e:   # PIL: UnidentifiedImageError, truncated data
+        except ValueError as e:
+            if str(e).startswith(f"{p}: "):
+                raise
+            raise ValueError(f"{p}: not a readable PNG image ({type(e).__name__}); replace or remove it") from None
+        except Image.DecompressionBombError:   # PIL refuses the header of a huge image itself
+            raise ValueError(f"{p}: declares an image of more than {2 * Image.MAX_IMAGE_PIXELS} pixels; CIFAR "
+                             f"images are 32x32 (refused before decoding it)") from None
+        except (OSError, SyntaxError) as e:   # PIL: UnidentifiedImageError, truncated data
             raise ValueError(f"{p}: not a readable PNG image ({type(e).__name__}); replace or remove it") from None
         if images and img.shape != images[0].shape:
             raise ValueError(f"{p}: image of shape {tuple(img.shape)}, expected {tuple(images[0].shape)} like the others")

@@ -39,6 +39,8 @@ FACTOR_NAMES: Tuple[str, ...] = ("floor_hue", "wall_hue", "object_hue", "scale",
 FACTOR_SIZES: Tuple[int, ...] = (10, 10, 10, 8, 4, 15)
 SHAPES3D_FILE = "3dshapes.h5"
 IMAGE_SHAPE = (64, 64, 3)
+#: the most label rows read (the release has 480000)
+_MAX_ROWS = 2 ** 24
 
 
 def reference_factor_values(sizes: Sequence[int] = FACTOR_SIZES) -> Tuple[np.ndarray, ...]:
@@ -136,6 +138,7 @@ class Shapes3DH5(Shapes3DWorld):
             raise
 
     def _validate(self, expected_sizes) -> None:
+        """Check the file against the release's layout, from its declared shapes first."""
         f, where = self._file, self.path
         missing = [k for k in ("images", "labels") if k not in f or not hasattr(f[k], "shape")]
         if missing:
@@ -148,6 +151,13 @@ class Shapes3DH5(Shapes3DWorld):
             raise ValueError(f"{where}: 'labels' must be float (N, 6), got {labels.dtype} {labels.shape}")
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"{where}: {images.shape[0]} images but {labels.shape[0]} label rows")
+        # declared sizes checked before reading: a 1.7 KB file may declare 2e8 rows (9.6 GB of labels)
+        if expected_sizes is not None and labels.shape[0] != int(np.prod(expected_sizes)):
+            raise ValueError(f"{where}: declares {labels.shape[0]} rows; the 3D Shapes release has "
+                             f"{int(np.prod(expected_sizes))} ({'/'.join(map(str, expected_sizes))} values of "
+                             f"{', '.join(FACTOR_NAMES)})")
+        if labels.shape[0] > _MAX_ROWS:
+            raise ValueError(f"{where}: declares {labels.shape[0]} rows, more than the {_MAX_ROWS} this reader takes")
         lab = labels[()]
         values = tuple(np.unique(lab[:, j]) for j in range(6))
         sizes = tuple(len(v) for v in values)

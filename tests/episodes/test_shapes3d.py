@@ -89,3 +89,16 @@ def test_bad_files_give_one_line_errors(tmp_path, small_file):
     with Shapes3DH5(path, None) as world:
         with pytest.raises(ValueError, match="rows must be in"):
             world.images([len(labels)])
+
+
+def test_declared_rows_are_checked_before_reading(tmp_path):
+    """A 1.7 KB file declaring 2e8 rows used to read 9.6 GB of labels first."""
+    path = tmp_path / "3dshapes.h5"
+    with h5py.File(path, "w") as f:          # declared shapes, no data written (HDF5 allocates lazily)
+        f.create_dataset("images", shape=(200_000_000, 64, 64, 3), dtype=np.uint8, chunks=(1, 64, 64, 3))
+        f.create_dataset("labels", shape=(200_000_000, 6), dtype=np.float64, chunks=(1024, 6))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match="declares 200000000 rows; the 3D Shapes release has 480000"):
+        load_shapes3d(tmp_path)
+    with pytest.raises(ValueError, match="more than the 16777216 this reader takes"):
+        load_shapes3d(tmp_path, expected_sizes=None)

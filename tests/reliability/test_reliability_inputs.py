@@ -61,6 +61,15 @@ def test_corrupt_png_in_a_learn2learn_folder(tmp_path, capsys):
     bad = sorted(folder.iterdir())[1]
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     _train_fails(capsys, root, tmp_path, f"{bad}: not a readable PNG image")
+    # a small PNG declaring 14000 x 14000 pixels (PIL's DecompressionBombError was uncaught)
+    from PIL import Image
+    shutil.copy(sorted(folder.iterdir())[0], bad)
+    bomb = sorted(folder.iterdir())[2]
+    Image.new("L", (14000, 14000)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 1_000_000
+    _train_fails(capsys, root, tmp_path, f"{bomb}: declares an image of more than", "refused before decoding")
+    Image.new("L", (2000, 2000)).save(bomb, optimize=True)      # under PIL's limit, over ours
+    _train_fails(capsys, root, tmp_path, f"{bomb}: declares a 2000x2000 image")
 
 
 def test_learn2learn_cache_where_a_class_lists_another_class_images(tmp_path, capsys):
