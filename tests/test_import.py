@@ -157,3 +157,16 @@ def test_evaluate_and_compare_on_an_imported_backbone(l2l_net, tmp_path):
     assert main(["compare", str(dst), "--lambda-ratios", "0.1", "--out", str(tmp_path / "cmp"), *flags]) == 0
     names = [r["name"] for r in json.loads((tmp_path / "cmp" / "compare.json").read_text())["shots"]["1"]]
     assert names == ["svm", "group-sparse-svm(r=0.1)"]
+
+
+def test_a_crafted_import_file_is_refused_without_torchs_advice(tmp_path, capsys):
+    """torch's weights_only error suggests loading with weights_only=False: never for these."""
+    class Runs:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "code-ran"),))
+    src = tmp_path / "evil.pth"
+    torch.save({"embedding": {"x": Runs()}}, src)
+    err = _err(capsys, ["import", str(src), "--from", "metaoptnet", "--dataset", "fc100",
+                        "--out", str(tmp_path / "o.pt")])
+    assert "it references posix.mkdir" in err and "weights_only" not in err
+    assert not (tmp_path / "code-ran").exists() and not (tmp_path / "o.pt").exists()

@@ -24,6 +24,7 @@ one-line :class:`~metasparse.errors.CheckpointError` naming the key.
 from __future__ import annotations
 
 import math
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +98,16 @@ def _load(src: Path) -> Any:
         raise CheckpointNotFoundError(f"{src}: no such file")
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, forbidden globals (never retried unsafely)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{src}: not a loadable state dict ({type(e).__name__}: {first[:200]})") from None
+    except pickle.UnpicklingError as e:   # a forbidden global: say which, never torch's advice to load it anyway
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it holds objects other than tensors and plain data"
+        raise CheckpointError(f"{src}: not a loadable state dict ({what}, which a state dict never holds; "
+                              f"refused without running it)") from None
+    except Exception as e:  # truncated files, not a torch file (never retried unsafely)
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "weights_only" not in ln]
+        first = lines[0][:200] if lines else ""
+        raise CheckpointError(f"{src}: not a loadable state dict ({type(e).__name__}"
+                              f"{': ' + first if first else ''})") from None
 
 
 def _strip(key: str, prefix: str) -> str:
