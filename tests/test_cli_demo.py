@@ -82,3 +82,40 @@ def test_demo_ownership_record(tmp_path):
         claim_output(out)
     with pytest.raises(ConfigError, match="is a file"):
         claim_output(out / "demo.json")
+
+
+def test_demo_keeps_a_users_files_and_never_follows_links(tmp_path):
+    """A user's own hidden .x.tmp in a run folder stays; a run folder that is a symbolic
+    link (with a planted ownership record) is refused before anything is deleted."""
+    out = tmp_path / "d"
+    claim_output(out)
+    run = out / "svm"
+    run.mkdir()
+    for name in ("last.pt", ".mine.tmp", ".last.pt.ab12.tmp"):
+        (run / name).write_text("x")
+    claim_output(out)
+    assert sorted(p.name for p in run.iterdir()) == [".mine.tmp"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "last.pt").write_text("precious")
+    link = out / "group-sparse-svm"
+    link.symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        claim_output(out)
+    assert (elsewhere / "last.pt").read_text() == "precious"
+
+
+def test_a_second_demo_into_the_same_out_stops_before_deleting(tmp_path, capsys):
+    """The first demo's live run files used to be deleted by the second before it met the
+    training lock; the demo now holds a lock of its own from its first step."""
+    from metasparse.api.demonstration import DEMO_LOCK
+    from metasparse.engine.runlock import RunLock
+    out = tmp_path / "d"
+    claim_output(out)
+    (out / "svm").mkdir()
+    (out / "svm" / "last.pt").write_text("live")
+    with RunLock(out, name=DEMO_LOCK, what="demo"):        # the first demo, running
+        assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is in use by another demo" in err and len(err.strip().splitlines()) == 1
+    assert (out / "svm" / "last.pt").read_text() == "live"

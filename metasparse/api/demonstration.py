@@ -33,6 +33,7 @@ demo stops with a :class:`~metasparse.errors.ConfigError` before doing any work.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch
 from episodes.sources.synthetic import make_synthetic_source
 
 from ..engine.checkpoint import atomic_write_text
+from ..engine.runlock import RunLock
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.streams import FixedStream
 from ..errors import ConfigError
@@ -109,6 +111,9 @@ DEMO_FILES = ("demo.json", "demo.md", "compare.json", "compare.md", "feature_usa
               "feature_usage_5shot.png", "accuracy_vs_sparsity_1shot.png", "accuracy_vs_sparsity_5shot.png")
 # what training writes in a run directory (checkpoints are written through ``.NAME.*.tmp`` files)
 RUN_FILES = ("config.json", "metrics.jsonl", "best.pt", "last.pt")
+# the temporary files of training's atomic writes (``.last.pt.XXXXXXXX.tmp``)
+_RUN_TEMP = re.compile(r"^\.(config\.json|last\.pt|best\.pt|metrics\.jsonl)\..+\.tmp$")
+DEMO_LOCK = ".metasparse-demo.lock"
 
 
 def _read_marker(out: Path) -> Optional[Dict[str, Any]]:
@@ -146,6 +151,9 @@ def claim_output(out: Path) -> Dict[str, Any]:
                               f"(not listed in {out / MARKER}); choose another --out")
     for head in HEADS:
         run_dir = out / head
+        if run_dir.is_symlink():   # a planted link would let the demo write (and delete) elsewhere
+            raise ConfigError(f"--out {out}: {run_dir} is a symbolic link; the demo writes its runs in real "
+                              f"folders only; choose another --out")
         if run_dir.exists() and head not in owned_dirs:
             raise ConfigError(f"--out {out}: {run_dir} exists and was not created by metasparse demo "
                               f"(not listed in {out / MARKER}); choose another --out")
@@ -161,8 +169,8 @@ def claim_output(out: Path) -> Dict[str, Any]:
         run_dir = out / head
         if not run_dir.is_dir():
             continue
-        for f in run_dir.iterdir():
-            if f.is_file() and (f.name in RUN_FILES or (f.name.startswith(".") and f.name.endswith(".tmp"))):
+        for f in run_dir.iterdir():               # training's own files only (a user's .x.tmp stays)
+            if f.is_file() and not f.is_symlink() and (f.name in RUN_FILES or _RUN_TEMP.match(f.name)):
                 f.unlink()
     return record
 
@@ -179,6 +187,27 @@ def demo(config: DemoConfig) -> Dict[str, Any]:
     t0 = time.time()
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a folder for the demo's outputs")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    # held for the whole demo, taken before anything is deleted: a second demo into the same
+    # --out stops here instead of removing the first one's live run files
+    try:
+        lock = RunLock(out, name=DEMO_LOCK, what="demo").acquire()
+    except BaseException:
+        if created:
+            out.rmdir()
+        raise
+    try:
+        return _demo_locked(config, out, t0)
+    finally:
+        lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):   # refused before any work
+            out.rmdir()
+
+
+def _demo_locked(config: DemoConfig, out: Path, t0: float) -> Dict[str, Any]:
     claim_output(out)                        # before any work: refuses outputs it did not create
     quick = config.quick
     epochs = config.epochs if config.epochs is not None else (2 if quick else 10)

@@ -88,16 +88,24 @@ class RunLock:
     (which must exist). A held lock raises :class:`RunLockedError` (one line naming the
     owner); :attr:`stale_owner` is the owner of a stale lock taken over, if any."""
 
-    def __init__(self, run_dir, flag: str = "--out"):
+    def __init__(self, run_dir, flag: str = "--out", name: str = LOCK_NAME, what: str = "training"):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = self.run_dir / name
+        self.what = what
         self.flag = flag
         self.fd: Optional[int] = None
         self.stale_owner: Optional[Dict[str, Any]] = None
         self._ino: Optional[int] = None
 
+    def _owner(self):
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
     def _refuse(self, owner) -> RunLockedError:
-        return RunLockedError(f"{self.flag} {self.run_dir} is in use by another training ({_describe(owner)}; "
+        return RunLockedError(f"{self.flag} {self.run_dir} is in use by another {self.what} ({_describe(owner)}; "
                               f"lock file {self.path}); wait for it to finish or choose another {self.flag}")
 
     def acquire(self) -> "RunLock":
@@ -117,7 +125,7 @@ class RunLock:
                 raise
             try:
                 if not self._lock(fd):
-                    raise self._refuse(lock_owner(self.run_dir))
+                    raise self._refuse(self._owner())
                 try:   # the path may have been released (removed) between our open and lock
                     if os.lstat(self.path).st_ino != os.fstat(fd).st_ino:
                         raise FileNotFoundError
@@ -143,7 +151,7 @@ class RunLock:
                 raise
             self.fd, self._ino = fd, os.fstat(fd).st_ino
             return self
-        raise self._refuse(lock_owner(self.run_dir))   # pragma: no cover - endless churn
+        raise self._refuse(self._owner())   # pragma: no cover - endless churn
 
     def _lock(self, fd: int) -> bool:
         """Take the lock on ``fd``; False when another live process holds it."""
@@ -156,7 +164,7 @@ class RunLock:
             except OSError as e:   # file systems without flock: decide by the recorded owner
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
                     raise
-        owner = lock_owner(self.run_dir)
+        owner = self._owner()
         if owner is None or owner.get("pid") == os.getpid():
             return True
         if owner.get("host") != socket.gethostname():
