@@ -149,6 +149,44 @@ def test_prepare_builds_loadable_cifar_fs(tmp_path):
     assert len(src.classes) == 20 and tuple(src.data.shape[1:]) == (3, 32, 32)
 
 
+def test_prepare_replaces_only_with_force_and_clears_its_own_leftovers(tmp_path, capsys):
+    """prepare used to replace existing files without --force; a killed prepare left its
+    temporary files (118 MB each) that nothing removed, and could leave splits of two
+    archives side by side."""
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(str(archive), train_per_class=2, test_per_class=1)
+    out = tmp_path / "fs"
+    assert main(["prepare", "cifar-fs", "--cifar100", str(archive), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["prepare", "cifar-fs", "--cifar100", str(archive), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds CIFAR_FS_train.pickle" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / ".CIFAR_FS_val.pickle.k2j3h4.tmp").write_bytes(b"left by a killed prepare")
+    (out / ".notes.tmp").write_text("mine")
+    assert main(["prepare", "cifar-fs", "--cifar100", str(archive), "--out", str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp"] + sorted(before)
+    # a failure while building (here: writing the last split) replaces nothing
+    import episodes.sources.cifar as cifar
+    real = cifar.pickle.dump
+    calls = []
+
+    def failing(obj, f, protocol):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(out / "x"))
+        return real(obj, f, protocol=protocol)
+
+    other = tmp_path / "other.tar.gz"                      # another archive: other images
+    write_cifar100_archive(str(other), train_per_class=2, test_per_class=1, seed=9)
+    cifar.pickle.dump = failing
+    try:
+        assert main(["prepare", "cifar-fs", "--cifar100", str(other), "--out", str(out), "--force"]) == 2
+    finally:
+        cifar.pickle.dump = real
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".notes.tmp"} == before
+
+
 # ----------------------------------------------------------------------------- errors
 def _err(capsys, argv):
     rc = main(argv)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+import tempfile
 import zlib
 from typing import Dict, List
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import default_file_mode
 from .base import FewShotSource, images_nhwc_to_chw, int_labels, require_keys, str_keys
 from .safe_pickle import load_pickle, loads_pickle
 
@@ -228,12 +229,41 @@ def build_cifar_fs_fc100(archive_path: str, out_dir: str, dataset: str) -> Dict[
     coarse_of_fine = {int(f): int(c) for f, c in zip(fine, coarse)}
     splits = split_fine_labels(dataset, fine_names, coarse_of_fine)
     os.makedirs(out_dir, exist_ok=True)
-    written = {}
-    for split, classes in splits.items():
-        mask = np.isin(fine, classes)
-        order = np.argsort(fine[mask], kind="stable")       # class-major, archive order within class
-        out = {"data": np.ascontiguousarray(data[mask][order]), "labels": fine[mask][order].tolist()}
-        path = os.path.join(out_dir, metaoptnet_file(dataset, split))
-        atomic_write(path, lambda f: pickle.dump(out, f, protocol=4))
-        written[split] = path
-    return written
+    remove_stale_temp_files(out_dir, dataset)
+    # every split is written in full (as a temporary file) before any file is replaced, so
+    # that a killed run never leaves splits of two archives side by side (the renames at
+    # the end take microseconds; the build, minutes)
+    staged = {}
+    try:
+        for split, classes in splits.items():
+            mask = np.isin(fine, classes)
+            order = np.argsort(fine[mask], kind="stable")       # class-major, archive order within class
+            out = {"data": np.ascontiguousarray(data[mask][order]), "labels": fine[mask][order].tolist()}
+            path = os.path.join(out_dir, metaoptnet_file(dataset, split))
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=out_dir)
+            staged[split] = (tmp, path)
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(out, f, protocol=4)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, default_file_mode())
+        for tmp, path in staged.values():
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return {split: path for split, (_, path) in staged.items()}
+
+
+def remove_stale_temp_files(out_dir: str, dataset: str) -> list:
+    """Remove the temporary files a killed ``prepare`` of ``dataset`` left in ``out_dir``
+    (``.CIFAR_FS_train.pickle.XXXXXXXX.tmp``, up to 118 MB each); nothing else."""
+    names = {metaoptnet_file(dataset, split) for split in ("train", "val", "test")}
+    removed = []
+    for entry in os.listdir(out_dir):
+        base = entry[1:].split(".pickle.")[0] + ".pickle" if entry.startswith(".") else ""
+        if base in names and entry.endswith(".tmp") and os.path.isfile(os.path.join(out_dir, entry)):
+            os.unlink(os.path.join(out_dir, entry))
+            removed.append(entry)
+    return removed

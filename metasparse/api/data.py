@@ -23,7 +23,8 @@ from ..errors import CheckpointError, ConfigError, DataError, DataNotFoundError
 from ..registry import dataset_entry
 
 __all__ = ["data_errors", "load_source", "checkpoint_source", "example_shape", "episode_sampler",
-           "sample_fixed_episodes", "load_episodes", "save_episodes", "check_data_fits", "build_cifar_fs_fc100"]
+           "sample_fixed_episodes", "load_episodes", "save_episodes", "check_data_fits", "build_cifar_fs_fc100",
+           "metaoptnet_file"]
 
 
 @contextmanager
@@ -123,3 +124,9 @@ def build_cifar_fs_fc100(archive, out_dir, dataset: str) -> Dict[str, str]:
         raise DataNotFoundError(f"--cifar100 {archive}: no such file (expected cifar-100-python.tar.gz)")
     with data_errors():
         return episodes.build_cifar_fs_fc100(archive, out_dir, dataset)
+
+
+def metaoptnet_file(dataset: str, split: str) -> str:
+    """The MetaOptNet file name of ``split`` of a CIFAR-derived ``dataset`` (``CIFAR_FS_train.pickle``)."""
+    from episodes.sources.cifar import metaoptnet_file as name
+    return name(dataset, split)
