@@ -59,3 +59,24 @@ def test_compare_lambda_ratios_writes_the_tradeoff(run, tmp_path, capsys):
     assert "| lambda / lambda_max |" in (out / "tradeoff.md").read_text()
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tradeoff.png" in capsys.readouterr().out
+
+
+def test_compare_outputs_are_one_consistent_set(run, tmp_path, capsys):
+    """compare used to check only its .json/.md names (a user's PNG of a name it writes was
+    overwritten), and --force without --lambda-ratios kept an earlier sweep's tradeoff files
+    beside the new compare.json."""
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "feature_usage_1shot.png").write_bytes(b"the user's own figure")
+    argv = ["compare", str(run.run_dir / "best.pt"), "--shot", "1", "--out", str(out), *EVAL]
+    assert main(argv + ["--lambda-ratios", "0.01"]) == 2
+    assert "already holds results (feature_usage_1shot.png)" in capsys.readouterr().err
+    assert (out / "feature_usage_1shot.png").read_bytes() == b"the user's own figure"
+    assert main(argv + ["--lambda-ratios", "0.01", "--force"]) == 0
+    assert (out / "tradeoff.json").exists()
+    (out / "notes.txt").write_text("mine")
+    assert main(argv + ["--force"]) == 0                        # no sweep this time
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy_vs_sparsity_1shot.png", "compare.json", "compare.md", "feature_usage_1shot.png",
+                     "notes.txt"]
+    capsys.readouterr()

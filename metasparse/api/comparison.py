@@ -1,7 +1,11 @@
 """``compare(CompareConfig) -> ComparisonResult``: checkpoints and heads on identical episodes."""
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -19,6 +23,10 @@ from ..tradeoff import write_tradeoff
 from .outputs import check_output_dir
 
 COMPARE_FILES = ("compare.json", "compare.md", "tradeoff.json", "tradeoff.md")
+#: every file name compare writes (the PNGs carry the shot in their names)
+COMPARE_NAME = re.compile(r"^(compare\.(json|md)|tradeoff\.(json|md|png)|"
+                          r"(feature_usage|accuracy_vs_sparsity)_\d+shot\.png)$")
+_STAGE = re.compile(r"^\.compare\..+\.tmp$")
 
 __all__ = ["CompareConfig", "ComparisonResult", "compare"]
 
@@ -100,7 +108,12 @@ def compare(config: CompareConfig) -> ComparisonResult:
     """Evaluate every (checkpoint, head) entry on the same episodes; write ``compare.json``,
     ``compare.md`` and the PNG figures to ``config.out``."""
     spec = config.episodes
-    check_output_dir(config.out, COMPARE_FILES, "--out", force=config.force)   # before the work, not after it
+    out = check_output_dir(config.out, COMPARE_FILES, "--out", force=config.force)   # before the work
+    if out.is_dir() and not config.force:       # the figures too (a user's PNG of a name compare writes)
+        existing = sorted(f.name for f in out.iterdir() if COMPARE_NAME.match(f.name))
+        if existing:
+            raise ConfigError(f"--out {out} already holds results ({existing[0]}); pass --force to overwrite them "
+                              f"or choose another --out")
     spec.check_save_paths(force=config.force)
     device = resolve_device(config.device)
     cks = [load_checkpoint(p) for p in config.checkpoints]
@@ -138,6 +151,29 @@ def compare(config: CompareConfig) -> ComparisonResult:
                              feature_cache=parse_cache_size(config.feature_cache),
                              log=lambda msg: print(f"metasparse compare: {msg}", file=sys.stderr))
     extra = {"dataset": ref_cfg["dataset"], "split": spec.split, "seed": spec.seed, "way": sets.way}
-    paths = write_comparison(result, config.out, extra=extra)
-    paths.update(write_tradeoff(result, config.out, extra=extra))
+    paths = _write_results(result, out, extra)
     return ComparisonResult(result, markdown_table(result), paths, sets.way, sets.n_episodes, sets.saved)
+
+
+def _write_results(result: Dict[str, Any], out: Path, extra: Dict[str, Any]) -> Dict[str, str]:
+    """Write every result file into a staging folder inside ``out``, then move them into
+    place together and remove the files of an earlier comparison this one does not write
+    (an earlier sweep's ``tradeoff.*``): a killed or failed run never leaves new files beside
+    stale ones.  Staging folders a killed run left are removed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        if _STAGE.match(f.name) and f.is_dir() and not f.is_symlink():
+            shutil.rmtree(f, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=".compare.", suffix=".tmp", dir=out))
+    try:
+        paths = write_comparison(result, stage, extra=extra)
+        paths.update(write_tradeoff(result, stage, extra=extra))
+        written = sorted(f.name for f in stage.iterdir())
+        for name in written:
+            os.replace(stage / name, out / name)
+        for f in out.iterdir():
+            if COMPARE_NAME.match(f.name) and f.name not in written and f.is_file() and not f.is_symlink():
+                f.unlink()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {key: str(out / Path(path).name) for key, path in paths.items()}
