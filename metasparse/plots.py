@@ -5,6 +5,8 @@
   decreasing order over j (x axis: feature rank, as a fraction of d).
 * :func:`plot_accuracy_vs_sparsity` - mean accuracy (+- 95% CI) against the average
   fraction of features used per task.
+* :func:`plot_disentanglement` - MCC against the true factors per representation, with
+  its interval.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .engine.checkpoint import atomic_write_bytes  # noqa: E402
+from episodes.atomic import atomic_write_bytes  # noqa: E402
 
-__all__ = ["plot_feature_usage", "plot_accuracy_vs_sparsity", "save_figure"]
+__all__ = ["plot_feature_usage", "plot_accuracy_vs_sparsity", "plot_disentanglement", "save_figure"]
 
 
 def save_figure(fig, path) -> None:
@@ -58,4 +60,24 @@ def plot_accuracy_vs_sparsity(points: Sequence[Dict[str, float]], path, title: s
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_disentanglement(rows: Dict[str, Dict[str, float]], path, title: str = "Disentanglement") -> None:
+    """``rows[name]`` with ``mcc`` and optionally ``mcc_ci95`` ``[lo, hi]``: one bar per
+    representation, MCC against the true factors (1 = each factor read by one feature)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = list(rows)
+    mcc = [rows[n]["mcc"] for n in names]
+    lo = [rows[n]["mcc"] - rows[n].get("mcc_ci95", [rows[n]["mcc"]] * 2)[0] for n in names]
+    hi = [rows[n].get("mcc_ci95", [rows[n]["mcc"]] * 2)[1] - rows[n]["mcc"] for n in names]
+    colors = ["#4c72b0" if "sparse" in n else "#dd8452" if "svm" in n else "#999999" for n in names]
+    ax.bar(range(len(names)), mcc, yerr=[lo, hi], capsize=4, color=colors)
+    for i, v in enumerate(mcc):
+        ax.text(i, v + 0.02, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(names)), names, fontsize=9)
+    ax.set_ylabel("MCC vs true factors")
+    ax.set_ylim(0, 1.08)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title)
     save_figure(fig, path)

@@ -93,6 +93,20 @@ def mean_corr_coef(factors, codes, method: str = "pearson") -> float:
     return match_factors(factors, codes, method).mcc
 
 
+def mcc_interval(factors, codes, n_boot: int = 200, level: float = 0.95, seed: int = 0,
+                 method: str = "pearson") -> Tuple[float, float]:
+    """Percentile bootstrap interval of :func:`mean_corr_coef` over the examples (rows):
+    the MCC of ``n_boot`` resamples with replacement, its ``(1 - level)/2`` and
+    ``(1 + level)/2`` quantiles.  It says how much the score depends on which examples
+    were drawn (not on the training run)."""
+    z, c = np.asarray(factors, dtype=np.float64), np.asarray(codes, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    n = z.shape[0]
+    scores = [mean_corr_coef(z[idx], c[idx], method) for idx in (rng.integers(0, n, n) for _ in range(n_boot))]
+    lo, hi = np.quantile(scores, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def _split(n: int, test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")

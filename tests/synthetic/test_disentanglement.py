@@ -98,3 +98,16 @@ def test_bad_inputs_raise_clear_errors():
         dci(_latents(n=50), _latents(n=50), importance="xgboost")
     with pytest.raises(ValueError, match="method"):
         mean_corr_coef(_latents(n=50), _latents(n=50), method="kendall")
+
+
+def test_mcc_interval_brackets_the_score_and_is_exact_for_a_permuted_code():
+    import numpy as np
+    from metasparse.metrics.disentanglement import mcc_interval, mean_corr_coef
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 5))
+    lo, hi = mcc_interval(z, 3.0 * z[:, [2, 0, 4, 1, 3]])
+    assert abs(lo - 1) < 1e-12 and abs(hi - 1) < 1e-12
+    mixed = z @ np.linalg.qr(rng.normal(size=(5, 5)))[0]
+    score = mean_corr_coef(z, mixed)
+    lo, hi = mcc_interval(z, mixed, n_boot=100)
+    assert lo <= score <= hi and hi - lo < 0.2 and hi < 0.99
