@@ -38,6 +38,12 @@ def atomic_write(path, write: Callable[[BinaryIO], None], fsync: bool = True) ->
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if e.filename is None:   # a write or fsync error (disk full) names no file: name the one written
+            raise OSError(e.errno, e.strerror or str(e), path) from None
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -117,5 +118,11 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
     result = EvaluationResult(ck["path"], cfg["dataset"], spec.split, head_name, head_opts, cfg["head"], spec.seed,
                               str(spec.episodes_file) if spec.episodes_file else None, results, sets.way,
                               sets.n_episodes, out, sets.saved)
-    atomic_write_text(out, json.dumps(result.payload(), indent=1) + "\n")
+    text = json.dumps(result.payload(), indent=1) + "\n"
+    try:
+        atomic_write_text(out, text)
+    except OSError as e:   # disk full after the whole evaluation: the results are not lost
+        sys.stderr.write(text)
+        raise OSError(e.errno, f"{e.strerror or e}; the results were printed above instead",
+                      e.filename or str(out)) from None
     return result

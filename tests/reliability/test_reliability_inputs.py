@@ -447,3 +447,23 @@ def test_prepare_refuses_duplicate_and_oversized_archive_members(tmp_path, capsy
         tar.addfile(info)          # a header only: the declared size is what is checked
     one_line_error(capsys, ["prepare", "cifar-fs", "--cifar100", big, "--out", out], "declares 3072 MiB")
     assert not out.exists()
+
+
+def test_disk_full_names_the_file_and_keeps_the_evaluation(tmp_path, capsys, syn_run, monkeypatch):
+    """A write error that names no file (ENOSPC from write/fsync) used to be reported as a bug;
+    after a whole evaluation, its results were lost."""
+    import errno
+    import episodes.atomic as atomic
+    real = atomic.os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    out = tmp_path / "e.json"
+    rc, _, err = run_cli(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--out", out])
+    monkeypatch.setattr(atomic.os, "fsync", real)
+    lines = [ln for ln in err.splitlines() if ln.startswith("metasparse evaluate: error:")]
+    assert rc == 2 and "Traceback" not in err and len(lines) == 1
+    assert f"{out}: No space left on device; the results were printed above instead" in lines[0]
+    assert '"accuracy"' in err and not out.exists() and not any(tmp_path.glob(".e.json.*"))
