@@ -370,6 +370,9 @@ def test_out_of_range_seed_and_zero_counts_are_refused(tmp_path, capsys, syn_run
                             "--out", tmp_path / "e.json"], "--seed must be an integer that fits in 64 bits")
     for flag in ("--epochs", "--batches-per-epoch", "--episodes"):
         one_line_error(capsys, ["demo", "--out", tmp_path / "demo", flag, "0"], f"{flag} must be an integer >= 1")
+    # 10^8 episodes grew the process by ~20 MB/s with no output
+    one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, "--episodes", str(10 ** 8), "--no-progress",
+                            "--out", tmp_path / "e.json"], "--episodes 100000000: at most 100000 per shot")
     assert not (tmp_path / "e.json").exists() and not (tmp_path / "demo").exists()
 
 
