@@ -10,7 +10,8 @@ with ``weights_only=True`` (no code runs from the file):
      "optimizer": state_dict | None,
      "progress": {"epoch", "step", "global_step", "epoch_sums"},   # next batch to run
      "best": {"epoch", "val_accuracy", "val_ci95"} | None,
-     "rng": {"torch", "cuda", "numpy", "python"} | None}
+     "rng": {"torch", "cuda", "numpy", "python"} | None,
+     "tensor_crc32": int}                  # CRC-32 of every tensor above, checked on load
 
 Version 1 checkpoints also held ``backbone`` / ``head`` (``{"name", "options"}``, copies of
 ``config``) and ``settings`` (a copy of ``config["settings"]``); :func:`load_checkpoint`
@@ -21,6 +22,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+import zlib
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -31,7 +33,7 @@ from episodes.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 
 from ..errors import CheckpointError, CheckpointNotFoundError
 
-__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes",
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "tensor_checksum", "atomic_write_bytes",
            "atomic_write_text", "capture_rng", "restore_rng"]
 
 FORMAT = "metasparse-checkpoint"
@@ -40,12 +42,36 @@ _REQUIRED = ("config", "model")
 _V1_COPIES = ("backbone", "head", "settings")   # version 1 duplicates of parts of ``config``
 
 
+def tensor_checksum(obj: Any) -> int:
+    """CRC-32 of the bytes of every tensor in ``obj`` (nested dicts / lists / tuples, in
+    their order). ``torch.load`` checks no checksum of its own: random bytes inside a
+    tensor record would load as weights."""
+    crc = 0
+
+    def walk(x):
+        nonlocal crc
+        if isinstance(x, torch.Tensor):
+            t = x.detach().reshape(-1).contiguous().cpu()
+            crc = zlib.crc32(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"", crc)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return crc
+
+
 def save_checkpoint(path, payload: Dict[str, Any]) -> None:
-    """Write ``payload`` (plus format tags) to ``path`` atomically (temp file + os.replace)."""
+    """Write ``payload`` (plus format tags and the CRC-32 of its tensors,
+    :func:`tensor_checksum`) to ``path`` atomically (temp file + os.replace)."""
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
-    data = {"format": FORMAT, "version": VERSION, **payload}
+    payload = {k: v for k, v in payload.items() if k != "tensor_crc32"}
+    data = {"format": FORMAT, "version": VERSION, **payload, "tensor_crc32": tensor_checksum(payload)}
     atomic_write(path, lambda f: torch.save(data, f))
 
 
@@ -88,6 +114,12 @@ def load_checkpoint(path, map_location: Any = "cpu") -> Dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     if not isinstance(data["config"], dict):
         raise CheckpointError(f"{path}: checkpoint config is a {type(data['config']).__name__}, not a dict")
+    recorded = data.pop("tensor_crc32", None)      # absent in checkpoints written before it existed
+    if recorded is not None:
+        body = {k: v for k, v in data.items() if k not in ("format", "version")}
+        if tensor_checksum(body) != recorded:
+            raise CheckpointError(f"{path}: damaged checkpoint (its tensors do not match the checksum recorded "
+                                  f"when it was saved); use another checkpoint (last.pt / best.pt)")
     for key in _V1_COPIES:
         data.pop(key, None)
     data["path"] = str(path)

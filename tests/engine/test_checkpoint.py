@@ -92,3 +92,24 @@ def test_evaluation_does_not_depend_on_batch_size():
     r2 = evaluate_episodes(m, val, torch.device("cpu"), progress=False)
     np.testing.assert_allclose(r1.accuracy, r2.accuracy)
     assert r1.n_episodes == 8 and r1.feature_usage.shape == (6,) and r1.feature_usage.max() <= 8
+
+
+def test_random_bytes_inside_a_tensor_record_are_detected(tmp_path):
+    """torch.load checks no checksum: a checkpoint whose tensor bytes were damaged used to
+    load as (wrong) weights. The CRC-32 recorded at save time is checked on load."""
+    import zipfile
+    import pytest
+    from metasparse.engine.checkpoint import load_checkpoint, save_checkpoint
+    from metasparse.errors import CheckpointError
+    path = tmp_path / "ck.pt"
+    w = torch.arange(1000, dtype=torch.float32)
+    save_checkpoint(path, {"config": {"a": 1}, "model": {"w": w}, "optimizer": None})
+    assert torch.equal(load_checkpoint(path)["model"]["w"], w) and "tensor_crc32" not in load_checkpoint(path)
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)   # local header, then data
+    raw[start + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged checkpoint"):
+        load_checkpoint(path)
