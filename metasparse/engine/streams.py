@@ -14,23 +14,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 
 
-__all__ = ["SamplerStream", "FixedStream", "cat_batches"]
-
-
-def cat_batches(batches: Sequence):
-    """Concatenate EpisodeBatch objects along the episode dimension."""
-    first = batches[0]
-    kw = {}
-    for f in fields(first):
-        vals = [getattr(b, f.name) for b in batches]
-        kw[f.name] = None if any(v is None for v in vals) else torch.cat(vals, 0)
-    return type(first)(**kw)
+__all__ = ["SamplerStream", "FixedStream"]
 
 
 def _identity(x):

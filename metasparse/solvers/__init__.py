@@ -3,7 +3,8 @@ from .simplex import project_simplex, project_l1_ball
 from .objectives import (
     primal_objective, dual_objective, weights_from_dual, group_soft_threshold, one_hot,
 )
-from .svm_dual import DualSolution, GroupSparseSVMDual, lipschitz_constant
+from .fista import lipschitz_constant
+from .svm_dual import DualSolution, GroupSparseSVMDual
 from .implicit import implicit_dual_vjp, ImplicitDual, dual_hessian
 from .lambda_max import lambda_max
 

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from . import engine
-from .fista import FeatureFISTA, GramFISTA, lipschitz_constant
+from .fista import FeatureFISTA, GramFISTA
 from .implicit import GramSVMWeights, GroupSparseWeights, ImplicitDual
 from .newton import GramNewton, WorkingSetNewton
 from .objectives import (
@@ -37,7 +37,7 @@ from .objectives import (
 from .simplex import project_simplex
 from .threads import solver_threads
 
-__all__ = ["DualSolution", "GroupSparseSVMDual", "NonFiniteInputError", "lipschitz_constant"]
+__all__ = ["DualSolution", "GroupSparseSVMDual", "NonFiniteInputError"]
 
 
 class NonFiniteInputError(ValueError):
