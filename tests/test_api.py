@@ -44,6 +44,14 @@ def test_evaluate_equals_the_command_line(run, tmp_path):
     assert json.loads((tmp_path / "api.json").read_text()) == json.loads((tmp_path / "cli.json").read_text())
     assert res.payload() == json.loads(res.out.read_text()) and res.way == 3 and res.n_episodes == 4
     assert set(res.results) == {"2"} and res.head == res.trained_head == "group-sparse-svm"
+    assert res.results[2] is res.results["2"] and 2 in res.results and res.results.get(3) is None
+    # model.embed takes a plain image batch too (it used to read the images' channels as examples)
+    from metasparse.backbones import build_backbone
+    from metasparse.engine.model import FewShotModel
+    from metasparse.heads import ProtoNetHead
+    model = FewShotModel(build_backbone("resnet12", widths=[4, 4, 4, 4], dropblock_size=2), ProtoNetHead()).eval()
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(model.embed(images), model.embed(images[None])[0]) and model.embed(images).shape == (3, 16)
 
 
 def test_compare_and_swapped_heads(run, tmp_path):

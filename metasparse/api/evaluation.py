@@ -53,6 +53,22 @@ class EvalConfig:
             head_options(self.head, self.lambda_ratio, self.solver, self.head_options)
 
 
+class ShotResults(dict):
+    """``{shot: summary}`` keyed by strings (``"5"``, as in the JSON file) that also answers
+    integer keys (``results[5]``)."""
+
+    def __missing__(self, key):
+        if isinstance(key, int) and not isinstance(key, bool) and str(key) in self:
+            return self[str(key)]
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self, key) or (isinstance(key, int) and dict.__contains__(self, str(key)))
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
 @dataclass
 class EvaluationResult:
     """The numbers of an evaluation and where they were written.
@@ -73,7 +89,7 @@ class EvaluationResult:
     trained_head: str
     seed: int
     episodes_file: Optional[str]
-    results: Dict[str, Dict[str, Any]]
+    results: Dict[str, Dict[str, Any]]     # keyed "5" as in the JSON file; results[5] works too
     way: int
     n_episodes: int
     out: Path
@@ -116,7 +132,7 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
         results[str(k)] = evaluate_episodes(model, eps, device, head=head, progress=config.progress,
                                             desc=f"{k}-shot", total=len(eps)).summary()
     result = EvaluationResult(ck["path"], cfg["dataset"], spec.split, head_name, head_opts, cfg["head"], spec.seed,
-                              str(spec.episodes_file) if spec.episodes_file else None, results, sets.way,
+                              str(spec.episodes_file) if spec.episodes_file else None, ShotResults(results), sets.way,
                               sets.n_episodes, out, sets.saved)
     text = json.dumps(result.payload(), indent=1) + "\n"
     try:

@@ -71,7 +71,10 @@ class FewShotModel(nn.Module):
         return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a (B, M, ...) batch of examples: (B, M, d) in ``head_dtype``."""
+        """Features of a (B, M, ...) batch of examples: (B, M, d) in ``head_dtype``.  A plain
+        batch of images (M, C, H, W) (4-d: no episode dimension) gives (M, d)."""
+        if x.dim() == 4:
+            return self.embed(x.unsqueeze(0))[0]
         b, m = x.shape[:2]
         flat = x.reshape(b * m, *x.shape[2:])
         if self.channels_last and flat.dim() == 4:
