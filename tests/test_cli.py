@@ -310,3 +310,19 @@ def test_internal_errors_keep_their_traceback(trained, monkeypatch, capsys, exc)
     assert "Traceback (most recent call last)" in err and f"{exc.__name__}: " in err and "internal" in err
     assert err.strip().splitlines()[-1] == ("metasparse evaluate: this is a bug in metasparse; please report it "
                                             "with the traceback above")
+
+
+def test_prepare_reads_torchvisions_extracted_folder(tmp_path):
+    """torchvision's datasets.CIFAR100 leaves cifar-100-python/ extracted; prepare used to
+    refuse it with 'no such file'. Same files as from the archive."""
+    import tarfile
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(str(archive), train_per_class=2, test_per_class=1)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    assert main(["prepare", "fc100", "--cifar100", str(archive), "--out", str(tmp_path / "a")]) == 0
+    for folder in (tmp_path / "extracted", tmp_path / "extracted" / "cifar-100-python"):
+        out = tmp_path / ("b" + str(len(folder.parts)))
+        assert main(["prepare", "fc100", "--cifar100", str(folder), "--out", str(out)]) == 0
+        expected = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == expected

@@ -159,7 +159,27 @@ def split_fine_labels(dataset: str, fine_names: List[str], coarse_of_fine: Dict[
 _MAX_MEMBER_BYTES = 512 * 2 ** 20
 
 
+def _read_folder(folder: str):
+    """The members of torchvision's extracted ``cifar-100-python/`` folder (or its parent)."""
+    if not all(os.path.isfile(os.path.join(folder, m)) for m in ("train", "test", "meta")) \
+            and os.path.isdir(os.path.join(folder, "cifar-100-python")):
+        folder = os.path.join(folder, "cifar-100-python")
+    missing = [m for m in ("train", "test", "meta") if not os.path.isfile(os.path.join(folder, m))]
+    if missing:
+        raise FileNotFoundError(f"{folder}: missing {missing}; expected the extracted cifar-100-python/ folder "
+                                f"(train, test, meta) or the cifar-100-python.tar.gz archive")
+    parts = {}
+    for m in ("train", "test", "meta"):
+        path = os.path.join(folder, m)
+        if os.path.getsize(path) > _MAX_MEMBER_BYTES:
+            raise ValueError(f"{path}: {os.path.getsize(path) / 2 ** 20:.0f} MiB; the official one is under 200 MiB")
+        parts[m] = str_keys(load_pickle(path), path)
+    return parts
+
+
 def _read_archive(archive_path: str):
+    if os.path.isdir(archive_path):   # torchvision's datasets.CIFAR100 leaves the archive extracted
+        return _read_folder(archive_path)
     if not os.path.isfile(archive_path):
         raise FileNotFoundError(f"{archive_path}: CIFAR-100 archive not found (expected cifar-100-python.tar.gz)")
     try:

@@ -120,8 +120,9 @@ def check_data_fits(checkpoint: Dict[str, Any], source) -> None:
 
 def build_cifar_fs_fc100(archive, out_dir, dataset: str) -> Dict[str, str]:
     """Build the MetaOptNet pickles of ``dataset`` from the CIFAR-100 ``archive``."""
-    if not Path(archive).is_file():
-        raise DataNotFoundError(f"--cifar100 {archive}: no such file (expected cifar-100-python.tar.gz)")
+    if not Path(archive).exists():
+        raise DataNotFoundError(f"--cifar100 {archive}: no such file (expected cifar-100-python.tar.gz or the "
+                                f"extracted cifar-100-python/ folder)")
     with data_errors():
         return episodes.build_cifar_fs_fc100(archive, out_dir, dataset)
 
