@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _API = ("train", "TrainConfig", "TrainResult", "evaluate", "EvalConfig", "EvaluationResult", "compare",
         "CompareConfig", "ComparisonResult", "EpisodeSpec", "prepare", "PrepareConfig", "demo", "DemoConfig",
-        "load_model", "ModelSpec", "build_model")
+        "load_model", "ModelSpec", "build_model", "import_checkpoint", "ImportConfig", "ImportResult")
 _ERRORS = ("MetasparseError", "ConfigError", "DataError", "DataNotFoundError", "CheckpointError",
            "CheckpointNotFoundError")
 

@@ -138,5 +138,6 @@ def test_bad_input_raises_metasparse_errors(run, tmp_path):
 def test_top_level_names():
     assert metasparse.train is train and metasparse.TrainConfig is TrainConfig
     assert metasparse.ConfigError is ConfigError and "evaluate" in dir(metasparse)
+    assert callable(metasparse.import_checkpoint) and "ImportConfig" in dir(metasparse)
     with pytest.raises(AttributeError):
         metasparse.nope

@@ -8,7 +8,7 @@ Each step takes one typed configuration, validated when it is made (bad options 
 
     run = train(TrainConfig(dataset="synthetic", out="runs/syn", epochs=2))
     ev = evaluate(EvalConfig(checkpoint=run.run_dir, episodes=EpisodeSpec(shots=[5])))
-    ev.results["5"]["accuracy"]
+    ev.results[5]["accuracy"]
     cmp = compare(CompareConfig([run.run_dir], heads=["group-sparse-svm", "svm"], out="runs/cmp"))
 
 * :func:`train` (:class:`TrainConfig` -> :class:`TrainResult`): a new or resumed run;
@@ -17,6 +17,8 @@ Each step takes one typed configuration, validated when it is made (bad options 
   heads on identical episodes (:class:`EpisodeSpec` says which, for both);
 * :func:`prepare` (:class:`PrepareConfig`): build CIFAR-FS / FC100 from CIFAR-100;
 * :func:`demo` (:class:`DemoConfig`): the group-sparse vs vanilla SVM demo;
+* :func:`import_checkpoint` (:class:`ImportConfig` -> :class:`ImportResult`): a MetaOptNet /
+  learn2learn ResNet-12 as a metasparse checkpoint;
 * :func:`load_model`: a checkpoint's :class:`~metasparse.engine.model.FewShotModel`;
   :class:`ModelSpec` / :func:`build_model`: a model from a run configuration.
 """
@@ -24,6 +26,7 @@ from .comparison import CompareConfig, ComparisonResult, compare
 from .demonstration import DemoConfig, demo
 from .episode_sets import EpisodeSpec
 from .evaluation import EvalConfig, EvaluationResult, evaluate
+from .importing import ImportConfig, ImportResult, import_checkpoint
 from .model import ModelSpec, build_model, load_model
 from .preparation import PrepareConfig, prepare
 from .train_config import TrainConfig
@@ -31,4 +34,4 @@ from .training import TrainResult, train
 
 __all__ = ["train", "TrainConfig", "TrainResult", "evaluate", "EvalConfig", "EvaluationResult", "compare",
            "CompareConfig", "ComparisonResult", "EpisodeSpec", "prepare", "PrepareConfig", "demo", "DemoConfig",
-           "load_model", "ModelSpec", "build_model"]
+           "load_model", "ModelSpec", "build_model", "import_checkpoint", "ImportConfig", "ImportResult"]
