@@ -269,6 +269,10 @@ def build_cifar_fs_fc100(archive_path: str, out_dir: str, dataset: str) -> Dict[
             os.chmod(tmp, default_file_mode())
         for tmp, path in staged.values():
             os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:   # a write error (disk full) names no file: name the one being written
+            raise OSError(e.errno, e.strerror or str(e), list(staged.values())[-1][1] if staged else out_dir) from None
+        raise
     finally:
         for tmp, _ in staged.values():
             if os.path.exists(tmp):
