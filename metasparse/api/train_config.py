@@ -9,16 +9,18 @@ Error messages name each option by its command-line flag (``way`` is ``--way``).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
+from ..engine.checkpoint import atomic_write_text
 from ..engine.config import LEGACY_SCHEDULE, TrainSettings, milestone_epochs
 from ..errors import ConfigError
 from ..registry import (DATASETS, DEFAULT_HEAD, backbone_entry, dataset_defaults, dataset_entry, head_entry,
                         head_options)
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "read_config_file"]
 
 PathLike = Union[str, Path]
 
@@ -142,6 +144,33 @@ class TrainConfig:
             if value is not None and value not in choices:
                 raise ConfigError(f"{_flag(name)} {value!r}: expected one of {list(choices)}")
 
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def from_file(cls, path: PathLike, **overrides: Any) -> "TrainConfig":
+        """The configuration in ``path`` (JSON, or YAML for ``.yaml`` / ``.yml``; a run's
+        ``config.json`` works too), with ``overrides`` (fields given by keyword, e.g. the
+        command line's flags) taking precedence.  ``out`` must come from ``overrides``
+        unless the file has it."""
+        values = read_config_file(path)
+        values.update({k: v for k, v in overrides.items()})
+        if "out" not in values:
+            raise ConfigError(f"{path}: no 'out'; give the run directory (--out)")
+        return cls(**values)
+
+    def to_file(self, path: PathLike) -> Path:
+        """Write the fields that were given (not None, not the defaults of execution) to
+        ``path`` (JSON, or YAML for ``.yaml`` / ``.yml``), atomically; :meth:`from_file`
+        reads it back."""
+        path = Path(path)
+        data = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _NOT_IN_FILES or value is None or value == f.default:
+                continue
+            data[f.name] = str(value) if isinstance(value, Path) else value
+        atomic_write_text(path, _dump(data, path))
+        return path
+
     def run_config(self, device_type: Optional[str] = None) -> Dict[str, Any]:
         """The configuration of a new run: the dataset's defaults overridden by the given
         fields (JSON-able; training adds ``example_shape`` and ``n_features``); ``amp``
@@ -223,3 +252,67 @@ class TrainConfig:
             config["settings"]["epochs"] = int(self.epochs)
         return config
 
+
+
+# ---------------------------------------------------------------------------- config files
+# TrainConfig fields a configuration file does not hold (one invocation's, not the run's)
+_NOT_IN_FILES = ("resume", "stop_after_steps")
+# keys of a run's config.json that training derives (ignored when it is read as a config file)
+_DERIVED = ("example_shape", "n_features", "val_seed", "test_query", "test_episodes", "imported_from")
+_DERIVED_SETTINGS = ("momentum", "nesterov", "lr_milestones", "lr_factors", "lr_schedule")
+
+
+def _dump(data: Dict[str, Any], path: Path) -> str:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        return yaml.safe_dump(data, sort_keys=False)
+    return json.dumps(data, indent=1) + "\n"
+
+
+def read_config_file(path: PathLike) -> Dict[str, Any]:
+    """The TrainConfig fields in a configuration file (JSON or YAML by suffix; keys with
+    dashes or underscores).  A run's ``config.json`` is read too: its ``settings`` are
+    flattened and what training derived (``example_shape``, the learning-rate milestones of
+    its length, ...) is dropped; any other key is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"--config {path}: not a readable configuration ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160]})") from None
+    except Exception as e:   # yaml.YAMLError
+        raise ConfigError(f"--config {path}: not a readable YAML file ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of options, got {type(data).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    settings = data.pop("settings", None)
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise ConfigError(f"--config {path}: 'settings' must be a mapping, got {type(settings).__name__}")
+        epochs = settings.get("epochs")
+        for key, value in settings.items():
+            if key in _DERIVED_SETTINGS:
+                if key == "lr_milestones" and isinstance(epochs, int) and value != milestone_epochs(epochs):
+                    raise ConfigError(f"--config {path}: settings.lr_milestones {value} are not those of a new "
+                                      f"{epochs}-epoch run ({milestone_epochs(epochs)}); to go on with that run's "
+                                      f"schedule, --resume it")
+                continue
+            if key in data and data[key] != value:
+                raise ConfigError(f"--config {path}: {key} is given twice ({data[key]!r} and settings.{key} {value!r})")
+            data[key] = value
+    for key in _DERIVED:
+        data.pop(key, None)
+    known = {f.name for f in fields(TrainConfig)} - set(_NOT_IN_FILES)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {unknown}; expected some of {sorted(known)}")
+    if data.get("val_episodes") is not None and not isinstance(data.get("val_episodes"), int):
+        raise ConfigError(f"--config {path}: val_episodes must be an integer")
+    return data

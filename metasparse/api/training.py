@@ -14,7 +14,7 @@ import torch
 
 from ..engine.checkpoint import atomic_write_text, load_checkpoint
 from ..engine.config import TrainSettings
-from ..engine.distributed import cleanup, init_distributed
+from ..engine.distributed import cleanup, init_distributed, resolve_device
 from ..engine.runlock import RunLock
 from ..engine.streams import FixedStream, SamplerStream
 from ..engine.train import read_jsonl
@@ -365,3 +365,11 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
         cleanup(ctx)
     return TrainResult(out, run, bool(res["stopped"]), int(res["global_step"]), res.get("best"),
                        res.get("last_val"), res.get("elapsed_s"), ctx.rank)
+
+
+def resolved_config(config: TrainConfig) -> Dict[str, Any]:
+    """The run configuration a new run of ``config`` would write to ``config.json``, after
+    the checks of its settings (``metasparse train --print-config``)."""
+    resolved = config.run_config(resolve_device(config.device).type)
+    check_settings(TrainSettings(**resolved["settings"]), "--")
+    return resolved

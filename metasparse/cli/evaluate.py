@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     e.add_argument("--out", help="results JSON (default: next to the checkpoint, named after what was "
                    "evaluated: eval_{checkpoint}_{head}[_r{lambda}]_{split}_{shots}shot_seed{seed}[_{hash}].json)")
     e.add_argument("--force", action="store_true", help="overwrite results already at --out")
+    e.add_argument("--check-flags", action="store_true",
+                   help="check the flags (and make the configuration) without evaluating, for scripts")
     add_episode_flags(e)
     e.set_defaults(run=run)
 
@@ -26,10 +28,13 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..api import EvalConfig, evaluate
     from ..api.report import text_table
-    result = evaluate(EvalConfig(
+    config = EvalConfig(
         checkpoint=args.checkpoint, episodes=episode_spec(args), head=args.head, lambda_ratio=args.lambda_ratio,
         solver=args.solver, head_options=json_arg(args.head_options, "--head-options"), out=args.out,
-        device=args.device, progress=not args.no_progress, force=args.force))
+        device=args.device, progress=not args.no_progress, force=args.force)
+    if args.check_flags:
+        return 0
+    result = evaluate(config)
     print_saved_episodes(result.saved_episodes, result.n_episodes, result.way)
     rows = [[f"{result.way}-way {k}-shot", r["episodes"], f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f}",
              f"{100 * r['features_used_fraction']:.1f}", f"{r['features_used_mean']:.0f} / {r['n_features']}"]

@@ -37,7 +37,13 @@ def add_parser(sub) -> None:
     t.add_argument("--val-shot", type=int)
     t.add_argument("--val-query", type=int)
     t.add_argument("--seed", type=int)
-    t.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, last.pt, best.pt)")
+    t.add_argument("--config", nargs="+", metavar="FILE",
+                   help="configuration files (JSON or YAML: option names as keys; a run's config.json works "
+                        "too; later files override earlier ones, e.g. configs/cifar-fs.yaml "
+                        "configs/heads/svm.yaml); flags given here override them")
+    t.add_argument("--print-config", action="store_true",
+                   help="print the resolved run configuration (JSON, what config.json will hold) and exit")
+    t.add_argument("--out", help="run directory (config.json, metrics.jsonl, last.pt, best.pt); required")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -62,11 +68,34 @@ def add_parser(sub) -> None:
     t.set_defaults(run=run)
 
 
+# flags whose "not given" value is not None: (TrainConfig field, value when not given)
+_UNSET = {"resume": False, "device": "auto", "num_workers": 0, "augment_device": "auto", "progress": True,
+          "tensorboard": False, "sync_bn": False, "compile": False}
+
+
 def config_from_args(args: argparse.Namespace):
     """The :class:`~metasparse.api.TrainConfig` of the flags (flags not given stay None:
-    defaults, or the saved run's)."""
+    defaults, or the saved run's), over the ``--config`` file's values when one is given."""
     from ..api import TrainConfig
-    return TrainConfig(
+    values = _flag_values(args)
+    if getattr(args, "config", None):
+        from ..api.train_config import read_config_file
+        merged = {}
+        for path in args.config:
+            merged.update(read_config_file(path))
+        merged.update({k: v for k, v in values.items() if v is not None and _UNSET.get(k, None) != v})
+        if merged.get("out") is None:
+            from ..errors import ConfigError
+            raise ConfigError("--out is required (the run directory)")
+        return TrainConfig(**merged)
+    if values["out"] is None:
+        from ..errors import ConfigError
+        raise ConfigError("--out is required (the run directory)")
+    return TrainConfig(**values)
+
+
+def _flag_values(args: argparse.Namespace) -> dict:
+    return dict(
         out=args.out, dataset=args.dataset, data_root=args.data_root,
         source_options=json_arg(args.source_options, "--source-options"), backbone=args.backbone,
         backbone_options=json_arg(args.backbone_options, "--backbone-options"), head=args.head,
@@ -85,7 +114,12 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..api import train
     from ..errors import SolverConvergenceError
-    config = config_from_args(args)
+    config = config_from_args(args) if not args.print_config or args.out else _printable(args)
+    if args.print_config:   # the resolved configuration, checked as a new run would check it
+        import json
+        from ..api.training import resolved_config
+        print(json.dumps(resolved_config(config), indent=1))
+        return 0
     try:
         result = train(config)
     except SolverConvergenceError as e:
@@ -103,3 +137,9 @@ def _strict_resume_hint(out: Path) -> str:
         return (f"{out}/last.pt is the last good checkpoint: continue with --resume --no-strict-solver, "
                 f"or start a new run with a larger max_iter in --head-options")
     return f"no checkpoint was written yet: delete {out} and start again with a larger max_iter in --head-options"
+
+
+def _printable(args: argparse.Namespace):
+    """The configuration of ``--print-config`` without ``--out`` (a placeholder run directory)."""
+    args.out = "RUN_DIR"
+    return config_from_args(args)
