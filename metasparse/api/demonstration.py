@@ -33,7 +33,6 @@ demo stops with a :class:`~metasparse.errors.ConfigError` before doing any work.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from .data import sample_fixed_episodes
 from .model import load_model
 from .report import text_table
 from .train_config import TrainConfig
-from .training import train
+from .training import _RUN_TEMP_FILES, train
 
 __all__ = ["DemoConfig", "demo", "DEMO_SOURCE", "demo_train_config"]
 
@@ -128,8 +127,6 @@ random rotation: a model above it has disentangled, one at its level has not.
 """
 # what training writes in a run directory (checkpoints are written through ``.NAME.*.tmp`` files)
 RUN_FILES = ("config.json", "metrics.jsonl", "best.pt", "last.pt")
-# the temporary files of training's atomic writes (``.last.pt.XXXXXXXX.tmp``)
-_RUN_TEMP = re.compile(r"^\.(config\.json|last\.pt|best\.pt|metrics\.jsonl)\..+\.tmp$")
 DEMO_LOCK = ".metasparse-demo.lock"
 
 
@@ -187,7 +184,7 @@ def claim_output(out: Path) -> Dict[str, Any]:
         if not run_dir.is_dir():
             continue
         for f in run_dir.iterdir():               # training's own files only (a user's .x.tmp stays)
-            if f.is_file() and not f.is_symlink() and (f.name in RUN_FILES or _RUN_TEMP.match(f.name)):
+            if f.is_file() and not f.is_symlink() and (f.name in RUN_FILES or _RUN_TEMP_FILES.match(f.name)):
                 f.unlink()
     return record
 
