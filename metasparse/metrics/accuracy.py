@@ -2,6 +2,9 @@
 
 * ``mean_ci(acc)``: mean and MetaOptNet's 95% half-width ``1.96 * std / sqrt(n)``
   (``std`` the population standard deviation, numpy's default, as in MetaOptNet).
+* ``mean_t_ci(values)``: the half-width of the Student-t interval of a mean over a few
+  runs (seeds): ``t_{(1 + level)/2, n-1} * sd / sqrt(n)``, ``sd`` with ``ddof = 1``;
+  ``None`` for fewer than two values (no spread to measure).
 * ``paired_difference(a, b)``: for per-episode accuracies of two models on the *same*
   episodes, the mean difference ``d = a - b`` with the same CI form, a paired t-test
   (``scipy.stats.ttest_rel``) and a Wilcoxon signed-rank test.
@@ -10,13 +13,13 @@
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from scipy import stats
 
-__all__ = ["episode_accuracy", "mean_ci", "paired_difference", "format_ci"]
+__all__ = ["episode_accuracy", "mean_ci", "mean_t_ci", "paired_difference", "format_ci"]
 
 Z95 = 1.96
 
@@ -33,6 +36,22 @@ def mean_ci(values) -> Dict[str, float]:
         raise ValueError("mean_ci: no values")
     std = float(x.std())
     return {"mean": float(x.mean()), "ci95": Z95 * std / math.sqrt(x.size), "std": std, "n": int(x.size)}
+
+
+def mean_t_ci(values, level: float = 0.95) -> Optional[float]:
+    """Half-width ``t_{(1 + level)/2, n-1} * sd / sqrt(n)`` of the Student-t confidence
+    interval of the mean of ``values`` (``sd``: sample standard deviation, ``ddof = 1``);
+    ``None`` for one value.  For scores over a handful of seeds, where 1.96 is too small."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("mean_t_ci: no values")
+    if not 0 < level < 1:
+        raise ValueError(f"mean_t_ci: level must be in (0, 1), got {level}")
+    if not np.isfinite(x).all():
+        raise ValueError("mean_t_ci: values contain NaN or inf")
+    if x.size < 2:
+        return None
+    return float(stats.t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
 
 
 def paired_difference(a, b) -> Dict[str, float]:
