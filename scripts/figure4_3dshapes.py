@@ -33,16 +33,20 @@ form); on classification tasks with the group-sparse SVM head
 vanilla multiclass SVM), outer cross-entropy.
 
 Scores of ``f`` on ``n_eval`` images drawn uniformly from the grid (as the paper's code does): MCC (Pearson,
-Hungarian matching) and DCI (Lasso importances) from :mod:`metasparse.metrics.disentanglement`;
-mean and 95% interval (Student t) over seeds.
+Hungarian matching) and DCI (Lasso importances) of the codes against ``z``
+(:mod:`metasparse.metrics.disentanglement`); MIG, SAP, modularity and explicitness
+(:mod:`metasparse.metrics.information`, 20 bins per code) against the factors' grid
+indices (``z`` is the grid value jittered inside its own cell, so the index is ``z``
+discretised exactly); mean and 95% interval over seeds
+(``metasparse.metrics.accuracy.mean_t_ci``: Student t, ``None`` for one seed).
 
 Outputs: ``OUT/figure4.json``::
 
     {"settings": {...}, "world": {...}, "results": {"<rho>": {"group_lasso": {"mcc_mean", "mcc_ci95",
-     "n_seeds", "mcc_seeds", "dci_disentanglement_mean", ...}, "ridge": {...}, ...}},
-     "<rho>": {...same as results[<rho>]...}, "runtime_s": ...}
+     "n_seeds", "mcc_seeds", "dci_disentanglement_mean", ..., "mig_mean", "sap_mean", "modularity_mean",
+     "explicitness_mean", ...}, "ridge": {...}, ...}}, "<rho>": {...same as results[<rho>]...}, "runtime_s": ...}
 
-``OUT/figure4.png`` (MCC and DCI disentanglement against rho) and
+``OUT/figure4.png`` (MCC, DCI disentanglement, MIG, SAP, modularity and explicitness against rho) and
 ``OUT/figure4_traversal.png`` (for the sparse and the ridge encoder trained at the
 largest rho, seed 0: for each learned feature, evaluation images ordered by its value).
 
@@ -53,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -73,7 +76,9 @@ if str(ROOT) not in sys.path:
 from episodes.atomic import atomic_write_bytes  # noqa: E402
 from episodes.sources.shapes3d import FACTOR_NAMES, Shapes3DWorld, load_shapes3d  # noqa: E402
 from episodes.sources.shapes3d_procedural import ProceduralShapes3D  # noqa: E402
+from metasparse.metrics.accuracy import mean_t_ci  # noqa: E402
 from metasparse.metrics.disentanglement import dci, match_factors  # noqa: E402
+from metasparse.metrics.information import information_report  # noqa: E402
 from metasparse.plots import save_figure  # noqa: E402
 from metasparse.solvers.group_lasso import ridge_regression, solve_group_lasso  # noqa: E402
 
@@ -310,24 +315,18 @@ def train_one(method: str, rho: float, seed: int, fw: FactorWorld, s: Settings, 
     codes, z = codes_of(encoder, fw, pos), fw.z[pos]
     match = match_factors(z, codes)
     d = dci(z, codes, seed=seed)
+    info = information_report(fw.world.factor_indices(fw.rows[pos]), codes, discrete_factors=True, seed=seed)
     scores = {"mcc": match.mcc, "dci_disentanglement": d.disentanglement, "dci_completeness": d.completeness,
-              "dci_informativeness": d.informativeness, "train_loss_last50": float(np.mean(recent)),
+              "dci_informativeness": d.informativeness, **info, "train_loss_last50": float(np.mean(recent)),
               "used_features_last50": float(np.mean(used)), "train_seconds": seconds,
               "matching": {FACTOR_NAMES[i]: int(j) for i, j in zip(match.factor_index, match.code_index)}}
     return scores, encoder
 
 
-def ci95(values: Sequence[float]) -> float:
-    """Half-width of the 95% Student-t interval of the mean (0 for one value)."""
-    from scipy.stats import t
-
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return 0.0
-    return float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
-METRICS = ("mcc", "dci_disentanglement", "dci_completeness", "dci_informativeness")
+METRICS = ("mcc", "dci_disentanglement", "dci_completeness", "dci_informativeness", "mig", "sap", "modularity",
+           "explicitness")
+PANELS = (("mcc", "MCC"), ("dci_disentanglement", "DCI disentanglement"), ("mig", "MIG"), ("sap", "SAP"),
+          ("modularity", "modularity"), ("explicitness", "explicitness (ROC-AUC)"))
 
 
 def summarise(records: List[Dict]) -> Dict:
@@ -335,7 +334,7 @@ def summarise(records: List[Dict]) -> Dict:
     for key in METRICS:
         vals = [r[key] for r in records]
         out[f"{key}_mean"] = float(np.mean(vals))
-        out[f"{key}_ci95"] = ci95(vals)
+        out[f"{key}_ci95"] = mean_t_ci(vals)
         out[f"{key}_seeds"] = [float(v) for v in vals]
     out["used_features_mean"] = float(np.mean([r["used_features_last50"] for r in records]))
     out["train_seconds_mean"] = float(np.mean([r["train_seconds"] for r in records]))
@@ -396,22 +395,26 @@ def plot_figure4(result: Dict, path: Path) -> None:
     res = result["results"]
     rhos = sorted(res, key=float)
     methods = [m for m in METHODS if m in res[rhos[0]]]
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.2))
+    axes = axes.ravel()
     style = {"group_lasso": ("tab:blue", "o-"), "ridge": ("tab:orange", "s--"),
              "group_sparse_svm": ("tab:green", "^-"), "svm": ("tab:red", "v--")}
-    for ax, (key, label) in zip(axes, (("mcc", "MCC"), ("dci_disentanglement", "DCI disentanglement"))):
+    for ax, (key, label) in zip(axes, PANELS):
         for i, m in enumerate(methods):
+            if f"{key}_mean" not in res[rhos[0]][m]:         # a figure4.json written before the metric existed
+                continue
             color, fmt = style[m]
             xs = np.array([float(r) for r in rhos]) + (i - (len(methods) - 1) / 2) * 0.008
-            ax.errorbar(xs, [res[r][m][f"{key}_mean"] for r in rhos], yerr=[res[r][m][f"{key}_ci95"] for r in rhos],
-                        fmt=fmt, color=color, capsize=3, label=LABELS[m])
+            ax.errorbar(xs, [res[r][m][f"{key}_mean"] for r in rhos],
+                        yerr=[res[r][m][f"{key}_ci95"] or 0.0 for r in rhos], fmt=fmt, color=color, capsize=3,
+                        label=LABELS[m])
         ax.set_xlabel("correlation between factors rho")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     n = res[rhos[0]][methods[0]]["n_seeds"]
     world = result["world"]["name"]
-    axes[0].set_title(f"{world}: mean, 95% CI over {n} seeds", fontsize=9)
+    axes[0].set_title(f"{world}: mean, 95% CI over {n} seeds" if n > 1 else f"{world}: 1 seed", fontsize=9)
     axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     save_figure(fig, path)
@@ -554,12 +557,18 @@ def traversal_only(s: Settings, world: Shapes3DWorld, out: Path, rho: float, dev
     plot_traversal(encoders, fw, s1, rho, out / "figure4_traversal.png")
 
 
+def _mean_ci(rec: Dict, key: str) -> str:
+    ci = rec[f"{key}_ci95"]
+    return f"{rec[f'{key}_mean']:.3f}" + ("" if ci is None else f" ± {ci:.3f}")
+
+
 def print_table(result: Dict) -> None:
+    """One line per (rho, method): every score's mean ± 95% half-width over seeds."""
     res = result["results"]
-    methods = list(next(iter(res.values())))
-    print("rho   " + "".join(f"{m + ' MCC':>28}" for m in methods))
+    print(f"{'rho':<5} {'method':<17}" + "".join(f"{label.split(' (')[0]:>21}" for _, label in PANELS))
     for rho, row in res.items():
-        print(f"{rho:<6}" + "".join(f"{row[m]['mcc_mean']:>20.3f} ± {row[m]['mcc_ci95']:.3f}" for m in methods))
+        for m, rec in row.items():
+            print(f"{rho:<5} {m:<17}" + "".join(f"{_mean_ci(rec, key):>21}" for key, _ in PANELS))
 
 
 def main(argv=None) -> Optional[Dict]:

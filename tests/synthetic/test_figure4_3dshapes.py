@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
+from metasparse.metrics import information_report
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "episodes"))
 from test_shapes3d import write_release_layout  # noqa: E402
@@ -47,6 +49,11 @@ def test_core_writes_figure4_json_and_pngs(tmp_path, tiny_world):
             a, b = rec["mcc_seeds"]
             assert rec["mcc_mean"] == pytest.approx((a + b) / 2)
             assert rec["mcc_ci95"] == pytest.approx(12.7062047 * abs(a - b) / 2, rel=1e-6)   # t_{0.975, 1} s / sqrt 2
+            for key in ("mig", "sap", "modularity", "explicitness"):
+                vals = rec[f"{key}_seeds"]
+                assert len(vals) == 2 and rec[f"{key}_mean"] == pytest.approx(np.mean(vals))
+                assert rec[f"{key}_ci95"] == pytest.approx(12.7062047 * abs(vals[0] - vals[1]) / 2, rel=1e-6)
+                assert all(0 <= v <= 1 for v in vals)
     for name in ("figure4.png", "figure4_traversal.png"):
         assert (tmp_path / name).stat().st_size > 1000
     assert saved["world"]["grid"] == [2, 3, 2, 2, 4, 3] and res["settings"]["seeds"] == 2
@@ -63,9 +70,16 @@ def test_same_seed_same_numbers_and_rho_distribution(tiny_world):
     cov = 0.4 * np.eye(6) + 0.6
     ref = multivariate_normal(np.zeros(6), cov).pdf(fw.z)
     np.testing.assert_allclose(fw.probabilities(0.6), ref / ref.sum(), rtol=1e-9)
-    first, _ = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
+    first, enc = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
     again, _ = fig4.train_one("group_lasso", 0.6, 1, fw, s, progress=False)
     assert first["mcc"] == again["mcc"] and first["train_loss_last50"] == again["train_loss_last50"]
+    for key in ("mig", "sap", "modularity", "explicitness"):
+        assert first[key] == again[key]
+    # the information scores are those of the codes against the grid indices of the scored rows
+    pos = fig4.eval_positions(fw, s)
+    ref = information_report(tiny_world.factor_indices(fw.rows[pos]), fig4.codes_of(enc, fw, pos),
+                             discrete_factors=True, seed=1)
+    assert {k: first[k] for k in ref} == ref
     pos, y, support = fig4.draw_tasks(fw, s, 0.6, 1, 0, "regression")
     assert pos.shape == (2, 16) and y.shape == (2, 16, 3) and (support.sum(1) == s.support_size).all()
 
@@ -86,6 +100,18 @@ def test_parallel_workers_give_the_same_numbers(tiny_world):
     drop = lambda res: {m: {k: v for k, v in rec.items() if k != "train_seconds_mean"}  # noqa: E731
                         for m, rec in res["0.3"].items()}
     assert drop(serial) == drop(parallel) and set(enc1) == set(enc2) == {"group_lasso", "ridge"}
+
+
+def test_one_seed_has_no_interval_and_prints(tmp_path, tiny_world, capsys):
+    s = fig4.Settings(**{**TINY, "rhos": (0.3,), "seeds": 1, "methods": ("ridge",)})
+    res = fig4.experiment(s, tiny_world, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "figure4.json").read_text())
+    rec = saved["0.3"]["ridge"]
+    assert all(rec[f"{key}_ci95"] is None for key in fig4.METRICS)      # null in the JSON, as identifiability's
+    fig4.print_table(res)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:8] == ["rho", "method", "MCC", "DCI", "disentanglement", "MIG", "SAP", "modularity"]
+    assert out[1].split() == ["0.3", "ridge"] + [f"{rec[f'{k}_mean']:.3f}" for k, _ in fig4.PANELS]
 
 
 def test_traversal_flags_are_checked(tmp_path, capsys):
