@@ -12,7 +12,9 @@ For a batch of ``B`` episodes over a split with ``C`` classes (``n_c`` examples 
    ``K+Q`` smallest entries of ``v[b, n]`` pick examples of class n without replacement:
    the first ``K`` are support, the next ``Q`` query (so support and query are disjoint);
 3. one ``index_select`` gathers all ``B*N*(K+Q)`` examples, then the transform runs once on
-   the whole batch (per-image randomness from the same generator).
+   the whole batch (per-image randomness from the same generator).  A source read from
+   disk (:class:`~episodes.sources.base.LazyImageSource`) reads and decodes exactly these
+   examples (``source.gather``), in the producer's process (a DataLoader worker if any).
 
 Examples are ordered class-major inside an episode: ``support_labels[b] = [0]*K + [1]*K + ...``.
 """
@@ -151,15 +153,8 @@ class EpisodeSampler:
                              f"generator) and augment(images, params))")
         g = self.generator(epoch, index)
         class_ids, support, query = self.sample_indices(epoch, index, generator=g)
-        data = self.source.data
         flat = torch.cat([support.reshape(-1), query.reshape(-1)])
-        shape = (flat.numel(),) + tuple(data.shape[1:])
-        if pin_memory and data.device.type == "cpu":
-            out = torch.empty(shape, dtype=data.dtype, pin_memory=True)
-        else:
-            from .transforms import empty_output
-            out = empty_output(shape, data.dtype, data.device)
-        torch.index_select(data, 0, flat.to(data.device), out=out)
+        out = self.source.gather(flat, pin_memory=pin_memory)
         params = None if self.transform is None else self.transform.sample_params(flat.numel(), g)
         s_labels, q_labels = _labels(class_ids.shape[0], self.way, self.shot, self.query)
         return DeferredBatch(out, params, s_labels, q_labels, class_ids, support, query)
@@ -175,12 +170,18 @@ class EpisodeSampler:
 def make_batch(source: FewShotSource, class_ids: torch.Tensor, support_index: torch.Tensor,
                query_index: torch.Tensor, transform: Optional[Callable] = None,
                generator: Optional[torch.Generator] = None) -> EpisodeBatch:
-    """Gather and transform the examples of given episodes (one ``index_select``)."""
+    """Gather and transform the examples of given episodes (one ``index_select``; a source
+    read from disk reads exactly these examples, :meth:`FewShotSource.gather`)."""
     b, n = class_ids.shape
     nk, nq = support_index.shape[1], query_index.shape[1]
     # all support examples first, then all query examples: both halves are contiguous views
-    flat = torch.cat([support_index.reshape(-1), query_index.reshape(-1)]).to(source.data.device)
-    if transform is not None and getattr(transform, "supports_index", False):
+    flat = torch.cat([support_index.reshape(-1), query_index.reshape(-1)]).to(source.device)
+    if not source.in_memory:
+        # the same images in the same order as the in-memory path gathers: same episodes
+        x = source.gather(flat)
+        if transform is not None:
+            x = transform(x, generator=generator)
+    elif transform is not None and getattr(transform, "supports_index", False):
         x = transform(source.data, generator=generator, index=flat)     # gathers while transforming
     else:
         from .transforms import empty_output

@@ -1,10 +1,16 @@
 """The contract every few-shot source satisfies.
 
-A *source* is one split (train / val / test) of a dataset, held in memory as a
-single tensor so that an episode is one vectorised gather:
+A *source* is one split (train / val / test) of a dataset.  Usually it is held in
+memory as a single tensor so that an episode is one vectorised gather:
 
 * images: ``data`` uint8 (n, C, H, W) (channels first, contiguous);
 * vectors: ``data`` float32 (n, D).
+
+A split too large for memory (tieredImageNet's 448k training images are 9.5 GB
+decoded) is a :class:`LazyImageSource`: its ``data`` is an *image store* that reads
+(and decodes) from disk only the images an episode gathers.  Whoever reads examples
+goes through :meth:`FewShotSource.gather` (``source.gather(index)`` -> uint8
+``(M, C, H, W)``), which is one ``index_select`` for an in-memory source.
 
 ``labels`` holds the original class id of each example (int64, shape (n,)).
 Class ids are those of the dataset (e.g. CIFAR-100 fine labels), so classes of
@@ -18,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["FewShotSource"]
+__all__ = ["FewShotSource", "LazyImageSource"]
 
 
 class FewShotSource(Dataset):
@@ -43,7 +49,7 @@ class FewShotSource(Dataset):
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         if data.shape[0] != labels.shape[0]:
             raise ValueError(f"{name}/{split}: {data.shape[0]} examples but {labels.shape[0]} labels")
-        self.data = data.contiguous()
+        self.data = self._own(data)
         self.labels = labels
         self.split = split
         self.name = name
@@ -60,12 +66,45 @@ class FewShotSource(Dataset):
             int(c): idx for c, idx in zip(classes.tolist(), torch.split(order, counts.tolist()))
         }
 
+    #: True: ``data`` is one tensor holding every example (False: :class:`LazyImageSource`)
+    in_memory = True
+
+    @staticmethod
+    def _own(data):
+        return data.contiguous()
+
+    @property
+    def example_shape(self) -> Tuple[int, ...]:
+        """The shape of one example: ``(C, H, W)`` images or ``(D,)`` vectors."""
+        return tuple(int(s) for s in self.data.shape[1:])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
     @property
     def is_image(self) -> bool:
-        return self.data.dim() == 4
+        return len(self.data.shape) == 4
 
     def __len__(self) -> int:
         return self.data.shape[0]
+
+    def gather(self, index: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+        """Examples ``index`` (int64, any shape, flattened) as one new tensor ``(M, *example_shape)``
+        on the source's device; ``pin_memory``: in pinned host memory (CPU sources).  Inside a
+        DataLoader worker the tensor is allocated in shared memory (no copy to send it)."""
+        data = self.data
+        shape = (index.numel(),) + tuple(data.shape[1:])
+        if pin_memory and data.device.type == "cpu":
+            out = torch.empty(shape, dtype=data.dtype, pin_memory=True)
+        else:
+            from ..transforms import empty_output
+            out = empty_output(shape, data.dtype, data.device)
+        return torch.index_select(data, 0, index.reshape(-1).to(data.device), out=out)
 
     def __getitem__(self, i):
         return self.data[i], int(self.labels[i])
@@ -82,6 +121,46 @@ class FewShotSource(Dataset):
         kind = "images" if self.is_image else "vectors"
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
                 f"classes={len(self.classes)}, {kind} {tuple(self.data.shape[1:])})")
+
+
+class LazyImageSource(FewShotSource):
+    """An image split read from disk per episode: ``data`` is an *image store*, not a tensor.
+
+    A store has ``shape`` ``(n, C, H, W)``, ``dtype`` (``torch.uint8``), ``len(store)``,
+    ``store[i]`` (one uint8 ``(C, H, W)`` tensor) and ``store.read_into(index, out)``, which
+    fills the uint8 numpy array ``out`` ``(M, C, H, W)`` with images ``index`` (int64 numpy).
+    A store holds no pixels, only where they are on disk, and can be pickled (DataLoader
+    workers with the ``spawn`` start method) and forked: each process opens its own file.
+
+    :meth:`gather` reads exactly the images it is asked for, so the resident memory of a
+    training run does not grow with the size of the split.  The sampler, fixed episodes,
+    evaluation and ``store[i]`` (``to_meta_dataset``) all read through it.
+    """
+
+    in_memory = False
+
+    @staticmethod
+    def _own(data):
+        return data
+
+    def gather(self, index: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+        index = index.reshape(-1)
+        shape = (index.numel(),) + tuple(self.data.shape[1:])
+        if pin_memory:
+            out = torch.empty(shape, dtype=self.data.dtype, pin_memory=True)
+        else:
+            from ..transforms import empty_output
+            out = empty_output(shape, self.data.dtype, "cpu")
+        self.data.read_into(index.cpu().numpy().astype(np.int64, copy=False), out.numpy())
+        return out
+
+    def to(self, device) -> "LazyImageSource":
+        """The images stay on disk: only ``"cpu"`` is accepted (augment on the accelerator
+        with ``SamplerStream(device=...)``, which ships the gathered uint8 batches)."""
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"{self.name}/{self.split}: the images are read from disk per episode "
+                             f"({self.path}); they cannot be moved to {device}")
+        return self
 
 
 # -- helpers shared by the file-format readers ------------------------------------------
