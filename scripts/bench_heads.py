@@ -173,7 +173,7 @@ def gs_parts(head, qry, support, labels, way, device):
         sync(device)
         t1 = time.perf_counter()
         with torch.no_grad():
-            head.solver.run(support, Y, head.lambda1_value.item() * lmax, head.lambda2_value.item(), head.dual_reg,
+            head.solver.run(support, Y, head.lambda_ratio_value.item() * lmax, head.lambda2_value.item(), head.dual_reg,
                             init=Lam0)
         sync(device)
         lm.append(t1 - t0)

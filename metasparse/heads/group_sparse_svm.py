@@ -22,6 +22,7 @@ with ``a = C (Y - Lam)``, i.e. ``lambda2 = 1 / C_reg`` and ``dual_reg = 1``
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from typing import Optional
 
@@ -34,7 +35,7 @@ from ..solvers.simplex import project_simplex
 from ..solvers.svm_dual import GroupSparseSVMDual, NonFiniteInputError
 from .base import Head, HeadFit, NonFiniteFeaturesError
 
-__all__ = ["GroupSparseSVMHead", "SVMHead", "DEFAULT_LAMBDA2", "DEFAULT_DUAL_REG"]
+__all__ = ["GroupSparseSVMHead", "SVMHead", "DEFAULT_LAMBDA2", "DEFAULT_DUAL_REG", "MissingExtraError"]
 
 _SOLVERS = ("dual", "cvxpylayers")
 
@@ -42,6 +43,25 @@ _SOLVERS = ("dual", "cvxpylayers")
 DEFAULT_LAMBDA2 = 10.0
 #: dual smoothing shared by both SVM heads (MetaOptNet's QP has ``dual_reg = 1``)
 DEFAULT_DUAL_REG = 1.0
+
+
+class MissingExtraError(ImportError, ValueError):
+    """An optional dependency is not installed: an ImportError, and a ValueError so that
+    :func:`metasparse.registry.build_head` reports it as a one-line configuration error."""
+
+
+#: the modules ``solver="qpth"`` imports: learn2learn's SVClassifier runs on qpth
+_QPTH_MODULES = ("learn2learn", "qpth")
+
+
+def _require_qpth() -> None:
+    """Raise :class:`MissingExtraError` naming the ``[l2l]`` extra when learn2learn or qpth
+    is not installed (looked up, not imported: importing learn2learn takes seconds)."""
+    missing = [m for m in _QPTH_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(f"solver 'qpth' needs {' and '.join(missing)}, not installed: "
+                                f"pip install 'metasparse[l2l]' (the learn2learn / qpth extra; "
+                                f"tools/setup_venv.sh builds learn2learn 0.2.0 on Python 3.11)")
 
 
 def _positive(name, value):
@@ -69,6 +89,12 @@ class GroupSparseSVMHead(Head):
         :class:`~metasparse.solvers.GroupSparseSVMDual` (``cpu_threads``, default 1: the
         intra-op threads of the solve, its backward and lambda_max on CPU; ``None``
         keeps torch's setting, see :mod:`metasparse.solvers.threads`).
+
+    The state dict holds what was given, under its own name: ``lambda_ratio_value``
+    (buffer) or ``log_lambda_ratio`` (learnable) for a ratio, ``lambda1_value`` /
+    ``log_lambda1`` for an absolute ``lambda1``; ``lambda2_value`` / ``log_lambda2``.
+    Checkpoints written before the ratio had its own name (a ratio stored as
+    ``lambda1_value`` / ``log_lambda1``) load as before.
 
     ``fit.converged`` (B,) is the solver's per-episode ``rel_gap <= tol`` (episodes with
     ``lambda1 >= lambda_max``, set to ``W* = 0`` exactly, count as converged); with
@@ -103,11 +129,14 @@ class GroupSparseSVMHead(Head):
         self.solver_name = solver
         self.dual_reg = dual_reg
         self.learn_lambda1, self.learn_lambda2 = bool(learn_lambda1), bool(learn_lambda2)
+        # the given value under its own name: lambda_ratio_value / log_lambda_ratio, or
+        # lambda1_value / log_lambda1 for an absolute lambda1
+        self._l1_name = f"log_{name}" if learn_lambda1 else f"{name}_value"
         if learn_lambda1:
-            self.log_lambda1 = nn.Parameter(torch.tensor(math.log(value), dtype=torch.float64))
+            self.register_parameter(self._l1_name, nn.Parameter(torch.tensor(math.log(value), dtype=torch.float64)))
         else:
-            self.register_buffer("lambda1_value", torch.tensor(value, dtype=torch.float64))
-        self._lambda1_host = value     # host copy of lambda1_value: no device read per call
+            self.register_buffer(self._l1_name, torch.tensor(value, dtype=torch.float64))
+        self._lambda1_host = value     # host copy of the buffer: no device read per call
         if learn_lambda2:
             self.log_lambda2 = nn.Parameter(torch.tensor(math.log(lambda2), dtype=torch.float64))
         else:
@@ -125,12 +154,19 @@ class GroupSparseSVMHead(Head):
         return not self.learn_lambda1 and self._lambda1_host == 0.0
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # before the rename a ratio was stored as lambda1_value / log_lambda1 (state_dict is
+        # load_state_dict's own copy: renaming a key here leaves the caller's dict alone)
+        old = prefix + self._l1_name.replace("lambda_ratio", "lambda1")
+        if self.relative and old in state_dict and prefix + self._l1_name not in state_dict:
+            state_dict[prefix + self._l1_name] = state_dict.pop(old)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if not self.learn_lambda1:
-            self._lambda1_host = float(self.lambda1_value)
+            self._lambda1_host = float(getattr(self, self._l1_name))
 
     def _lambda1_param(self, like):
-        v = self.log_lambda1.exp() if self.learn_lambda1 else self.lambda1_value
+        """``lambda_ratio`` (relative head) or ``lambda1`` (absolute) as a tensor like ``like``."""
+        v = getattr(self, self._l1_name)
+        v = v.exp() if self.learn_lambda1 else v
         return v.to(dtype=like.dtype, device=like.device)
 
     def _lambda2(self, B, like):
@@ -221,9 +257,10 @@ class SVMHead(GroupSparseSVMHead):
     ``GroupSparseSVMHead(lambda_ratio=0, **opts)`` give identical logits.  ``C_reg``
     (MetaOptNet's / learn2learn's cost; default 0.1) is another way to give ``lambda2 =
     1/C_reg``: pass at most one of the two.  ``solver="dual"`` (default) uses the batched
-    custom solver, ``"qpth"`` learn2learn's ``SVClassifier`` with ``max_iters``
-    interior-point iterations (MetaOptNet trains with 15; its QP is the ``dual_reg = 1``
-    problem, so ``qpth`` needs ``dual_reg = 1``), ``"cvxpylayers"`` the cvxpy reference.
+    custom solver, ``"qpth"`` learn2learn's ``SVClassifier`` (learn2learn and qpth: the
+    ``[l2l]`` extra, else :class:`MissingExtraError`) with ``max_iters`` interior-point
+    iterations (MetaOptNet trains with 15; its QP is the ``dual_reg = 1`` problem, so
+    ``qpth`` needs ``dual_reg = 1``), ``"cvxpylayers"`` the cvxpy reference.
     With ``"qpth"`` (and ``"cvxpylayers"``) the fit's ``gap`` is ``P(W) - D(proj(Lam))``
     at the returned pair and ``converged`` is ``rel_gap <= tol``; 15 interior-point
     iterations are typically far below the default ``tol = 1e-5``, fewer may not be.
@@ -245,6 +282,8 @@ class SVMHead(GroupSparseSVMHead):
         if solver == "qpth" and float(dual_reg) != 1.0:
             raise ValueError(f"solver 'qpth' solves MetaOptNet's QP, whose dual_reg is 1; got dual_reg={dual_reg} "
                              f"(use solver 'dual')")
+        if solver == "qpth":
+            _require_qpth()
         super().__init__(lambda_ratio=0.0, lambda2=lambda2, dual_reg=dual_reg,
                          solver="dual" if solver == "qpth" else solver, learn_lambda2=learn_lambda2,
                          tol=tol, max_iter=max_iter, backward=backward, init_scale=init_scale,
@@ -257,11 +296,8 @@ class SVMHead(GroupSparseSVMHead):
         if self.solver_name != "qpth":
             return super().fit(support, support_labels, n_way)
         self.check_support(support, support_labels, n_way)
-        try:
-            from learn2learn.nn import SVClassifier
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("solver='qpth' needs learn2learn (and qpth): "
-                              "see tools/setup_venv.sh") from exc
+        _require_qpth()
+        from learn2learn.nn import SVClassifier
         B = support.shape[0]
         C = 1.0 / self._lambda2(B, support)[0] if self.learn_lambda2 else self.C_reg
         duals = []

@@ -4,7 +4,7 @@ import torch
 
 from metasparse.heads import GroupSparseSVMHead, ProtoNetHead, RidgeHead, SVMHead
 
-from test_heads import episode  # tests/heads is on sys.path (rootdir-relative imports)
+from test_heads import episode, needs_qpth  # tests/heads is on sys.path (rootdir-relative imports)
 
 
 def _check_flag(fit, tol):
@@ -55,6 +55,7 @@ def test_closed_form_heads_report_nothing(head):
     assert fit.converged is None and fit.tol is None
 
 
+@needs_qpth
 def test_qpth_reports_a_certified_gap():
     """An interior-point iterate stopped early is not yet dual-feasible: the gap must still flag it."""
     _, S, labels, k = episode(B=4, d=20, seed=3, dtype=torch.float32)
