@@ -43,7 +43,10 @@ import torch
 import torch.nn.functional as TF
 
 from .sources.cifar import CIFAR_MEAN, CIFAR_STD
+from .sources.cub import CUB_MEAN, CUB_STD
 from .sources.miniimagenet import MINI_IMAGENET_MEAN, MINI_IMAGENET_STD
+from .sources.tiered import TIERED_MEAN, TIERED_STD
+from .sources.omniglot import OMNIGLOT_MEAN, OMNIGLOT_STD
 
 __all__ = ["NORMALISATION", "IMAGE_SIZE", "JitterParams", "MetaOptNetTrainTransform", "Normalise",
            "IdentityTransform", "train_transform", "eval_transform", "torchvision_train_transform",
@@ -53,8 +56,15 @@ NORMALISATION = {
     "mini-imagenet": (MINI_IMAGENET_MEAN, MINI_IMAGENET_STD),
     "cifar-fs": (CIFAR_MEAN, CIFAR_STD),
     "fc100": (CIFAR_MEAN, CIFAR_STD),
+    "tiered-imagenet": (TIERED_MEAN, TIERED_STD),
+    "omniglot": (OMNIGLOT_MEAN, OMNIGLOT_STD),
+    "cub": (CUB_MEAN, CUB_STD),
 }
-IMAGE_SIZE = {"mini-imagenet": 84, "cifar-fs": 32, "fc100": 32}
+IMAGE_SIZE = {"mini-imagenet": 84, "cifar-fs": 32, "fc100": 32, "omniglot": 28, "cub": 84, "tiered-imagenet": 84}
+#: datasets trained without augmentation (normalisation only): Omniglot, whose protocol
+#: (Vinyals et al., Snell et al.) adds rotations as classes instead; a flip or crop would
+#: change a character
+NO_AUGMENTATION = ("omniglot",)
 _GREY = (0.2989, 0.587, 0.114)
 
 
@@ -403,10 +413,13 @@ def _constants(dataset) -> Tuple[str, Tuple[float, ...], Tuple[float, ...], Opti
 
 
 def train_transform(dataset) -> Union[MetaOptNetTrainTransform, IdentityTransform]:
-    """MetaOptNet training augmentation for a dataset name or source (identity for vectors)."""
+    """MetaOptNet training augmentation for a dataset name or source (identity for vectors;
+    normalisation only for the datasets of :data:`NO_AUGMENTATION`)."""
     name, mean, std, size = _constants(dataset)
     if size is None:
         return IdentityTransform()
+    if name in NO_AUGMENTATION:
+        return Normalise(mean, std)
     return MetaOptNetTrainTransform(mean, std, size)
 
 

@@ -13,12 +13,15 @@ from .base import FewShotSource
 __all__ = ["FewShotSource", "load_source", "DATASETS", "normalise_dataset", "normalise_split",
            "build_cifar_fs_fc100"]
 
-DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic")
+DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic", "omniglot", "cub", "tiered-imagenet")
 _ALIASES = {
     "mini-imagenet": "mini-imagenet", "miniimagenet": "mini-imagenet", "mini_imagenet": "mini-imagenet",
     "cifar-fs": "cifar-fs", "cifarfs": "cifar-fs", "cifar_fs": "cifar-fs",
     "fc100": "fc100", "fc-100": "fc100",
     "synthetic": "synthetic",
+    "tiered-imagenet": "tiered-imagenet", "tieredimagenet": "tiered-imagenet", "tiered_imagenet": "tiered-imagenet",
+    "omniglot": "omniglot",
+    "cub": "cub", "cub-200-2011": "cub", "cub_200_2011": "cub", "cub200": "cub", "cub-200": "cub",
 }
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
@@ -53,6 +56,12 @@ def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
     * cifar-fs: MetaOptNet ``CIFAR_FS_*.pickle``, else learn2learn
       ``cifarfs/processed/<split>/<class>/*.png``;
     * fc100: MetaOptNet ``FC100_*.pickle``;
+    * tiered-imagenet: MetaOptNet ``{split}_images.npz``, else learn2learn ``{split}_images_png.pkl``,
+      each with ``{split}_labels.pkl``; the images stay on disk (a ``LazyImageSource``);
+    * omniglot: torchvision's ``omniglot-py/images_{background,evaluation}/`` folders (or the
+      data root is ``omniglot-py/``), else its ``images_{background,evaluation}.zip``;
+    * cub: ``CUB_200_2011/`` (``classes.txt``, ``images.txt``, ``image_class_labels.txt``,
+      ``images/``), else ``CUB_200_2011.tgz``;
     * synthetic: generated (``data_root`` is ignored; ``kwargs`` go to
       :func:`episodes.sources.synthetic.make_synthetic_source`).
 
@@ -83,6 +92,30 @@ def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
             raise FileNotFoundError(f"mini-imagenet: no {split} split file under '{root}'; expected "
                                     f"{' or '.join(mi.expected_files(split))}")
         return loader(path, split)
+
+    if dataset == "omniglot":
+        from . import omniglot as om
+        location, partial = om.find_omniglot(dirs)
+        if location is None:
+            raise FileNotFoundError(f"omniglot: no Omniglot under '{root}'"
+                                    + (f" ('{partial}' holds only one of {' / '.join(om.HALVES)})" if partial else "")
+                                    + f"; expected {om.expected_layout()}")
+        return om.load_omniglot(location, split)
+
+    if dataset == "cub":
+        from . import cub
+        kind, path = cub.find_cub(dirs)
+        if kind is None:
+            raise FileNotFoundError(f"cub: no CUB-200-2011 under '{root}'; expected {cub.expected_layout()}")
+        return cub.load_cub(kind, path, split)
+
+    if dataset == "tiered-imagenet":
+        from . import tiered
+        kind, images, labels = tiered.find_tiered(dirs, split)
+        if kind is None:
+            raise FileNotFoundError(f"tiered-imagenet: no {split} split under '{root}'; expected "
+                                    f"{tiered.expected_files(split)}")
+        return tiered.load_tiered(kind, images, labels, split)
 
     from . import cifar
     name = cifar.metaoptnet_file(dataset, split)

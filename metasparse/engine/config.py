@@ -115,5 +115,19 @@ DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
                   "batches_per_epoch": 50, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
                   "val_episodes": 200, "test_episodes": 500, "backbone": "mlp",
                   "backbone_options": {"hidden": [64, 64]}},
+    # Omniglot (28x28 grey, rotations as classes): the Conv-4 of Vinyals et al. / Snell et al.
+    # (64 features at 28x28) and ProtoNet's optimiser (Adam, lr 1e-3, halved at each milestone,
+    # 5 queries per class); 20-way 5-shot episodes at train and test time (docs/data.md)
+    "omniglot": {**_COMMON, "way": 20, "train_shot": 5, "query": 5, "episodes_per_batch": 4, "epochs": 20,
+                 "batches_per_epoch": 500, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+                 "lr_factors": [0.5, 0.25, 0.125], "label_smoothing": 0.0, "backbone": "conv4",
+                 "backbone_options": {}},
+    # CUB-200-2011 (84x84 RGB, Chen et al.'s 100 / 50 / 50 split): miniImageNet's protocol
+    "cub": {**_COMMON, "train_shot": 15, "label_smoothing": 0.1,
+            "backbone_options": {"dropblock_size": 5, "drop_rate": 0.1, "avg_pool": False}},
+    # tieredImageNet (84x84 RGB, 351 / 97 / 160 classes): MetaOptNet's README trains it with
+    # --train-shot 10 and no --eps (label smoothing 0), DropBlock size 5 as miniImageNet
+    "tiered-imagenet": {**_COMMON, "train_shot": 10, "label_smoothing": 0.0,
+                        "backbone_options": {"dropblock_size": 5, "drop_rate": 0.1, "avg_pool": False}},
 }
 
