@@ -64,7 +64,8 @@ def load_source(dataset: str, data_root, split: str, options: Optional[Mapping[s
     else:
         with data_errors():
             source = episodes.load_source(dataset, data_root, split, **options)
-    if source.data.is_floating_point() and not bool(torch.isfinite(source.data).all()):
+    # (a split read from disk per episode holds uint8 images: nothing is read here)
+    if source.dtype.is_floating_point and not bool(torch.isfinite(source.data).all()):
         origin = f"--source-options {json.dumps(options)}" if dataset_entry(dataset).generated else source.path
         raise DataError(f"{dataset}/{split}: the examples contain NaN or Inf (from {origin}); the data must be finite")
     return source
@@ -82,7 +83,7 @@ def checkpoint_source(checkpoint: Dict[str, Any], data_root, split: str):
 
 def example_shape(source) -> List[int]:
     """The shape of one example of ``source``: ``[C, H, W]`` images or ``[D]`` vectors."""
-    return [int(s) for s in source.data.shape[1:]]
+    return [int(s) for s in source.example_shape]
 
 
 def episode_sampler(source, way: int, shot: int, query: int, episodes_per_batch: int, seed: int, transform):
