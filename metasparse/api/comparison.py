@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..engine.checkpoint import load_checkpoint
+from ..engine.checkpoint import atomic_write_text, load_checkpoint
 from ..engine.compare import Entry, compare_entries, markdown_table, write_comparison
 from ..engine.distributed import resolve_device
 from ..engine.evaluate import parse_cache_size
 from ..errors import ConfigError
-from ..registry import HEADS, head_entry
-from .data import check_data_fits, checkpoint_source
+from ..registry import HEADS, dataset_name, head_entry
+from .cross_domain import CrossDomain, evaluation_source
 from .episode_sets import EpisodeSpec, episode_sets
 from .model import checkpoint_model, swapped_head
 from ..tradeoff import write_tradeoff
@@ -47,7 +47,10 @@ class CompareConfig:
     ``force``. ``feature_cache``: the entries of one checkpoint are evaluated on features
     embedded once per episode, cached on the device within half its free memory (else in a
     quarter of the host's available memory, else re-embedded per entry, said in one line);
-    ``"auto"`` (that bound), ``"off"`` or a size (``"2GB"``) that caps it."""
+    ``"auto"`` (that bound), ``"off"`` or a size (``"2GB"``) that caps it. ``dataset``:
+    compare on this dataset's episodes (from the episodes' ``data_root``) instead of the
+    checkpoints' own: a cross-domain comparison (:mod:`~metasparse.api.cross_domain`), said
+    in every file it writes ("cross-domain: trained on X, evaluated on Y")."""
 
     checkpoints: Sequence[PathLike]
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -58,8 +61,11 @@ class CompareConfig:
     progress: bool = True
     force: bool = False
     feature_cache: Union[str, int, None] = "auto"
+    dataset: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.dataset is not None:
+            self.dataset = dataset_name(self.dataset)
         try:
             parse_cache_size(self.feature_cache)
         except ValueError as e:
@@ -77,7 +83,9 @@ class ComparisonResult:
     """``result``: the numbers (``reference`` and per shot one row per entry, as in
     ``compare.json``); ``markdown``: the table of ``compare.md``; ``paths``: the files
     written; ``way`` and ``n_episodes`` (per shot) of the episodes; ``saved_episodes``:
-    ``{shot: file}`` written for ``EpisodeSpec.save_episodes``."""
+    ``{shot: file}`` written for ``EpisodeSpec.save_episodes``; ``cross_domain``: a
+    :class:`~metasparse.api.cross_domain.CrossDomain` when the episodes are of another
+    dataset than the checkpoints' (then ``markdown`` starts with its line)."""
 
     result: Dict[str, Any]
     markdown: str
@@ -85,6 +93,7 @@ class ComparisonResult:
     way: int
     n_episodes: int
     saved_episodes: Dict[int, Path]
+    cross_domain: Optional[CrossDomain] = None
 
 
 def _labels(checkpoints: List[Dict[str, Any]]) -> Optional[Dict[str, str]]:
@@ -123,12 +132,13 @@ def compare(config: CompareConfig) -> ComparisonResult:
         if cfg.get("dataset") != ref_cfg.get("dataset") or cfg.get("example_shape") != ref_cfg.get("example_shape"):
             raise ConfigError(f"compare: {ck['path']} was trained on {cfg.get('dataset')}, {cks[0]['path']} on "
                               f"{ref_cfg.get('dataset')}; compare checkpoints of one dataset")
-    source = checkpoint_source(cks[0], spec.data_root, spec.split)
+    source, cross = evaluation_source(cks[0], config.dataset, spec.data_root, spec.split)
     labels = _labels(cks)
     ratios = config.lambda_ratios
     entries: List[Entry] = []
     for ck in cks:
-        check_data_fits(ck, source)
+        if ck is not cks[0]:
+            _check_fits(ck, source, cross)
         model = checkpoint_model(ck).to(device)
         for h in config.heads or [None]:
             if h is None:
@@ -150,12 +160,37 @@ def compare(config: CompareConfig) -> ComparisonResult:
     result = compare_entries(entries, sets.streams, device, progress=config.progress,
                              feature_cache=parse_cache_size(config.feature_cache),
                              log=lambda msg: print(f"metasparse compare: {msg}", file=sys.stderr))
-    extra = {"dataset": ref_cfg["dataset"], "split": spec.split, "seed": spec.seed, "way": sets.way}
-    paths = _write_results(result, out, extra)
-    return ComparisonResult(result, markdown_table(result), paths, sets.way, sets.n_episodes, sets.saved)
+    extra = {"dataset": cross.evaluated_on if cross else ref_cfg["dataset"], "split": spec.split, "seed": spec.seed,
+             "way": sets.way, **(cross.payload() if cross else {})}
+    paths = _write_results(result, out, extra, cross)
+    markdown = markdown_table(result)
+    if cross:
+        markdown = f"**{cross.describe()}**\n\n{markdown}"
+    return ComparisonResult(result, markdown, paths, sets.way, sets.n_episodes, sets.saved, cross)
 
 
-def _write_results(result: Dict[str, Any], out: Path, extra: Dict[str, Any]) -> Dict[str, str]:
+def _check_fits(ck: Dict[str, Any], source, cross: Optional[CrossDomain]) -> None:
+    """Another checkpoint of the comparison takes the evaluation data too (same example shape:
+    checked against the data in-domain, against the first checkpoint's cross-domain)."""
+    from .data import check_data_fits
+    if cross is None:
+        check_data_fits(ck, source)
+    elif list(ck["config"].get("example_shape", [])) != list(cross.example_shape):
+        raise ConfigError(f"compare: {ck['path']} takes examples of shape {tuple(ck['config'].get('example_shape', []))}"
+                          f", the first checkpoint {tuple(cross.example_shape)}; compare checkpoints of one dataset")
+
+
+def _mark_cross_domain(stage: Path, cross: CrossDomain) -> None:
+    """Put the cross-domain line under the title of each markdown report in ``stage``."""
+    for name in ("compare.md", "tradeoff.md"):
+        path = stage / name
+        if path.is_file():
+            title, sep, rest = path.read_text().partition("\n\n")
+            atomic_write_text(path, f"{title}{sep}**{cross.describe()}**\n\n{rest}")
+
+
+def _write_results(result: Dict[str, Any], out: Path, extra: Dict[str, Any],
+                   cross: Optional[CrossDomain] = None) -> Dict[str, str]:
     """Write every result file into a staging folder inside ``out``, then move them into
     place together and remove the files of an earlier comparison this one does not write
     (an earlier sweep's ``tradeoff.*``): a killed or failed run never leaves new files beside
@@ -168,6 +203,8 @@ def _write_results(result: Dict[str, Any], out: Path, extra: Dict[str, Any]) -> 
     try:
         paths = write_comparison(result, stage, extra=extra)
         paths.update(write_tradeoff(result, stage, extra=extra))
+        if cross:
+            _mark_cross_domain(stage, cross)
         written = sorted(f.name for f in stage.iterdir())
         for name in written:
             os.replace(stage / name, out / name)

@@ -11,8 +11,8 @@ from ..engine.checkpoint import atomic_write_text, load_checkpoint
 from ..engine.distributed import resolve_device
 from ..engine.evaluate import evaluate_episodes
 from ..errors import ConfigError
-from ..registry import head_entry, head_options
-from .data import check_data_fits, checkpoint_source
+from ..registry import dataset_name, head_entry, head_options
+from .cross_domain import CrossDomain, evaluation_source
 from .episode_sets import EpisodeSpec, episode_sets
 from .model import ModelSpec, checkpoint_model, swapped_head
 from .outputs import check_output_file, evaluation_file_name
@@ -29,7 +29,11 @@ class EvalConfig:
 
     ``head`` swaps the trained head (keeping the backbone); ``lambda_ratio``, ``solver``
     and ``head_options`` re-parameterise the swapped head, or the trained one when
-    ``head`` is None. ``out``: the results JSON (default: next to the checkpoint, a name
+    ``head`` is None. ``dataset``: evaluate on this dataset's episodes (read from the
+    episodes' ``data_root``) instead of the checkpoint's: a cross-domain evaluation, its
+    images resized to the checkpoint's example shape and normalised with the training
+    dataset's statistics (:mod:`~metasparse.api.cross_domain`); its results say
+    "cross-domain: trained on X, evaluated on Y". ``out``: the results JSON (default: next to the checkpoint, a name
     that encodes what was evaluated, :func:`~metasparse.api.outputs.evaluation_file_name`,
     e.g. ``eval_best_group-sparse-svm_r0.01_test_1-5shot_seed0.json``); an existing file
     is replaced only with ``force``. The output location is checked before any work."""
@@ -44,8 +48,11 @@ class EvalConfig:
     device: str = "auto"
     progress: bool = True
     force: bool = False
+    dataset: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.dataset is not None:
+            self.dataset = dataset_name(self.dataset)
         if self.head_options is not None and not isinstance(self.head_options, dict):
             raise ConfigError(f"--head-options: expected a dict of options, got {self.head_options!r}")
         if self.head is not None:
@@ -79,7 +86,10 @@ class EvaluationResult:
     ``unconverged_episodes`` for the SVM heads); shots are strings, as in the JSON file.
     ``head`` / ``head_options``: the head evaluated; ``trained_head``: the checkpoint's;
     ``way``: classes per episode; ``n_episodes``: episodes per shot; ``out``: the JSON
-    file; ``saved_episodes``: ``{shot: file}`` written for ``EpisodeSpec.save_episodes``."""
+    file; ``saved_episodes``: ``{shot: file}`` written for ``EpisodeSpec.save_episodes``;
+    ``dataset``: the dataset evaluated on; ``cross_domain``: a
+    :class:`~metasparse.api.cross_domain.CrossDomain` when it is not the training dataset
+    (its ``label`` is in the JSON file as ``cross_domain``), else None."""
 
     checkpoint: str
     dataset: str
@@ -94,12 +104,14 @@ class EvaluationResult:
     n_episodes: int
     out: Path
     saved_episodes: Dict[int, Path]
+    cross_domain: Optional[CrossDomain] = None
 
     def payload(self) -> Dict[str, Any]:
         """The content of the results JSON file."""
         return {"checkpoint": self.checkpoint, "dataset": self.dataset, "split": self.split, "head": self.head,
                 "head_options": self.head_options, "trained_head": self.trained_head, "seed": self.seed,
-                "episodes_file": self.episodes_file, "results": self.results}
+                "episodes_file": self.episodes_file,
+                **(self.cross_domain.payload() if self.cross_domain else {}), "results": self.results}
 
 
 def evaluate(config: EvalConfig) -> EvaluationResult:
@@ -111,18 +123,22 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
     ModelSpec.from_config(cfg, ck["path"])   # a configuration the model can be rebuilt from
     head_name, head_opts, head = swapped_head(cfg, config.head, config.lambda_ratio, config.solver,
                                               config.head_options)
+    cross = config.dataset is not None and config.dataset != dataset_name(cfg.get("dataset", config.dataset))
     if config.out:
         out = Path(config.out)
     else:
-        out = Path(ck["path"]).parent / evaluation_file_name(
+        name = evaluation_file_name(
             ck["path"], head_name, head_opts, spec.split, spec.shots, spec.seed, spec.episodes_file,
             {"way": spec.way, "query": spec.query, "episodes": spec.n_episodes,
-             "data_root": str(spec.data_root) if spec.data_root else None})
+             "data_root": str(spec.data_root) if spec.data_root else None,
+             "dataset": config.dataset if cross else None})
+        if cross:   # eval_best_cross-cub_...: never mistaken for an in-domain result
+            name = name.replace("eval_", f"eval_cross-{config.dataset}_", 1)
+        out = Path(ck["path"]).parent / name
     check_output_file(out, "--out", force=config.force)   # before the work, not after it
     spec.check_save_paths(force=config.force)
     device = resolve_device(config.device)
-    source = checkpoint_source(ck, spec.data_root, spec.split)
-    check_data_fits(ck, source)
+    source, cross_domain = evaluation_source(ck, config.dataset, spec.data_root, spec.split)
     model = checkpoint_model(ck).to(device)
     if head is not None:
         head.to(device)
@@ -131,9 +147,10 @@ def evaluate(config: EvalConfig) -> EvaluationResult:
     for k, eps in sets.streams.items():
         results[str(k)] = evaluate_episodes(model, eps, device, head=head, progress=config.progress,
                                             desc=f"{k}-shot", total=len(eps)).summary()
-    result = EvaluationResult(ck["path"], cfg["dataset"], spec.split, head_name, head_opts, cfg["head"], spec.seed,
+    result = EvaluationResult(ck["path"], cross_domain.evaluated_on if cross_domain else cfg["dataset"], spec.split,
+                              head_name, head_opts, cfg["head"], spec.seed,
                               str(spec.episodes_file) if spec.episodes_file else None, ShotResults(results), sets.way,
-                              sets.n_episodes, out, sets.saved)
+                              sets.n_episodes, out, sets.saved, cross_domain)
     text = json.dumps(result.payload(), indent=1) + "\n"
     try:
         atomic_write_text(out, text)

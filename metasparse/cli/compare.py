@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..registry import DATASETS
 from .common import add_episode_flags, episode_spec, print_saved_episodes
 
 __all__ = ["add_parser", "run"]
@@ -17,6 +18,9 @@ def add_parser(sub) -> None:
     c.add_argument("--force", action="store_true", help="overwrite results already at --out")
     c.add_argument("--feature-cache", default="auto", help="bound of the cache of features embedded once per "
                    "checkpoint: auto (half the free device memory) | off | a size such as 4GB")
+    c.add_argument("--dataset", help="compare on this dataset instead of the checkpoints' (" + " | ".join(DATASETS)
+                   + "): cross-domain, from --data-root, resized to the checkpoints' input shape and normalised "
+                   "with the training dataset's statistics")
     add_episode_flags(c)
     c.set_defaults(run=run)
 
@@ -26,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(CompareConfig(
         checkpoints=args.checkpoints, episodes=episode_spec(args), heads=args.heads,
         lambda_ratios=args.lambda_ratios, out=args.out, device=args.device, progress=not args.no_progress,
-        force=args.force, feature_cache=args.feature_cache))
+        force=args.force, feature_cache=args.feature_cache, dataset=args.dataset))
     print_saved_episodes(result.saved_episodes, result.n_episodes, result.way)
     print(result.markdown)
     print("written: " + ", ".join(result.paths.values()))

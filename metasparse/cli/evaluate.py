@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..registry import HEADS, SOLVERS
+from ..registry import DATASETS, HEADS, SOLVERS
 from .common import add_episode_flags, episode_spec, json_arg, print_saved_episodes
 
 __all__ = ["add_parser", "run"]
@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     e.add_argument("--force", action="store_true", help="overwrite results already at --out")
     e.add_argument("--check-flags", action="store_true",
                    help="check the flags (and make the configuration) without evaluating, for scripts")
+    e.add_argument("--dataset", help="evaluate on this dataset instead of the checkpoint's (" + " | ".join(DATASETS)
+                   + "): cross-domain, from --data-root, resized to the checkpoint's input shape and normalised "
+                   "with the training dataset's statistics")
     add_episode_flags(e)
     e.set_defaults(run=run)
 
@@ -31,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(
         checkpoint=args.checkpoint, episodes=episode_spec(args), head=args.head, lambda_ratio=args.lambda_ratio,
         solver=args.solver, head_options=json_arg(args.head_options, "--head-options"), out=args.out,
-        device=args.device, progress=not args.no_progress, force=args.force)
+        device=args.device, progress=not args.no_progress, force=args.force, dataset=args.dataset)
     if args.check_flags:
         return 0
     result = evaluate(config)
@@ -39,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [[f"{result.way}-way {k}-shot", r["episodes"], f"{100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f}",
              f"{100 * r['features_used_fraction']:.1f}", f"{r['features_used_mean']:.0f} / {r['n_features']}"]
             for k, r in result.results.items()]
-    print(f"{result.checkpoint} | head {result.head} {result.head_options} | {result.dataset} {result.split}")
+    if result.cross_domain:
+        print(result.cross_domain.describe())
+    print(f"{result.checkpoint} | head {result.head} {result.head_options} | {result.dataset} {result.split}"
+          + (f" | {result.cross_domain.label}" if result.cross_domain else ""))
     print(text_table(rows, ["task", "episodes", "accuracy (%)", "features used (%)", "features used (mean)"]))
     print(f"results written to {result.out}")
     return 0
