@@ -89,13 +89,13 @@ def test_version_1_checkpoints_still_load(run, tmp_path):
 
 def test_configs_are_validated_when_made(tmp_path):
     cases = [
-        (lambda: TrainConfig(out=tmp_path, dataset="synthetic", way=0), "--way must be >= 1, got 0"),
+        (lambda: TrainConfig(out=tmp_path, dataset="synthetic", way=0), "--way must be an integer >= 2, got 0"),
         (lambda: TrainConfig(out=tmp_path, dataset="imagenet"), "--dataset 'imagenet'"),
         (lambda: TrainConfig(out=tmp_path, head="ridge", lambda_ratio=0.1), "applies to the group-sparse-svm"),
         (lambda: TrainConfig(out=tmp_path, backbone="vgg"), "expected resnet12, conv4 or mlp"),
-        (lambda: TrainConfig(out=tmp_path, label_smoothing=1.0), r"must be in \[0, 1\)"),
+        (lambda: TrainConfig(out=tmp_path, label_smoothing=1.0), r"must be a finite number in \[0, 1\)"),
         (lambda: TrainConfig(out=tmp_path, optimizer="rmsprop"), "--optimizer 'rmsprop'"),
-        (lambda: TrainConfig(out=tmp_path, head_options="{}"), "expected a dict of options"),
+        (lambda: TrainConfig(out=tmp_path, head_options="{}"), "must be a dict of options"),
         (lambda: EpisodeSpec(episodes_file="e.json", shots=[1]), "--shot contradicts --episodes-file"),
         (lambda: EpisodeSpec(shots=[0]), "--shot must be >= 1, got 0"),
         (lambda: EpisodeSpec(split="dev"), "--split 'dev'"),

@@ -1,6 +1,8 @@
 """``TrainConfig``: the options of a training run, validated when the object is made.
 
-A field left ``None`` takes the dataset's default (MetaOptNet's protocol, see
+Its fields are the options of :data:`metasparse.options.OPTIONS` (one table declares each
+option's name, type, default, help, check and what ``--resume`` accepts).  A field left
+``None`` takes the dataset's default (MetaOptNet's protocol, see
 :mod:`metasparse.engine.config`) in a new run, and the saved value when resuming.
 :meth:`TrainConfig.run_config` resolves a new run's configuration (what ``config.json``
 holds); :meth:`TrainConfig.resumed_run_config` checks the given fields against a saved one.
@@ -10,30 +12,20 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, fields
+from dataclasses import field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 from ..engine.checkpoint import atomic_write_text
 from ..engine.config import LEGACY_SCHEDULE, TrainSettings, milestone_epochs
 from ..errors import ConfigError
+from ..options import GROUPS, OPTIONS, check_value, flag
 from ..registry import (DATASETS, DEFAULT_HEAD, backbone_entry, dataset_defaults, dataset_entry, head_entry,
                         head_options)
 
-__all__ = ["TrainConfig", "read_config_file"]
+__all__ = ["TrainConfig", "read_config_file", "default_amp"]
 
 PathLike = Union[str, Path]
-
-# fields stored at the top of the run configuration that a resumed run must not change
-_RUN_FIELDS = ("backbone", "head", "way", "train_shot", "query", "episodes_per_batch", "val_episodes",
-               "val_shot", "val_query", "amp", "head_dtype")
-# fields stored in the run configuration's ``settings`` (TrainSettings)
-_SETTINGS_FIELDS = ("epochs", "batches_per_epoch", "optimizer", "lr", "weight_decay", "label_smoothing", "seed",
-                    "checkpoint_every", "log_every")
-# fields that only a new run may set
-_NEW_RUN_FIELDS = ("lambda_ratio", "solver", "backbone_options", "head_options", "source_options")
-_OPTION_DICTS = ("backbone_options", "head_options", "source_options")
-_COUNTS = ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query")
 
 
 def default_amp(backbone: str, device_type: Optional[str]) -> bool:
@@ -44,105 +36,29 @@ def default_amp(backbone: str, device_type: Optional[str]) -> bool:
     return device_type == "cuda" and backbone_entry(backbone).images
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-@dataclass
-class TrainConfig:
-    """A meta-training run in ``out`` (``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``).
-
-    Data: ``dataset`` (required for a new run; one of :data:`metasparse.registry.DATASETS`),
-    ``data_root`` (not for ``synthetic``), ``source_options`` (keyword arguments of the
-    synthetic source). Model: ``backbone`` / ``backbone_options``, ``head`` (default
-    ``group-sparse-svm``) with ``lambda_ratio``, ``solver`` and ``head_options``, ``amp``
-    (bf16 autocast of the backbone; None: on for an image backbone trained on CUDA, off
-    otherwise, see :func:`default_amp`; the resolved value is recorded), ``head_dtype``.
-    Episodes: ``way``, ``train_shot``, ``query``, ``episodes_per_batch``,
-    ``val_episodes`` (0: no validation), ``val_shot``, ``val_query``. Optimisation:
-    ``epochs``, ``batches_per_epoch``, ``optimizer``, ``lr``, ``weight_decay``,
-    ``label_smoothing``, ``seed``, ``checkpoint_every``, ``log_every``, ``strict_solver``.
-    Execution (not part of the run configuration): ``resume``, ``device``,
-    ``num_workers``, ``augment_device`` ("auto": augmentation on the training device when it
-    is CUDA; "cpu"), ``progress``, ``tensorboard``, ``sync_bn``, ``stop_after_steps``,
-    ``compile`` (``torch.compile`` of the backbone).
-    """
-
-    out: PathLike
-    dataset: Optional[str] = None
-    data_root: Optional[PathLike] = None
-    source_options: Optional[Dict[str, Any]] = None
-    backbone: Optional[str] = None
-    backbone_options: Optional[Dict[str, Any]] = None
-    head: Optional[str] = None
-    lambda_ratio: Optional[float] = None
-    solver: Optional[str] = None
-    head_options: Optional[Dict[str, Any]] = None
-    way: Optional[int] = None
-    train_shot: Optional[int] = None
-    query: Optional[int] = None
-    episodes_per_batch: Optional[int] = None
-    val_episodes: Optional[int] = None
-    val_shot: Optional[int] = None
-    val_query: Optional[int] = None
-    epochs: Optional[int] = None
-    batches_per_epoch: Optional[int] = None
-    optimizer: Optional[str] = None
-    lr: Optional[float] = None
-    weight_decay: Optional[float] = None
-    label_smoothing: Optional[float] = None
-    seed: Optional[int] = None
-    checkpoint_every: Optional[int] = None
-    log_every: Optional[int] = None
-    amp: Optional[bool] = None
-    head_dtype: Optional[str] = None
-    strict_solver: Optional[bool] = None
-    resume: bool = False
-    device: str = "auto"
-    num_workers: int = 0
-    augment_device: str = "auto"
-    progress: bool = True
-    tensorboard: bool = False
-    sync_bn: bool = False
-    stop_after_steps: Optional[int] = None
-    compile: bool = False
+class _TrainConfigMethods:
+    """The behaviour of :class:`TrainConfig` (its fields come from the table of options)."""
 
     def __post_init__(self) -> None:
+        if self.out is None:
+            raise ConfigError("--out is required (the run directory)")
         if str(self.out).strip() == "":   # Path("") is the current directory
             raise ConfigError("--out '': expected a run directory")
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if value is not None:
+                setattr(self, opt.name, check_value(opt, value))
         self.out = Path(self.out)
+        if self.data_root is not None:
+            self.data_root = Path(self.data_root)
         if self.dataset is not None:   # the canonical name: MetaOptNet's miniImageNet is mini-imagenet
             self.dataset = dataset_entry(self.dataset).name
-        for name in _OPTION_DICTS:
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Mapping):
-                raise ConfigError(f"{_flag(name)}: expected a dict of options, got {value!r}")
         if self.head is not None:
             self.head = head_entry(self.head).name
         if not self.resume:   # resuming rejects these options (the run's config.json holds them)
             head_options(self.head or DEFAULT_HEAD, self.lambda_ratio, self.solver)
         if self.backbone is not None:
             self.backbone = backbone_entry(self.backbone).name
-        for name in _COUNTS:
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"{_flag(name)} must be >= 1, got {value}")
-        if self.way is not None and int(self.way) < 2:   # one class: nothing to classify (the heads need 2)
-            raise ConfigError(f"--way must be >= 2 (a few-shot task tells classes apart), got {self.way}")
-        if any(v is not None and v < 1 for v in (self.epochs, self.batches_per_epoch)):
-            raise ConfigError("--epochs and --batches-per-epoch must be >= 1")
-        if int(self.num_workers) < 0:
-            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.augment_device not in ("auto", "cpu"):
-            raise ConfigError(f"--augment-device {self.augment_device!r}: expected one of ['auto', 'cpu']")
-        if self.val_episodes is not None and self.val_episodes < 0:
-            raise ConfigError(f"--val-episodes must be >= 0, got {self.val_episodes}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name, choices in (("optimizer", ("sgd", "adam")), ("head_dtype", ("float32", "float64"))):
-            value = getattr(self, name)
-            if value is not None and value not in choices:
-                raise ConfigError(f"{_flag(name)} {value!r}: expected one of {list(choices)}")
 
     # ---------------------------------------------------------------- files
     @classmethod
@@ -152,8 +68,8 @@ class TrainConfig:
         command line's flags) taking precedence.  ``out`` must come from ``overrides``
         unless the file has it."""
         values = read_config_file(path)
-        values.update({k: v for k, v in overrides.items()})
-        if "out" not in values:
+        values.update(overrides)
+        if values.get("out") is None:
             raise ConfigError(f"{path}: no 'out'; give the run directory (--out)")
         return cls(**values)
 
@@ -163,14 +79,15 @@ class TrainConfig:
         reads it back."""
         path = Path(path)
         data = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in _NOT_IN_FILES or value is None or value == f.default:
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if not opt.in_files or value is None or value == opt.default:
                 continue
-            data[f.name] = str(value) if isinstance(value, Path) else value
+            data[opt.name] = str(value) if isinstance(value, Path) else value
         atomic_write_text(path, _dump(data, path))
         return path
 
+    # ---------------------------------------------------------------- run configuration
     def run_config(self, device_type: Optional[str] = None) -> Dict[str, Any]:
         """The configuration of a new run: the dataset's defaults overridden by the given
         fields (JSON-able; training adds ``example_shape`` and ``n_features``); ``amp``
@@ -179,84 +96,102 @@ class TrainConfig:
         if self.dataset is None:
             raise ConfigError("--dataset is required (one of " + ", ".join(DATASETS) + ")")
         d = dataset_defaults(self.dataset)
-        head = self.head or DEFAULT_HEAD
-        cfg: Dict[str, Any] = {
-            "dataset": self.dataset, "data_root": str(self.data_root) if self.data_root else None,
-            "source_options": dict(self.source_options or {}),
-            "backbone": self.backbone or d["backbone"],
-            "head": head,
-            "head_options": head_options(head, self.lambda_ratio, self.solver, self.head_options),
-        }
-        for name in ("way", "train_shot", "query", "episodes_per_batch", "val_episodes", "val_shot", "val_query"):
-            cfg[name] = d[name] if getattr(self, name) is None else getattr(self, name)
-        cfg.update({"test_query": d["test_query"], "test_episodes": d["test_episodes"],
-                    "amp": default_amp(cfg["backbone"], device_type) if self.amp is None else bool(self.amp),
-                    "head_dtype": self.head_dtype or "float32"})
+        cfg: Dict[str, Any] = {}
+        settings = {f.name: d[f.name] for f in fields(TrainSettings) if f.name in d}
+        for opt in OPTIONS:
+            if opt.stored is None:
+                continue
+            value = getattr(self, opt.name)
+            if value is None:
+                value = d.get(opt.name, opt.fallback)
+            if isinstance(value, Path):
+                value = str(value)
+            if opt.stored == "settings":
+                if value is not None:
+                    settings[opt.name] = value
+            else:
+                cfg[opt.name] = value
+        cfg["source_options"] = dict(cfg["source_options"] or {})
+        cfg["head_options"] = head_options(cfg["head"], self.lambda_ratio, self.solver, self.head_options)
         defaults = d["backbone_options"] if cfg["backbone"] == d["backbone"] else {}
         cfg["backbone_options"] = {**defaults, **(self.backbone_options or {})}
-        s = TrainSettings(epochs=d["epochs"], batches_per_epoch=d["batches_per_epoch"], optimizer=d["optimizer"],
-                          lr=d["lr"], weight_decay=d["weight_decay"], label_smoothing=d["label_smoothing"])
-        for name in _SETTINGS_FIELDS:
-            if getattr(self, name) is not None:
-                setattr(s, name, getattr(self, name))
+        if cfg["amp"] is None:
+            cfg["amp"] = default_amp(cfg["backbone"], device_type)
+        cfg.update({"test_query": d["test_query"], "test_episodes": d["test_episodes"]})
+        s = TrainSettings(**settings)
         s.lr_milestones = milestone_epochs(s.epochs)   # fixed for the life of the run (resume keeps them)
-        s.strict_solver = bool(self.strict_solver)
         cfg["settings"] = s.to_dict()
         cfg["val_seed"] = int(s.seed) + 1_000_003
         return cfg
 
     def resumed_run_config(self, saved: Mapping[str, Any]) -> Dict[str, Any]:
-        """``saved`` (the ``config.json`` of the run being resumed) after checking that the
-        given fields agree with it; ``data_root`` and ``strict_solver`` may change, and
-        ``epochs`` may be raised: the run goes on with the learning-rate milestones it was
-        created with (stored as epochs), so the schedule of the epochs already trained, and
-        of those still to come, is the one an uninterrupted run of the new length with the
-        same milestones follows. Runs created before the milestones were stored as epochs
-        (fractions of ``epochs``) keep their schedule and cannot be lengthened."""
-        saved_settings = saved.get("settings", {})
-        legacy = "lr_schedule" not in saved_settings
-        raised = self.epochs is not None and self.epochs != saved_settings.get("epochs")
-        if raised:
-            if self.epochs < saved_settings.get("epochs", 0):
-                raise ConfigError(f"--epochs {self.epochs} is below the run's {saved_settings.get('epochs')} epochs; "
-                                  f"--resume can only raise --epochs")
-            if legacy:
-                raise ConfigError(f"--epochs {self.epochs}: this run stores its learning-rate milestones as fractions "
-                                  f"of its {saved_settings.get('epochs')} epochs (an older metasparse), so raising "
-                                  f"--epochs would move them; resume without --epochs")
-        if self.dataset is not None and self.dataset != saved["dataset"]:
-            raise ConfigError(f"--dataset {self.dataset} contradicts the run being resumed ({saved['dataset']})")
-        for name in _RUN_FIELDS:
-            value = getattr(self, name)
-            if value is not None and (value is not False or name == "amp") and saved.get(name) != value:
-                raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
-                                  f"({name}={saved.get(name)!r}); drop the flag or start a new --out")
-        for name in _SETTINGS_FIELDS:
-            value = getattr(self, name)
-            if name == "epochs" and raised:
-                continue
-            if value is not None and saved["settings"].get(name) != value:
-                raise ConfigError(f"{_flag(name)} {value} contradicts the run being resumed "
-                                  f"({name}={saved['settings'].get(name)!r}); drop the flag or start a new --out")
-        for name in _NEW_RUN_FIELDS:
-            if getattr(self, name) is not None:
-                raise ConfigError(f"{_flag(name)} cannot be changed when resuming; the run's config.json holds it")
+        """``saved`` (the ``config.json`` of the run being resumed) after checking the given
+        fields against it, as each option's ``on_resume`` says (:mod:`metasparse.options`):
+        options that define the computation must agree (``"same"``) or cannot be given
+        (``"new-run"``); ``data_root`` and ``strict_solver`` may change, and ``epochs`` may be
+        raised: the run goes on with the learning-rate milestones it was created with (stored
+        as epochs), so the schedule of the epochs already trained, and of those still to
+        come, is the one an uninterrupted run of the new length with the same milestones
+        follows. Runs created before the milestones were stored as epochs (fractions of
+        ``epochs``) keep their schedule and cannot be lengthened."""
         config = copy.deepcopy(dict(saved))
-        if self.data_root:
-            config["data_root"] = str(self.data_root)
-        if self.strict_solver is not None:   # does not change the computation
-            config["settings"]["strict_solver"] = bool(self.strict_solver)
+        settings = config.setdefault("settings", {})
+        legacy = "lr_schedule" not in settings
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if value is None or (opt.stored is None and opt.on_resume == "may-change"):
+                continue
+            where = settings if opt.stored == "settings" else config
+            key = opt.name if opt.stored == "settings" else opt.name
+            shown = f"settings.{key}" if opt.stored == "settings" else key
+            if opt.on_resume == "new-run":
+                raise ConfigError(f"{opt.flag} cannot be changed when resuming; the run's config.json holds it")
+            if opt.on_resume == "may-change":
+                where[key] = str(value) if isinstance(value, Path) else value
+            elif opt.on_resume == "may-raise":
+                if value == where.get(key):
+                    continue
+                if value < where.get(key, 0):
+                    raise ConfigError(f"{opt.flag} {value} is below the run's {where.get(key)} {opt.name}; "
+                                      f"--resume can only raise {opt.flag}")
+                if legacy:
+                    raise ConfigError(f"{opt.flag} {value}: this run stores its learning-rate milestones as "
+                                      f"fractions of its {where.get(key)} epochs (an older metasparse), so raising "
+                                      f"{opt.flag} would move them; resume without {opt.flag}")
+                where[key] = value
+            elif where.get(key) != value:
+                raise ConfigError(f"{opt.flag} {value} contradicts the run being resumed ({shown}="
+                                  f"{where.get(key)!r}); drop the flag or start a new --out")
         if legacy:
-            config["settings"]["lr_schedule"] = LEGACY_SCHEDULE
-        if raised:
-            config["settings"]["epochs"] = int(self.epochs)
+            settings["lr_schedule"] = LEGACY_SCHEDULE
         return config
 
 
+def _field_type(opt) -> Any:
+    kind = {Path: PathLike, dict: Dict[str, Any]}.get(opt.type, opt.type)
+    return kind if opt.required or opt.default is not None else Optional[kind]
+
+
+def _doc() -> str:
+    lines = ["A meta-training run in ``out`` (``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt``).",
+             "",
+             "Fields (:data:`metasparse.options.OPTIONS`; ``None``: the dataset's default in a new run, the",
+             "saved value when resuming):", ""]
+    for group in GROUPS:
+        names = ", ".join(f"``{o.name}``" for o in OPTIONS if o.group == group)
+        lines.append(f"* {group}: {names}")
+    lines += ["", "Execution options are not part of the run configuration."]
+    return "\n".join(lines)
+
+
+TrainConfig = make_dataclass(
+    "TrainConfig",
+    [(o.name, _field_type(o)) if o.required else (o.name, _field_type(o), field(default=o.default))
+     for o in OPTIONS],
+    bases=(_TrainConfigMethods,), namespace={"__doc__": _doc(), "__module__": __name__})
+
 
 # ---------------------------------------------------------------------------- config files
-# TrainConfig fields a configuration file does not hold (one invocation's, not the run's)
-_NOT_IN_FILES = ("resume", "stop_after_steps")
 # keys of a run's config.json that training derives (ignored when it is read as a config file)
 _DERIVED = ("example_shape", "n_features", "val_seed", "test_query", "test_episodes", "imported_from")
 _DERIVED_SETTINGS = ("momentum", "nesterov", "lr_milestones", "lr_factors", "lr_schedule")
@@ -309,10 +244,11 @@ def read_config_file(path: PathLike) -> Dict[str, Any]:
             data[key] = value
     for key in _DERIVED:
         data.pop(key, None)
-    known = {f.name for f in fields(TrainConfig)} - set(_NOT_IN_FILES)
+    known = {o.name for o in OPTIONS if o.in_files}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"--config {path}: unknown option(s) {unknown}; expected some of {sorted(known)}")
-    if data.get("val_episodes") is not None and not isinstance(data.get("val_episodes"), int):
-        raise ConfigError(f"--config {path}: val_episodes must be an integer")
+    for opt in OPTIONS:   # each value checked here, so that the error names the file
+        if data.get(opt.name) is not None:
+            data[opt.name] = check_value(opt, data[opt.name], f"--config {path}: {opt.name}")
     return data

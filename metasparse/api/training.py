@@ -1,9 +1,9 @@
 """``train(TrainConfig) -> TrainResult``: a new or resumed meta-training run."""
 from __future__ import annotations
 
+import copy
 import importlib
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, fields
@@ -20,6 +20,7 @@ from ..engine.streams import FixedStream, SamplerStream
 from ..engine.train import read_jsonl
 from ..engine.train import train as run_engine
 from ..errors import ConfigError, DataError, MetasparseError
+from ..options import OPTIONS, check_value
 from ..registry import DATASETS, backbone_options_for_data
 from .data import episode_sampler, example_shape, load_source, sample_fixed_episodes
 from .model import ModelSpec, build_model
@@ -97,72 +98,53 @@ def read_run_config(path: Path) -> Dict[str, Any]:
     return cfg
 
 
-_CONFIG_TYPES = {"dataset": str, "backbone": str, "head": str, "backbone_options": dict, "head_options": dict,
-                 "settings": dict, "way": int, "train_shot": int, "query": int, "episodes_per_batch": int,
-                 "val_episodes": int, "val_shot": int, "val_query": int, "val_seed": int}
-_SETTINGS_TYPES = {"epochs": int, "batches_per_epoch": int, "optimizer": str, "lr": float, "weight_decay": float,
-                   "label_smoothing": float, "seed": int, "checkpoint_every": int, "log_every": int}
-
-
-def _type_ok(value: Any, kind: type) -> bool:
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+# keys that runs written by older versions lack, and the value they trained with
+_OLDER_RUNS = {"source_options": {}, "amp": False, "head_dtype": "float32"}
+_OLDER_SETTINGS = {"strict_solver": False}
 
 
 def check_run_config(cfg: Dict[str, Any], where: str) -> None:
     """Raise :class:`ConfigError` (naming ``where`` and the key) unless ``cfg`` has the keys
-    and value types of a run configuration."""
-    missing = [k for k in (*_CONFIG_TYPES, "data_root") if k not in cfg]
+    of a run configuration, each value passing its option's check (:mod:`metasparse.options`);
+    keys older runs lack are filled in."""
+    for key, value in _OLDER_RUNS.items():
+        cfg.setdefault(key, copy.deepcopy(value))
+    run_options = [o for o in OPTIONS if o.stored == "run"]
+    missing = [o.name for o in run_options if o.name not in cfg] + [k for k in ("settings", "val_seed")
+                                                                     if k not in cfg]
     if missing:
         raise ConfigError(f"{where}: the run configuration lacks {missing} (not a metasparse run configuration, "
                           f"or an edited one)")
-    for key, kind in _CONFIG_TYPES.items():
-        if not _type_ok(cfg[key], kind):
-            raise ConfigError(f"{where}: {key} must be a {kind.__name__}, got {cfg[key]!r}")
+    for opt in run_options:
+        if cfg[opt.name] is None and opt.name == "data_root":
+            continue
+        check_value(opt, cfg[opt.name], f"{where}: {opt.name}")
+    if isinstance(cfg["val_seed"], bool) or not isinstance(cfg["val_seed"], int):
+        raise ConfigError(f"{where}: val_seed must be an integer, got {cfg['val_seed']!r}")
     if cfg["dataset"] not in DATASETS:
         raise ConfigError(f"{where}: dataset {cfg['dataset']!r} is not one of {list(DATASETS)}")
-    if cfg["data_root"] is not None and not isinstance(cfg["data_root"], str):
-        raise ConfigError(f"{where}: data_root must be a string or null, got {cfg['data_root']!r}")
-    for key in ("way", "train_shot", "query", "episodes_per_batch", "val_shot", "val_query"):
-        if cfg[key] < 1:
-            raise ConfigError(f"{where}: {key} must be >= 1, got {cfg[key]}")
-    if cfg["val_episodes"] < 0:
-        raise ConfigError(f"{where}: val_episodes must be >= 0, got {cfg['val_episodes']}")
     settings = cfg["settings"]
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: settings must be a mapping, got {settings!r}")
+    for key, value in _OLDER_SETTINGS.items():
+        settings.setdefault(key, value)
     known = {f.name for f in fields(TrainSettings)}
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ConfigError(f"{where}: settings has unknown key(s) {unknown}; expected some of {sorted(known)}")
-    missing = [k for k in _SETTINGS_TYPES if k not in settings]
+    missing = [o.name for o in OPTIONS if o.stored == "settings" and o.name not in settings]
     if missing:
         raise ConfigError(f"{where}: settings lacks {missing}")
-    for key, kind in _SETTINGS_TYPES.items():
-        if not _type_ok(settings[key], kind):
-            raise ConfigError(f"{where}: settings.{key} must be a {kind.__name__}, got {settings[key]!r}")
     check_settings(TrainSettings(**settings), where + ": settings.")
 
 
 def check_settings(s: TrainSettings, prefix: str = "--") -> None:
-    """Values of the optimisation settings that would fail later (or train on garbage);
-    ``prefix`` + the name (``--lr``, or ``FILE: settings.lr``) names each in the error."""
-    def name(key: str) -> str:
-        return prefix + (key.replace("_", "-") if prefix == "--" else key)
-    if s.epochs < 1 or s.batches_per_epoch < 1:
-        raise ConfigError(f"{name('epochs')} and {name('batches_per_epoch')} must be >= 1, "
-                          f"got {s.epochs} and {s.batches_per_epoch}")
-    if not (math.isfinite(s.lr) and s.lr > 0):
-        raise ConfigError(f"{name('lr')} must be a finite number > 0, got {s.lr}")
-    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
-        raise ConfigError(f"{name('weight_decay')} must be a finite number >= 0, got {s.weight_decay}")
-    if not 0 <= s.label_smoothing < 1:
-        raise ConfigError(f"{name('label_smoothing')} must be in [0, 1), got {s.label_smoothing}")
-    if s.optimizer not in ("sgd", "adam"):
-        raise ConfigError(f"{name('optimizer')} {s.optimizer!r}: expected 'sgd' or 'adam'")
-    if not -2 ** 63 <= s.seed < 2 ** 63:
-        raise ConfigError(f"{name('seed')} must fit in 64 bits, got {s.seed}")
-    if s.checkpoint_every < 0 or s.log_every < 0:
-        raise ConfigError(f"{name('checkpoint_every')} and {name('log_every')} must be >= 0")
+    """The optimisation settings' checks (:mod:`metasparse.options`); ``prefix`` + the name
+    (``--lr``, or ``FILE: settings.lr``) names each in the error."""
+    for opt in OPTIONS:
+        if opt.stored == "settings":
+            name = prefix + (opt.name.replace("_", "-") if prefix == "--" else opt.name)
+            check_value(opt, getattr(s, opt.name), name)
 
 
 def _check_backbone_fits(model, shape: List[int], run: Dict[str, Any]) -> None:

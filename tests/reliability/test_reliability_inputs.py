@@ -167,9 +167,9 @@ def test_flags_a_user_can_get_wrong(tmp_path, capsys, syn_run, cifar_root):
         one_line_error(capsys, ["train", *SYN[:src], options, *SYN[src + 1:], "--out", out], needle)
     one_line_error(capsys, _tiny(cifar_root, out, "--source-options", '{"seed": 1}'),
                    "--source-options: cifar-fs takes no source options")
-    for flags, needle in ((["--num-workers", "-1"], "--num-workers must be >= 0"),
-                          (["--seed", str(2 ** 70)], "--seed must fit in 64 bits"),
-                          (["--log-every", "-1"], "--log-every must be >= 0"),
+    for flags, needle in ((["--num-workers", "-1"], "--num-workers must be an integer >= 0"),
+                          (["--seed", str(2 ** 70)], "--seed must be an integer that fits in 64 bits"),
+                          (["--log-every", "-1"], "--log-every must be an integer >= 0"),
                           (["--backbone-options", '{"hidden": "x"}'], "backbone 'mlp': bad options"),
                           (["--backbone-options", '{"depth": 3}'], "backbone 'mlp': bad options"),
                           (["--head-options", '{"bogus": 1}'], "head 'ridge': bad options")):
@@ -402,7 +402,7 @@ def test_user_errors_that_used_to_be_tracebacks(tmp_path, capsys, syn_run):
     compare --feature-cache inf."""
     src = SYN.index("--source-options") + 1
     way = SYN.index("--way") + 1
-    one_line_error(capsys, ["train", *SYN[:way], "1", *SYN[way + 1:], "--out", tmp_path / "w1"], "--way must be >= 2")
+    one_line_error(capsys, ["train", *SYN[:way], "1", *SYN[way + 1:], "--out", tmp_path / "w1"], "--way must be an integer >= 2")
     one_line_error(capsys, ["evaluate", "--checkpoint", syn_run, *EVAL, "--way", "1", "--out", tmp_path / "e.json"],
                    "--way must be >= 2")
     huge = SYN_SOURCE[:-1] + ', "noise_std": 1e20}'

@@ -174,7 +174,7 @@ def test_damaged_config_json_is_one_line_naming_the_file(tmp_path, capsys, syn_r
     cfg = json.loads((out / "config.json").read_text())
     for text, needle in (("{\n", "not valid JSON"), ("[1, 2]", "expected a JSON object"),
                          (json.dumps({k: v for k, v in cfg.items() if k != "dataset"}), "lacks ['dataset']"),
-                         (json.dumps({**cfg, "way": "three"}), "way must be a int, got 'three'"),
+                         (json.dumps({**cfg, "way": "three"}), "way must be an integer >= 2, got 'three'"),
                          (json.dumps({**cfg, "settings": {**cfg["settings"], "lr": "fast"}}), "settings.lr"),
                          (json.dumps({**cfg, "settings": {**cfg["settings"], "lr": float("inf")}}),
                           "settings.lr must be a finite number > 0"),
