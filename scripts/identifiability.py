@@ -24,7 +24,9 @@ inner head = ``metasparse.heads.GroupSparseSVMHead`` (group-sparse multiclass SV
 against the same head at lambda = 0 (vanilla SVM-CS), outer cross-entropy.
 
 Scores of the learned representation ``f(g(z))`` against ``z`` on fresh samples:
-MCC (Pearson and Spearman), linear R^2, DCI (Lasso importances), block R^2 (is ``z``
+MCC (Pearson and Spearman), linear R^2, DCI (Lasso importances), MIG, SAP, modularity
+and explicitness (:mod:`metasparse.metrics.information`; ``z`` and the codes cut into 20
+equal-width bins, SAP's single-code fits on the continuous ``z``), block R^2 (is ``z``
 recovered up to mixing inside the blocks of the ``blocks`` partition?), and, on fresh
 tasks, the features each task's inner predictor uses (count, and precision / recall
 against the true support after matching learned features to factors).
@@ -34,8 +36,9 @@ task stream, evaluation data and encoder initialisation; every configuration is 
 once per seed.  Each configuration's record holds the mean over seeds of every score
 (``mcc`` is the mean MCC), the per-seed MCCs ``mcc_seeds`` and the half-width of the
 95% confidence interval of the mean, ``mcc_ci95 = t_{0.975, N-1} * sd / sqrt(N)``
-(Student t; ``None`` for one seed), likewise ``r2_seeds`` / ``r2_ci95``, and the
-per-seed records in ``per_seed``.
+(Student t, ``metasparse.metrics.accuracy.mean_t_ci``; ``None`` for one seed), likewise
+``r2``, ``mig``, ``sap``, ``modularity`` and ``explicitness`` (``<key>_seeds`` /
+``<key>_ci95``), and the per-seed records in ``per_seed``.
 
 Output: ``OUT/identifiability.json`` (settings, baselines, one record per
 configuration) and PNGs ``identifiability_mcc.png`` (means with 95% intervals),
@@ -66,7 +69,9 @@ from episodes.sources.synthetic import (Mixing, make_mixing, sample_sparse_tasks
 from metasparse.backbones import build_backbone  # noqa: E402
 from metasparse.engine.checkpoint import atomic_write_bytes as atomic_write  # noqa: E402
 from metasparse.plots import save_figure  # noqa: E402
+from metasparse.metrics.accuracy import mean_t_ci  # noqa: E402
 from metasparse.metrics.disentanglement import dci, linear_r2, match_factors  # noqa: E402
+from metasparse.metrics.information import information_report  # noqa: E402
 from metasparse.solvers.group_lasso import ridge_regression, solve_group_lasso  # noqa: E402
 
 SUPPORT_KINDS = ("random", "blocks")
@@ -197,7 +202,8 @@ def block_r2(z: np.ndarray, codes: np.ndarray, block_size: int, seed: int) -> fl
 
 def representation_scores(encoder: torch.nn.Module, z: np.ndarray, x: torch.Tensor, seed: int,
                           full: bool = True, block_size: int = 2) -> Dict:
-    """MCC / R^2 (and Spearman MCC, block R^2, DCI when ``full``) of ``encoder(x)`` against ``z``."""
+    """MCC / R^2 (and Spearman MCC, block R^2, DCI, MIG, SAP, modularity, explicitness when
+    ``full``) of ``encoder(x)`` against ``z``."""
     with torch.no_grad():
         codes = encoder(x).double().numpy()
     match = match_factors(z, codes)
@@ -208,6 +214,7 @@ def representation_scores(encoder: torch.nn.Module, z: np.ndarray, x: torch.Tens
         d = dci(z, codes, seed=seed)
         out["dci"] = {"disentanglement": d.disentanglement, "completeness": d.completeness,
                       "informativeness": d.informativeness}
+        out.update(information_report(z, codes, discrete_factors=False, seed=seed))
     return out
 
 
@@ -321,25 +328,15 @@ def default_configs(lasso_ratios, ridge_lams, supports, svm_ratios, classificati
     return configs
 
 
-def ci95(values: Sequence[float]) -> Optional[float]:
-    """Half-width of the 95% confidence interval of the mean of ``values`` (Student t,
-    ``t_{0.975, n-1} * sd / sqrt(n)``); ``None`` for fewer than two values."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return None
-    return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-
-
-_MEAN_KEYS = ("mcc", "r2", "mcc_spearman", "block_r2", "used_features_mean", "support_precision",
+INFO_KEYS = ("mig", "sap", "modularity", "explicitness")
+_MEAN_KEYS = ("mcc", "r2", "mcc_spearman", "block_r2", *INFO_KEYS, "used_features_mean", "support_precision",
               "support_recall", "query_loss", "train_loss_last50", "train_seconds")
 
 
 def aggregate(records: Sequence[Dict]) -> Dict:
-    """One configuration over seeds: means of the scores, ``mcc_seeds`` / ``mcc_ci95`` (and
-    ``r2_seeds`` / ``r2_ci95``), the mean training curve, the per-seed records and the
-    support examples of the first seed."""
+    """One configuration over seeds: means of the scores, ``<key>_seeds`` / ``<key>_ci95``
+    for MCC, R^2, MIG, SAP, modularity and explicitness, the mean training curve, the
+    per-seed records and the support examples of the first seed."""
     first = records[0]
     out = {k: first[k] for k in ("name", "task", "inner", "regularization", "supports", "true_support_size",
                                  "assumption7")}
@@ -347,10 +344,9 @@ def aggregate(records: Sequence[Dict]) -> Dict:
     out["seeds"] = [r["seed"] for r in records]
     for key in _MEAN_KEYS:
         out[key] = float(np.mean([r[key] for r in records]))
-    out["mcc_seeds"] = [r["mcc"] for r in records]
-    out["mcc_ci95"] = ci95(out["mcc_seeds"])
-    out["r2_seeds"] = [r["r2"] for r in records]
-    out["r2_ci95"] = ci95(out["r2_seeds"])
+    for key in ("mcc", "r2", *INFO_KEYS):
+        out[f"{key}_seeds"] = [r[key] for r in records]
+        out[f"{key}_ci95"] = mean_t_ci(out[f"{key}_seeds"])
     out["dci"] = {k: float(np.mean([r["dci"][k] for r in records])) for k in first["dci"]}
     steps = [p["step"] for p in first["history"]]
     out["history"] = [{"step": st, "mcc": float(np.mean([r["history"][i]["mcc"] for r in records])),
@@ -366,8 +362,9 @@ def _aggregate_baselines(per_seed: Sequence[Dict]) -> Dict:
     out = {}
     for key in per_seed[0]:
         vals = [b[key]["mcc"] for b in per_seed]
-        out[key] = {"mcc": float(np.mean(vals)), "mcc_seeds": vals, "mcc_ci95": ci95(vals),
+        out[key] = {"mcc": float(np.mean(vals)), "mcc_seeds": vals, "mcc_ci95": mean_t_ci(vals),
                     "r2": float(np.mean([b[key]["r2"] for b in per_seed])),
+                    **{k: float(np.mean([b[key][k] for b in per_seed])) for k in INFO_KEYS},
                     "per_seed": [b[key] for b in per_seed]}
     return out
 
@@ -535,6 +532,8 @@ def parse_args(argv=None):
     p.add_argument("--n-support", type=int, default=d.n_support, help="inner training examples per task")
     p.add_argument("--n-query", type=int, default=d.n_query, help="outer held-out examples per task")
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--n-eval", type=int, default=d.n_eval,
+                   help=f"fresh samples the representation is scored on ({d.n_eval})")
     p.add_argument("--seed", type=int, default=d.seed, help="first seed (default 0)")
     p.add_argument("--seeds", type=int, default=5, help="seeds per configuration: --seed .. --seed + N - 1 (default 5)")
     p.add_argument("--workers", type=int, default=1, help="training processes in parallel (default 1)")
@@ -551,6 +550,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if min(a.steps, a.classification_steps, a.tasks_per_step, a.n_query) < 1 or a.n_support < 2:
         p.error("--steps, --classification-steps, --tasks-per-step, --n-query must be >= 1 and --n-support >= 2")
+    if a.n_eval < 100:
+        p.error(f"--n-eval must be >= 100 (the held-out scores split it in halves), got {a.n_eval}")
     if not 1 <= a.support_size <= a.n_factors:
         p.error(f"--support-size must be in 1..--n-factors={a.n_factors}, got {a.support_size}")
     if "blocks" in a.supports and (a.n_factors % a.block_size or a.support_size % a.block_size):
@@ -580,7 +581,7 @@ def main(argv=None) -> Dict:
     settings = Settings(n_factors=a.n_factors, support_size=a.support_size, block_size=a.block_size,
                         n_outputs=a.n_outputs, n_classes=a.n_classes, mixing=a.mixing, n_support=a.n_support,
                         n_query=a.n_query, tasks_per_step=a.tasks_per_step, steps=a.steps,
-                        classification_steps=a.classification_steps, lr=a.lr, seed=a.seed)
+                        classification_steps=a.classification_steps, lr=a.lr, n_eval=a.n_eval, seed=a.seed)
     configs = default_configs(a.lasso_ratios, a.ridge_lams, a.supports, a.svm_ratios, a.classification)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     result = run(settings, configs, progress=not a.no_progress, seeds=a.seeds, workers=a.workers)
@@ -592,7 +593,8 @@ def main(argv=None) -> Dict:
     for rec in result["configs"]:
         ci = "" if rec["mcc_ci95"] is None else f" +- {rec['mcc_ci95']:.3f}"
         print(f"{rec['name']:<55} MCC={rec['mcc']:.3f}{ci} R2={rec['r2']:.3f} "
-              f"DCI-D={rec['dci']['disentanglement']:.3f} blockR2={rec['block_r2']:.3f} "
+              f"DCI-D={rec['dci']['disentanglement']:.3f} MIG={rec['mig']:.3f} SAP={rec['sap']:.3f} "
+              f"mod={rec['modularity']:.3f} expl={rec['explicitness']:.3f} blockR2={rec['block_r2']:.3f} "
               f"used={rec['used_features_mean']:.1f}/{settings.n_factors} "
               f"({rec['train_seconds']:.0f}s)")
     for rec in result["skipped"]:

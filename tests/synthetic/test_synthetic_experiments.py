@@ -151,13 +151,13 @@ def test_group_sparse_svm_head_disentangles_better_than_vanilla_svm():
 
 def test_identifiability_cli_writes_results(tmp_path):
     res = ident.main(["--out", str(tmp_path), "--steps", "3", "--tasks-per-step", "4", "--lasso-ratios", "0.1",
-                      "--ridge-lams", "0.1", "--no-classification", "--no-progress", "--seeds", "2"])
+                      "--ridge-lams", "0.1", "--no-classification", "--no-progress", "--seeds", "2", "--n-eval", "400"])
     saved = json.loads((tmp_path / "identifiability.json").read_text())
     assert len(saved["configs"]) == 4 == len(res["configs"])
     kinds = {(c["inner"], c["supports"]): c for c in saved["configs"]}
     assert set(kinds) == {("group_lasso", "random"), ("group_lasso", "blocks"), ("ridge", "random"),
                           ("ridge", "blocks")}
-    assert kinds[("group_lasso", "blocks")]["assumption7"] is False
+    assert kinds[("group_lasso", "blocks")]["assumption7"] is False and saved["settings"]["n_eval"] == 400
     for c in saved["configs"]:
         assert {"inner", "regularization", "mcc", "r2", "dci", "used_features_mean"} <= set(c)
         assert set(c["dci"]) == {"disentanglement", "completeness", "informativeness"}
@@ -166,10 +166,18 @@ def test_identifiability_cli_writes_results(tmp_path):
         assert c["mcc"] == pytest.approx(np.mean(c["mcc_seeds"]))
         assert [r["mcc"] for r in c["per_seed"]] == c["mcc_seeds"] and c["mcc_seeds"][0] != c["mcc_seeds"][1]
         assert c["mcc_ci95"] == pytest.approx(12.7062047 * abs(c["mcc_seeds"][0] - c["mcc_seeds"][1]) / 2)
+        for key in ("mig", "sap", "modularity", "explicitness"):
+            vals = c[f"{key}_seeds"]
+            assert vals == [r[key] for r in c["per_seed"]] and c[key] == pytest.approx(np.mean(vals))
+            assert c[f"{key}_ci95"] == pytest.approx(12.7062047 * abs(vals[0] - vals[1]) / 2)
+            assert all(0 <= v <= 1 for v in vals)
+    x = saved["baselines"]["observations_x"]
+    assert x["mig"] == pytest.approx(np.mean([r["mig"] for r in x["per_seed"]])) and 0.5 <= x["explicitness"] <= 1
     for name in ("identifiability_mcc.png", "identifiability_training.png", "identifiability_supports.png"):
         assert (tmp_path / name).stat().st_size > 0
-    with pytest.raises(SystemExit):
-        ident.parse_args(["--out", "x", "--support-size", "3", "--block-size", "2"])
+    for bad in (["--support-size", "3", "--block-size", "2"], ["--n-eval", "10"]):
+        with pytest.raises(SystemExit):
+            ident.parse_args(["--out", "x", *bad])
     replot = ident.main(["--out", str(tmp_path), "--plot-only"])
     assert replot == saved
     with pytest.raises(FileNotFoundError, match="identifiability.json"):
@@ -177,16 +185,26 @@ def test_identifiability_cli_writes_results(tmp_path):
 
 
 def test_identifiability_ci95_and_workers():
-    assert ident.ci95([1.0]) is None
+    from metasparse.metrics.accuracy import mean_t_ci
+    rec = {"name": "a", "task": "regression", "inner": "ridge", "regularization": {"name": "lam", "value": 0.1},
+           "supports": "random", "true_support_size": 4, "assumption7": True, "seed": 0,
+           "dci": {"disentanglement": 0.5}, "history": [{"step": 0, "mcc": 0.1, "r2": 0.2}],
+           "example_true_supports": [], "example_used_factors": [],
+           **{k: 0.5 for k in ident._MEAN_KEYS}}
+    one = ident.aggregate([rec])
+    assert one["mcc_ci95"] is None and one["mig_ci95"] is None          # one seed: no interval (null in the JSON)
     v = [0.2, 0.5, 0.4, 0.9, 0.7]
-    assert ident.ci95(v) == pytest.approx(2.7764451 * np.std(v, ddof=1) / np.sqrt(5))
+    five = ident.aggregate([{**rec, "mcc": a, "sap": a} for a in v])
+    assert five["mcc_ci95"] == five["sap_ci95"] == mean_t_ci(v)
+    assert five["mcc_ci95"] == pytest.approx(2.7764451 * np.std(v, ddof=1) / np.sqrt(5))
     with pytest.raises(SystemExit):
         ident.parse_args(["--out", "x", "--seeds", "0"])
     settings = ident.Settings(steps=2, tasks_per_step=4, n_eval=200, n_eval_tasks=4, n_checkpoints=1)
     cfgs = [ident.Config("group_lasso", 0.1)]
     serial = ident.run(settings, cfgs, progress=False, seeds=2, workers=1)
     parallel = ident.run(settings, cfgs, progress=False, seeds=2, workers=2)
-    for key in ("mcc_seeds", "r2_seeds", "used_features_mean"):
+    for key in ("mcc_seeds", "r2_seeds", "mig_seeds", "sap_seeds", "modularity_seeds", "explicitness_seeds",
+                "used_features_mean"):
         assert serial["configs"][0][key] == parallel["configs"][0][key]
     assert serial["baselines"]["observations_x"]["mcc_seeds"] == parallel["baselines"]["observations_x"]["mcc_seeds"]
 
