@@ -360,227 +360,263 @@ def train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[
     ``run_dir/metrics.jsonl``. ``spec`` goes into every checkpoint as given; it must hold
     ``config``, the run configuration the model is rebuilt from
     (:func:`metasparse.api.load_model`). The batches of ``train_stream`` and
-    ``val_episodes`` reach the model as they are (augmented and normalised by the sampler).
+    ``val_episodes`` (``val_total`` of them, for the progress bar) reach the model as they
+    are (augmented and normalised by the sampler).
 
-    ``channels_last`` (None: on CUDA) runs a convolutional backbone in the channels-last
-    layout; ``compile_backbone`` runs it through ``torch.compile`` (both: see
-    :class:`~metasparse.engine.model.FewShotModel`; checkpoints are unaffected). On CUDA,
-    ``torch.backends.cudnn.benchmark`` is on for the call.
+    ``resume`` continues from ``run_dir/last.pt``; ``ctx`` is the process group of a
+    torchrun launch (``sync_bn``: batch-norm statistics over its ranks); ``tensorboard``
+    also logs to ``run_dir/tensorboard``. ``channels_last`` (None: on CUDA) runs a
+    convolutional backbone in the channels-last layout; ``compile_backbone`` runs it
+    through ``torch.compile`` (both: see :class:`~metasparse.engine.model.FewShotModel`;
+    checkpoints are unaffected). On CUDA, ``torch.backends.cudnn.benchmark`` is on for the
+    call.
 
     ``stop_after_steps`` stops (as if killed) after that many optimisation steps in this
-    call, right after the checkpoint due at that point (tests use it)."""
+    call, right after the checkpoint due at that point (tests use it).
+
+    Returns ``{"stopped", "global_step"}`` and, for a finished run, ``"best"``,
+    ``"last_val"`` and ``"elapsed_s"``."""
     with _cudnn_benchmark(device):
-        return _train(model, train_stream, val_episodes, settings, run_dir, spec=spec, device=device,
-                      resume=resume, ctx=ctx, progress=progress, stop_after_steps=stop_after_steps,
-                      tensorboard=tensorboard, val_total=val_total, sync_bn=sync_bn,
-                      channels_last=device.type == "cuda" if channels_last is None else channels_last,
-                      compile_backbone=compile_backbone)
-
-
-def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional[Iterable], settings: TrainSettings,
-           run_dir, *, spec: Dict[str, Any], device: torch.device, resume: bool, ctx: Optional[DistContext],
-           progress: bool, stop_after_steps: Optional[int], tensorboard: bool, val_total: Optional[int],
-           sync_bn: bool, channels_last: bool, compile_backbone: bool) -> Dict[str, Any]:
-    ctx = ctx or DistContext(device=device)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    s = settings
-    model.to(device)
-    if channels_last:   # before the optimizer state exists: its buffers follow the weights' layout
-        model.use_channels_last()
-    opt = _make_optimizer(model.parameters(), s)
-    start_epoch, start_step, global_step = 0, 0, 0
-    best: Optional[Dict[str, Any]] = None
-    resumed_sums = _fresh_sums()
-    sums = _fresh_sums()
-    if resume:
-        ck = load_checkpoint(run_dir / "last.pt", map_location=device)
+        run = _Run(model, settings, Path(run_dir), spec, device, ctx or DistContext(device=device), progress,
+                   device.type == "cuda" if channels_last is None else channels_last)
+        if resume:
+            run.restore()
+        run.wrap_model(sync_bn, compile_backbone)
+        if not resume:   # step 0: a new run is resumable from its first moment
+            run.checkpoint("last.pt", 0, 0)
+        run.open_logs(resume, tensorboard)
         try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            _match_state_layout(opt)
+            return run.fit(train_stream, val_episodes, val_total, stop_after_steps)
+        finally:
+            if run.writer:
+                run.writer.close()
+
+
+class _Run:
+    """The state of one :func:`train` call: the model and its optimiser, where the run
+    stands (epoch, step, best checkpoint), the current epoch's statistics and the logs."""
+
+    def __init__(self, model: nn.Module, settings: TrainSettings, run_dir: Path, spec: Dict[str, Any],
+                 device: torch.device, ctx: DistContext, progress: bool, channels_last: bool):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.model, self.s, self.run_dir, self.spec, self.device, self.ctx = model, settings, run_dir, spec, device, ctx
+        self.progress = progress
+        model.to(device)
+        if channels_last:   # before the optimizer state exists: its buffers follow the weights' layout
+            model.use_channels_last()
+        self.opt = _make_optimizer(model.parameters(), settings)
+        self.train_model: nn.Module = model
+        self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.best: Optional[Dict[str, Any]] = None
+        self.last_val: Optional[Dict[str, Any]] = None
+        self.resumed_sums = _fresh_sums()
+        self.sums = _fresh_sums()   # the current epoch's running statistics (checkpointed mid-epoch)
+        self.writer = None
+        self.steps_this_call = 0
+        self.t0 = time.time()
+
+    # ------------------------------------------------------------------ set-up
+    def restore(self) -> None:
+        """Weights, optimiser, progress, best checkpoint, RNG states and the epoch's running
+        statistics from ``last.pt``."""
+        last = self.run_dir / "last.pt"
+        ck = load_checkpoint(last, map_location=self.device)
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+            _match_state_layout(self.opt)
             p = ck["progress"]
-            start_epoch, start_step, global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
+            self.start_epoch, self.start_step, self.global_step = int(p["epoch"]), int(p["step"]), int(p["global_step"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            raise CheckpointError(f"{run_dir / 'last.pt'}: does not fit the run's config.json (other weight "
+            raise CheckpointError(f"{last}: does not fit the run's config.json (other weight "
                                   f"shapes, or a damaged checkpoint): {' '.join(lines[:3])[:300]}") from None
-        best = ck.get("best")
+        self.best = ck.get("best")
         restore_rng(ck.get("rng"))
-        resumed_sums = _restore_sums(p.get("epoch_sums", [0.0] * 4))
+        self.resumed_sums = _restore_sums(p.get("epoch_sums", [0.0] * 4))
 
-    def checkpoint(name: str, epoch: int, step: int) -> None:
-        if not ctx.is_main:
+    def wrap_model(self, sync_bn: bool, compile_backbone: bool) -> None:
+        """SyncBatchNorm, ``torch.compile`` and DDP, as asked (the checkpoints hold the plain model)."""
+        ctx, model = self.ctx, self.model
+        if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
+            if self.device.type != "cuda":
+                raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
+            model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
+        if compile_backbone:   # after any module swap (sync-bn): the compiled module wraps the final backbone
+            model.compile_backbone()
+        if ctx.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def open_logs(self, resume: bool, tensorboard: bool) -> None:
+        """``metrics.jsonl`` (cut back to the resumed step) and the optional TensorBoard writer."""
+        self.log = _MetricsLog(self.run_dir / "metrics.jsonl", self.ctx.is_main, self.global_step if resume else None)
+        if tensorboard and self.ctx.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # pragma: no cover - optional dependency
+                raise ConfigError("--tensorboard needs the tensorboard package "
+                                  "(pip install metasparse[tensorboard])") from e
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def checkpoint(self, name: str, epoch: int, step: int) -> None:
+        """Save ``name`` (main process): the run stands at batch ``step`` of ``epoch``."""
+        if not self.ctx.is_main:
             return
-        save_checkpoint(run_dir / name, {
-            **spec, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "progress": {"epoch": epoch, "step": step, "global_step": global_step,
-                         "epoch_sums": (sums if step else _fresh_sums()).tolist()},
-            "best": best, "rng": capture_rng()})
+        save_checkpoint(self.run_dir / name, {
+            **self.spec, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "progress": {"epoch": epoch, "step": step, "global_step": self.global_step,
+                         "epoch_sums": (self.sums if step else _fresh_sums()).tolist()},
+            "best": self.best, "rng": capture_rng()})
 
-    train_model: nn.Module = model
-    if ctx.enabled and sync_bn:   # batch-norm statistics over all ranks (CUDA only in PyTorch)
-        if device.type != "cuda":
-            raise ConfigError("--sync-bn needs CUDA devices (torch.nn.SyncBatchNorm)")
-        model.backbone = nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone)
-    if compile_backbone:   # after any module swap (sync-bn): the compiled module wraps the final backbone
-        model.compile_backbone()
-    if ctx.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if not resume:   # step 0: a new run is resumable from its first moment
-        checkpoint("last.pt", 0, 0)
-    log = _MetricsLog(run_dir / "metrics.jsonl", ctx.is_main, global_step if resume else None)
-    writer = None
-    if tensorboard and ctx.is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - optional dependency
-            raise ConfigError("--tensorboard needs the tensorboard package "
-                              "(pip install metasparse[tensorboard])") from e
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train_stream: EpisodeStream, val_episodes: Optional[Iterable], val_total: Optional[int],
+            stop_after_steps: Optional[int]) -> Dict[str, Any]:
+        """The remaining epochs: train, validate, record, checkpoint."""
+        for epoch in range(self.start_epoch, self.s.epochs):
+            lr = self.s.lr * lr_factor(epoch, self.s)
+            for g in self.opt.param_groups:
+                g["lr"] = lr
+            first = self.start_step if epoch == self.start_epoch else 0
+            if self.train_epoch(train_stream, epoch, first, lr, stop_after_steps):
+                barrier(self.ctx)
+                return {"stopped": True, "global_step": self.global_step}
+            self.end_epoch(epoch, lr, val_episodes, val_total)
+        return {"stopped": False, "global_step": self.global_step, "best": self.best, "last_val": self.last_val,
+                "elapsed_s": time.time() - self.t0}
 
-    steps_this_call = 0
-    t0 = time.time()
-    last_val = None
-    for epoch in range(start_epoch, s.epochs):
-        lr = s.lr * lr_factor(epoch, s)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        model.train()
-        first = start_step if epoch == start_epoch else 0
-        sums = resumed_sums.clone() if (epoch == start_epoch and first) else _fresh_sums()
-        tol = None   # the solver tolerance the head's fits report
-        bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
-                   disable=None if (progress and ctx.is_main) else True, dynamic_ncols=True, leave=False)
-        clock = _DataWaitClock()
+    def train_epoch(self, train_stream: EpisodeStream, epoch: int, first: int, lr: float,
+                    stop_after_steps: Optional[int]) -> bool:
+        """Batches ``first..`` of ``epoch``; True when ``stop_after_steps`` stopped the call.
+
+        Each step's statistics are read one step late (:meth:`finish`), and always before
+        anything is written after the step (module docstring)."""
+        s = self.s
+        self.model.train()
+        self.sums = self.resumed_sums.clone() if (epoch == self.start_epoch and first) else _fresh_sums()
+        self.tol = None   # the solver tolerance the head's fits report
+        self.bar = tqdm(total=s.batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}", unit="batch",
+                        disable=None if (self.progress and self.ctx.is_main) else True, dynamic_ncols=True,
+                        leave=False)
+        self.clock = _DataWaitClock()
         pending: Optional[_StepStats] = None   # the step whose statistics are not read yet
-
-        def finish(step: _StepStats, record: bool = True) -> None:
-            """Read a step's statistics (its one host sync) and act on them: raise for a
-            non-finite loss or (strict_solver) an unconverged solve, else (``record``) add
-            them to the epoch's sums, the progress bar and the step record."""
-            nonlocal tol
-            values_t, values = step.read()
-            conv = values_t[_S_GAP:_S_NONFINITE] if step.reports else None   # [worst gap, episodes, unconverged]
-            tol = step.tol
-            if s.strict_solver and conv is not None and values[_S_UNCONVERGED] > 0:
-                bar.close()
-                raise _strict_error(conv, tol, step.epoch, step.i, s)
-            if values[_S_NONFINITE] > 0:
-                bar.close()
-                raise _diverged(step.epoch, step.i, s, "the loss is not finite")
-            if not record:
-                return
-            _add_step(sums, values_t[_S_LOSS:_S_GAP], conv)
-            bar.update(1)
-            bar.set_postfix(loss=f"{values[_S_LOSS]:.3f}", acc=f"{100 * values[_S_ACC]:.1f}%",
-                            used=f"{100 * (1 - values[_S_UNUSED]):.1f}%",
-                            wait=f"{100 * clock.epoch_fraction():.0f}%", refresh=False)
-            if s.log_every and (step.i + 1) % s.log_every == 0:
-                step_record = {"kind": "step", "epoch": step.epoch + 1, "batch": step.i + 1,
-                               "global_step": step.global_step, "lr": step.lr, "loss": values[_S_LOSS],
-                               "accuracy": values[_S_ACC], "unused_fraction": values[_S_UNUSED],
-                               **_step_convergence_keys(values, step.reports),
-                               "data_wait_fraction": round(clock.window_fraction(), 4)}
-                log.write(step_record)
-                if writer:
-                    for key in ("loss", "accuracy", "unused_fraction", "max_rel_gap", "unconverged_fraction",
-                                "data_wait_fraction"):
-                        if key in step_record:
-                            writer.add_scalar(f"train/{key}", step_record[key], step.global_step)
-
         stream = train_stream.iter_epoch(epoch, first)
         for i in range(first, s.batches_per_epoch):
-            packed = None
+            packed = fit = None
             try:
                 t_wait = time.perf_counter()
                 batch = next(stream)
-                clock.waited(time.perf_counter() - t_wait)
-                seed_i = step_seed(s.seed, epoch, i)
-                torch.manual_seed(seed_i)
-                batch = batch.to(device, non_blocking=True)
-                lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
-                local = batch[lo:hi]
-                try:
-                    logits, fit = train_model(local.support, local.support_labels, local.query, batch.n_way)
-                except NonFiniteFeaturesError as e:
-                    if global_step == 0:   # before any update: the data are finite but too large
-                        raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the first batch's features are too "
-                                        f"large for the head ({str(e).splitlines()[0][:160]}); normalise the "
-                                        f"data") from None
-                    # finite data (checked when loaded): the weights diverged
-                    raise _diverged(epoch, i, s, "the features are not finite") from None
-                except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
-                    if global_step == 0:   # before any update: the data, not the training
-                        raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the head's linear algebra failed on "
-                                        f"the first batch's features ({str(e).strip().splitlines()[0][:120]}); "
-                                        f"the examples are probably of a huge magnitude: normalise the data"
-                                        ) from None
-                    raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features "
-                                                 f"({str(e).strip().splitlines()[0][:120]})") from None
-                loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
-                packed = _pack_step(loss, logits, local.query_labels, fit, ctx)
-                opt.zero_grad(set_to_none=True)
+                self.clock.waited(time.perf_counter() - t_wait)
+                loss, packed, fit = self.forward(batch, epoch, i)
+                self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                self.opt.step()
             except Exception:
                 if pending is not None:   # a bad previous step explains (and outranks) this failure
                     previous, pending = pending, None
-                    finish(previous)
+                    self.finish(previous)
                 if packed is not None:    # so does this step's own loss or solve (e.g. a failed backward)
-                    finish(_StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i,
-                                      global_step + 1, lr, getattr(fit, "tol", None)), record=False)
+                    self.finish(_StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i,
+                                           self.global_step + 1, lr, getattr(fit, "tol", None)), record=False)
                 raise
-            global_step += 1
-            steps_this_call += 1
-            current = _StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i, global_step, lr,
-                                 getattr(fit, "tol", None))
+            self.global_step += 1
+            self.steps_this_call += 1
+            current = _StepStats(packed, getattr(fit, "converged", None) is not None, epoch, i, self.global_step,
+                                 lr, getattr(fit, "tol", None))
             if pending is not None:   # the previous step, now that this one is queued
-                finish(pending)
+                self.finish(pending)
             pending = current
             save = bool(s.checkpoint_every) and (i + 1) % s.checkpoint_every == 0 and i + 1 < s.batches_per_epoch
-            stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+            stop = stop_after_steps is not None and self.steps_this_call >= stop_after_steps
             if save or stop:   # read before anything is written after this step
                 pending = None
-                finish(current)
+                self.finish(current)
             if save:
-                checkpoint("last.pt", epoch, i + 1)
+                self.checkpoint("last.pt", epoch, i + 1)
             if stop:
-                bar.close()
-                checkpoint("last.pt", epoch, i + 1) if i + 1 < s.batches_per_epoch else None
-                barrier(ctx)
-                return {"stopped": True, "global_step": global_step}
+                self.bar.close()
+                if i + 1 < s.batches_per_epoch:
+                    self.checkpoint("last.pt", epoch, i + 1)
+                return True
         if pending is not None:   # the epoch's last step
-            previous, pending = pending, None
-            finish(previous)
-        data_wait = clock.epoch_fraction()
-        bar.close()
+            self.finish(pending)
+        return False
+
+    def forward(self, batch, epoch: int, i: int):
+        """The loss of step ``(epoch, i)`` on ``batch`` (this rank's share of its episodes),
+        the step's packed statistics (on the device, not read) and the head's fit report."""
+        s, ctx = self.s, self.ctx
+        torch.manual_seed(step_seed(s.seed, epoch, i))
+        batch = batch.to(self.device, non_blocking=True)
+        lo, hi = shard_bounds(batch.n_episodes, ctx.rank, ctx.world_size)
+        local = batch[lo:hi]
+        try:
+            logits, fit = self.train_model(local.support, local.support_labels, local.query, batch.n_way)
+        except NonFiniteFeaturesError as e:
+            if self.global_step == 0:   # before any update: the data are finite but too large
+                raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the first batch's features are too "
+                                f"large for the head ({str(e).splitlines()[0][:160]}); normalise the "
+                                f"data") from None
+            # finite data (checked when loaded): the weights diverged
+            raise _diverged(epoch, i, s, "the features are not finite") from None
+        except torch.linalg.LinAlgError as e:   # after updates: features too large for the head's solve
+            first_line = str(e).strip().splitlines()[0][:120]
+            if self.global_step == 0:   # before any update: the data, not the training
+                raise DataError(f"epoch {epoch + 1}, batch {i + 1}: the head's linear algebra failed on "
+                                f"the first batch's features ({first_line}); the examples are probably of a "
+                                f"huge magnitude: normalise the data") from None
+            raise _diverged(epoch, i, s, f"the head's linear algebra failed on the features ({first_line})"
+                            ) from None
+        loss = smoothed_cross_entropy(logits, local.query_labels, s.label_smoothing)
+        return loss, _pack_step(loss, logits, local.query_labels, fit, ctx), fit
+
+    def finish(self, step: _StepStats, record: bool = True) -> None:
+        """Read a step's statistics (its one host sync) and act on them: raise for a
+        non-finite loss or (strict_solver) an unconverged solve, else (``record``) add
+        them to the epoch's sums, the progress bar and the step record."""
+        s = self.s
+        values_t, values = step.read()
+        conv = values_t[_S_GAP:_S_NONFINITE] if step.reports else None   # [worst gap, episodes, unconverged]
+        self.tol = step.tol
+        if s.strict_solver and conv is not None and values[_S_UNCONVERGED] > 0:
+            self.bar.close()
+            raise _strict_error(conv, self.tol, step.epoch, step.i, s)
+        if values[_S_NONFINITE] > 0:
+            self.bar.close()
+            raise _diverged(step.epoch, step.i, s, "the loss is not finite")
+        if not record:
+            return
+        _add_step(self.sums, values_t[_S_LOSS:_S_GAP], conv)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{values[_S_LOSS]:.3f}", acc=f"{100 * values[_S_ACC]:.1f}%",
+                             used=f"{100 * (1 - values[_S_UNUSED]):.1f}%",
+                             wait=f"{100 * self.clock.epoch_fraction():.0f}%", refresh=False)
+        if s.log_every and (step.i + 1) % s.log_every == 0:
+            step_record = {"kind": "step", "epoch": step.epoch + 1, "batch": step.i + 1,
+                           "global_step": step.global_step, "lr": step.lr, "loss": values[_S_LOSS],
+                           "accuracy": values[_S_ACC], "unused_fraction": values[_S_UNUSED],
+                           **_step_convergence_keys(values, step.reports),
+                           "data_wait_fraction": round(self.clock.window_fraction(), 4)}
+            self.log.write(step_record)
+            if self.writer:
+                for key in ("loss", "accuracy", "unused_fraction", "max_rel_gap", "unconverged_fraction",
+                            "data_wait_fraction"):
+                    if key in step_record:
+                        self.writer.add_scalar(f"train/{key}", step_record[key], step.global_step)
+
+    def end_epoch(self, epoch: int, lr: float, val_episodes: Optional[Iterable], val_total: Optional[int]) -> None:
+        """The epoch's record (training statistics, validation), its line, its checkpoints."""
+        s, ctx, sums = self.s, self.ctx, self.sums
+        data_wait = self.clock.epoch_fraction()
+        self.bar.close()
         if ctx.is_main:
-            _warn_unconverged(sums, tol, epoch, s)
+            _warn_unconverged(sums, self.tol, epoch, s)
         n = max(float(sums[_BATCHES]), 1.0)
-        record = {"kind": "epoch", "epoch": epoch + 1, "global_step": global_step, "lr": lr,
+        record = {"kind": "epoch", "epoch": epoch + 1, "global_step": self.global_step, "lr": lr,
                   "train_loss": float(sums[_LOSS] / n), "train_accuracy": float(sums[_ACC] / n),
                   "train_unused_fraction": float(sums[_UNUSED] / n), **_epoch_convergence_keys(sums),
-                  "data_wait_fraction": round(data_wait, 4), "elapsed_s": round(time.time() - t0, 2)}
-        if val_episodes is not None:
-            res = evaluate_episodes(model, val_episodes, device, ctx=ctx, progress=progress,
-                                    desc=f"val {epoch + 1}", total=val_total)
-            summ = res.summary()
-            last_val = summ
-            record.update({"val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"], "val_loss": summ["loss"],
-                           "val_features_used_fraction": summ["features_used_fraction"]})
-            record.update({f"val_{k}": summ[k] for k in ("max_rel_gap", "unconverged_episodes") if k in summ})
-            improved = best is None or summ["accuracy"] > best["val_accuracy"]
-            if improved:
-                best = {"epoch": epoch + 1, "val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"]}
-            record["best"] = improved
-            if writer:
-                writer.add_scalar("val/accuracy", summ["accuracy"], epoch + 1)
-        else:
-            improved = True
-            best = {"epoch": epoch + 1, "val_accuracy": None, "val_ci95": None}
-            record["best"] = True
+                  "data_wait_fraction": round(data_wait, 4), "elapsed_s": round(time.time() - self.t0, 2)}
+        improved = self.validate(epoch, record, val_episodes, val_total)
         if ctx.is_main:
             msg = (f"epoch {epoch + 1}/{s.epochs}: loss {record['train_loss']:.4f} "
                    f"train acc {100 * record['train_accuracy']:.2f}% "
@@ -590,12 +626,31 @@ def _train(model: nn.Module, train_stream: EpisodeStream, val_episodes: Optional
                 msg += f" | val {100 * record['val_accuracy']:.2f} +- {100 * record['val_ci95']:.2f}%"
                 msg += " (best)" if improved else ""
             tqdm.write(msg)
-        log.write(record)
+        self.log.write(record)
         if improved:
-            checkpoint("best.pt", epoch + 1, 0)
-        checkpoint("last.pt", epoch + 1, 0)
+            self.checkpoint("best.pt", epoch + 1, 0)
+        self.checkpoint("last.pt", epoch + 1, 0)
         barrier(ctx)
-    if writer:
-        writer.close()
-    return {"stopped": False, "global_step": global_step, "best": best, "last_val": last_val,
-            "elapsed_s": time.time() - t0}
+
+    def validate(self, epoch: int, record: Dict[str, Any], val_episodes: Optional[Iterable],
+                 val_total: Optional[int]) -> bool:
+        """Validation of ``epoch`` into ``record``; whether the epoch is the best so far
+        (without validation, every epoch is)."""
+        if val_episodes is None:
+            self.best = {"epoch": epoch + 1, "val_accuracy": None, "val_ci95": None}
+            record["best"] = True
+            return True
+        res = evaluate_episodes(self.model, val_episodes, self.device, ctx=self.ctx, progress=self.progress,
+                                desc=f"val {epoch + 1}", total=val_total)
+        summ = res.summary()
+        self.last_val = summ
+        record.update({"val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"], "val_loss": summ["loss"],
+                       "val_features_used_fraction": summ["features_used_fraction"]})
+        record.update({f"val_{k}": summ[k] for k in ("max_rel_gap", "unconverged_episodes") if k in summ})
+        improved = self.best is None or summ["accuracy"] > self.best["val_accuracy"]
+        if improved:
+            self.best = {"epoch": epoch + 1, "val_accuracy": summ["accuracy"], "val_ci95": summ["ci95"]}
+        record["best"] = improved
+        if self.writer:
+            self.writer.add_scalar("val/accuracy", summ["accuracy"], epoch + 1)
+        return improved
