@@ -271,3 +271,30 @@ def flag_values(args: argparse.Namespace) -> Dict[str, Any]:
                 raise ConfigError(f"{opt.flag}: expected a JSON object, got {getattr(args, opt.name)!r}")
         values[opt.name] = value
     return values
+
+
+# ---------------------------------------------------------------------------- documentation
+_RESUME_WORDS = {"same": "must match", "new-run": "new run only", "may-change": "may change",
+                 "may-raise": "may be raised"}
+
+
+def markdown_table() -> str:
+    """The table of options docs/cli.md shows (a test keeps the two equal):
+    ``python -c "from metasparse.options import markdown_table; print(markdown_table())"``."""
+    rows = ["| option (flag / file key) | type | stored in config.json | on --resume | meaning |",
+            "|---|---|---|---|---|"]
+    for opt in OPTIONS:
+        if opt.flag_action == "hidden":
+            continue
+        spelled = {"negate": "--no-" + opt.flag[2:], "optional-bool": f"{opt.flag} / --no-{opt.flag[2:]}"}.get(
+            opt.flag_action, opt.flag)
+        kind = {dict: "JSON object", Path: "path", bool: "flag"}.get(opt.type, opt.type.__name__)
+        if opt.choices:
+            kind = " \\| ".join(map(str, opt.choices))
+        elif opt.type in (int, float) and (opt.minimum is not None or opt.above is not None):
+            kind = expected(opt).replace("a finite number", "float").replace("an integer", "int")
+        stored = {"run": "yes", "settings": "`settings`", None: "no"}[opt.stored]
+        meaning = opt.help.replace("|", "\\|")
+        rows.append(f"| `{spelled}` (`{opt.name}`) | {kind} | {stored} | {_RESUME_WORDS[opt.on_resume]} "
+                    f"| {meaning} |")
+    return "\n".join(rows)
