@@ -38,13 +38,13 @@ from metasparse.metrics import dci, explicitness, information_report, mig, modul
 from metasparse.metrics.disentanglement import mean_corr_coef  # noqa: E402
 
 
-def workloads(seed: int = 0):
+def workloads(scale: float = 1.0, seed: int = 0):
     rng = np.random.default_rng(seed)
-    z = rng.standard_normal((2000, 10))
+    z = rng.standard_normal((int(2000 * scale), 10))
     yield "identifiability", z, False, z
     grid = np.array(list(itertools.product(*map(range, (10, 10, 10, 8, 4, 15)))), dtype=np.float64)
     for name, n in (("figure4-quick", 1500), ("figure4-full", 4000)):
-        idx = grid[rng.choice(len(grid), n, replace=False)]
+        idx = grid[rng.choice(len(grid), int(n * scale), replace=False)]
         yield name, idx, True, (idx - idx.mean(0)) / idx.std(0)
 
 
@@ -61,9 +61,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every sample size (a quick check: 0.1)")
     a = p.parse_args(argv)
+    if a.repeats < 1 or not 0.05 <= a.scale <= 10:
+        p.error(f"--repeats must be >= 1 and --scale in [0.05, 10], got {a.repeats} and {a.scale}")
     rows = []
-    for name, factors, discrete, z in workloads():
+    for name, factors, discrete, z in workloads(a.scale):
         rng = np.random.default_rng(1)
         codes = np.tanh(z @ rng.standard_normal((z.shape[1], z.shape[1]))) + 0.1 * rng.standard_normal(z.shape)
         metrics = {"mcc": lambda: mean_corr_coef(z, codes), "dci": lambda: dci(z, codes),

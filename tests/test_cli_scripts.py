@@ -56,3 +56,16 @@ def test_count_syncs_runs(tmp_path):
     assert {(x["kind"], x["head"]) for x in rows} == {(k, h) for k in ("head", "step")
                                                      for h in ("group-sparse-svm", "svm", "ridge", "protonet")}
     assert all(x["aten_calls"] > 0 and x["host_syncs"] >= 0 for x in rows)
+
+
+def test_bench_metrics_runs(tmp_path):
+    out = tmp_path / "metrics.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_metrics.py"), "--repeats", "1", "--scale", "0.1",
+                        "--json", str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {x["workload"] for x in rows} == {"identifiability", "figure4-quick", "figure4-full"}
+    assert {x["metric"] for x in rows} >= {"mig", "sap", "modularity", "explicitness", "information_report"}
+    assert [x["n"] for x in rows if x["metric"] == "mig"] == [200, 150, 400]
+    assert all(x["cpu_s"] >= 0 for x in rows)

@@ -287,12 +287,11 @@ def sap(factors, codes, n_bins: int = 20, discrete_factors: DiscreteSpec = None,
 
 @dataclass
 class ExplicitnessResult:
-    """explicitness: mean held-out ROC-AUC over factors; per_factor: (m,); train: the
-    same on the training split (how much of the held-out score is lost to overfitting)."""
+    """explicitness: mean held-out ROC-AUC over factors; per_factor: (m,) the mean over
+    each factor's classes."""
 
     explicitness: float
     per_factor: np.ndarray
-    train: float
 
 
 def _mean_auc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
@@ -316,7 +315,7 @@ def explicitness(factors, codes, n_bins: int = 20, discrete_factors: DiscreteSpe
     tr, te = _held_out(len(z), test_fraction, seed, "explicitness")
     x = _standardise(c, c[tr])
     m = z.shape[1]
-    test, train = np.zeros(m), np.zeros(m)
+    test = np.zeros(m)
     for k in range(m):
         _two_classes(labels[tr, k], k, "explicitness", "training")
         _two_classes(labels[te, k], k, "explicitness", "test")
@@ -324,8 +323,7 @@ def explicitness(factors, codes, n_bins: int = 20, discrete_factors: DiscreteSpe
             warnings.simplefilter("ignore")      # lbfgs may stop at max_iter on separable classes
             clf = LogisticRegression(C=C, max_iter=500).fit(x[tr], labels[tr, k])
         test[k] = _mean_auc(labels[te, k], clf.predict_proba(x[te]), clf.classes_)
-        train[k] = _mean_auc(labels[tr, k], clf.predict_proba(x[tr]), clf.classes_)
-    return ExplicitnessResult(float(test.mean()), test, float(train.mean()))
+    return ExplicitnessResult(float(test.mean()), test)
 
 
 def information_report(factors, codes, n_bins: int = 20, discrete_factors: DiscreteSpec = None, seed: int = 0,
