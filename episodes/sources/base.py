@@ -128,7 +128,8 @@ class LazyImageSource(FewShotSource):
 
     A store has ``shape`` ``(n, C, H, W)``, ``dtype`` (``torch.uint8``), ``len(store)``,
     ``store[i]`` (one uint8 ``(C, H, W)`` tensor) and ``store.read_into(index, out)``, which
-    fills the uint8 numpy array ``out`` ``(M, C, H, W)`` with images ``index`` (int64 numpy).
+    fills the uint8 numpy array ``out`` ``(M, C, H, W)`` (any strides) with images ``index``
+    (int64 numpy).
     A store holds no pixels, only where they are on disk, and can be pickled (DataLoader
     workers with the ``spawn`` start method) and forked: each process opens its own file.
 
@@ -144,13 +145,16 @@ class LazyImageSource(FewShotSource):
         return data
 
     def gather(self, index: torch.Tensor, pin_memory: bool = False) -> torch.Tensor:
+        """Images ``index`` read from disk as uint8 ``(M, C, H, W)`` in ``torch.channels_last``
+        layout (each image's bytes land as the files store them, (H, W, C), with no transposing
+        pass; the transforms read either layout, and the values are those of ``data[i]``)."""
         index = index.reshape(-1)
         shape = (index.numel(),) + tuple(self.data.shape[1:])
         if pin_memory:
-            out = torch.empty(shape, dtype=self.data.dtype, pin_memory=True)
+            out = torch.empty(shape, dtype=self.data.dtype, pin_memory=True, memory_format=torch.channels_last)
         else:
             from ..transforms import empty_output
-            out = empty_output(shape, self.data.dtype, "cpu")
+            out = empty_output(shape, self.data.dtype, "cpu", channels_last=True)
         self.data.read_into(index.cpu().numpy().astype(np.int64, copy=False), out.numpy())
         return out
 

@@ -221,14 +221,19 @@ class NpzImages(_Store):
         self._file = _FileAt(self.path)
 
     def read_into(self, index: np.ndarray, out: np.ndarray) -> None:
-        """``out[j] = images[index[j]]`` as (C, H, W); ``out`` uint8 (M, C, H, W)."""
+        """``out[j] = images[index[j]]`` as (C, H, W); ``out`` uint8 (M, C, H, W).  Channels-last
+        ``out`` (what :meth:`LazyImageSource.gather` passes) is read into directly."""
         index = _check_index(index, len(self), self.path)
         n, c, h, w = self.shape
-        rows = np.empty((index.size, h, w, c), dtype=np.uint8)
+        rows = out.transpose(0, 2, 3, 1)                        # (M, H, W, C): the file's layout
+        direct = rows.flags.c_contiguous
+        if not direct:
+            rows = np.empty((index.size, h, w, c), dtype=np.uint8)
         flat, row = memoryview(rows.reshape(-1)), self._row
         for j, i in enumerate(index.tolist()):
             self._file.read_into(flat[j * row:(j + 1) * row], self.offset + i * row)
-        torch.from_numpy(out).copy_(torch.from_numpy(rows).permute(0, 3, 1, 2))
+        if not direct:
+            np.copyto(out, rows.transpose(0, 3, 1, 2))
 
 
 # -- learn2learn's / Ren et al.'s pickle of PNG bytes ------------------------------------------------
