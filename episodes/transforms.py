@@ -87,24 +87,18 @@ class JitterParams:
                             self.order[lo:hi])
 
 
-def empty_output(shape, dtype=torch.float32, device="cpu", channels_last: bool = False) -> torch.Tensor:
+def empty_output(shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """A fresh output tensor; inside a DataLoader worker (CPU) it is allocated directly in
     shared memory, so sending the batch to the main process needs no extra copy (the
-    pattern ``default_collate`` uses).  ``channels_last``: a (M, C, H, W) tensor laid out as
-    (M, H, W, C) in memory (``torch.channels_last``), as images are stored on disk."""
+    pattern ``default_collate`` uses)."""
     device = torch.device(device)
-    shape = tuple(int(d) for d in shape)
     if device.type == "cpu" and torch.utils.data.get_worker_info() is not None:
         n = 1
         for d in shape:
-            n *= d
+            n *= int(d)
         storage = torch.UntypedStorage._new_shared(n * torch.empty((), dtype=dtype).element_size())
-        if channels_last:
-            m, c, h, w = shape
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape, (h * w * c, 1, w * c, c))
-        return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-    out = torch.empty(shape, dtype=dtype, device=device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return torch.empty(0, dtype=dtype).set_(storage, 0, tuple(shape))
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
     if device.type == "cpu" and HUGE_PAGES:
         advise_huge_pages(out)
     return out

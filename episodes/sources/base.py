@@ -149,12 +149,14 @@ class LazyImageSource(FewShotSource):
         layout (each image's bytes land as the files store them, (H, W, C), with no transposing
         pass; the transforms read either layout, and the values are those of ``data[i]``)."""
         index = index.reshape(-1)
-        shape = (index.numel(),) + tuple(self.data.shape[1:])
+        c, h, w = self.example_shape
+        shape = (index.numel(), h, w, c)
         if pin_memory:
-            out = torch.empty(shape, dtype=self.data.dtype, pin_memory=True, memory_format=torch.channels_last)
+            rows = torch.empty(shape, dtype=self.data.dtype, pin_memory=True)
         else:
             from ..transforms import empty_output
-            out = empty_output(shape, self.data.dtype, "cpu", channels_last=True)
+            rows = empty_output(shape, self.data.dtype, "cpu")
+        out = rows.permute(0, 3, 1, 2)                       # (M, C, H, W), channels-last strides
         self.data.read_into(index.cpu().numpy().astype(np.int64, copy=False), out.numpy())
         return out
 
