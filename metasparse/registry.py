@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .engine.config import DATASET_DEFAULTS
 from .errors import ConfigError
@@ -32,7 +32,8 @@ if TYPE_CHECKING:   # the classes are imported when first built: the registry it
 
 __all__ = ["HeadEntry", "BackboneEntry", "DatasetEntry", "HEADS", "BACKBONES", "DATASETS", "SOLVERS",
            "DEFAULT_HEAD", "head_entry", "head_options", "build_head", "backbone_entry", "build_backbone",
-           "backbone_options_for_data", "dataset_entry", "dataset_name", "dataset_defaults"]
+           "backbone_options_for_data", "dataset_entry", "dataset_name", "dataset_defaults", "register_head",
+           "register_backbone", "register_dataset", "load_plugins"]
 
 
 # ----------------------------------------------------------------------------- heads
@@ -43,13 +44,15 @@ class HeadEntry:
     (takes ``lambda_ratio = lambda1 / lambda_max``)."""
 
     name: str
-    target: str                      # "module:Class", imported on first use
+    target: Union[str, type]         # "module:Class", imported on first use, or the class (register_head)
     aliases: Tuple[str, ...] = ()
     solvers: Tuple[str, ...] = ()
     sparse: bool = False
 
     @property
     def cls(self) -> type:
+        if not isinstance(self.target, str):
+            return self.target
         module, _, attr = self.target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
@@ -128,6 +131,7 @@ class BackboneEntry:
     name: str
     images: bool
     ignored_options: Tuple[str, ...] = ()
+    factory: Optional[Callable[..., "nn.Module"]] = None   # a registered backbone (register_backbone)
 
 
 BACKBONES: Dict[str, BackboneEntry] = {e.name: e for e in (
@@ -137,10 +141,17 @@ BACKBONES: Dict[str, BackboneEntry] = {e.name: e for e in (
 )}
 
 
+def _backbone_key(name: str) -> str:
+    return str(name).strip().lower().replace("-", "").replace("_", "")
+
+
+_BACKBONE_KEYS = {_backbone_key(name): name for name in BACKBONES}
+
+
 def backbone_entry(name: str) -> BackboneEntry:
     """The backbone called ``name`` (any case, with or without dashes / underscores)."""
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in BACKBONES:
+    key = _BACKBONE_KEYS.get(_backbone_key(name))
+    if key is None:
         names = list(BACKBONES)
         raise ConfigError(f"--backbone {name!r}: expected {', '.join(names[:-1])} or {names[-1]}")
     return BACKBONES[key]
@@ -148,9 +159,15 @@ def backbone_entry(name: str) -> BackboneEntry:
 
 def build_backbone(name: str, options: Optional[Mapping[str, Any]] = None) -> "nn.Module":
     """Instantiate backbone ``name`` with keyword ``options`` (:class:`ConfigError` if it rejects them)."""
+    entry = backbone_entry(name)
     try:
+        if entry.factory is not None:
+            try:
+                return entry.factory(**dict(options or {}))
+            except TypeError as e:
+                raise ValueError(f"backbone {entry.name!r}: bad options {dict(options or {})}: {e}") from None
         from .backbones import build_backbone as _build_backbone
-        return _build_backbone(backbone_entry(name).name, **dict(options or {}))
+        return _build_backbone(entry.name, **dict(options or {}))
     except (ValueError, OverflowError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not msg.startswith("backbone"):   # a value the backbone's code could not use (int("x") ...)
@@ -191,6 +208,7 @@ class DatasetEntry:
     defaults: Mapping[str, Any]
     generated: bool = False
     from_cifar100: bool = False
+    loader: Optional[Callable[..., Any]] = None   # a registered dataset (register_dataset)
 
 
 _GENERATED = ("synthetic",)
@@ -227,3 +245,121 @@ def dataset_entry(name: str) -> DatasetEntry:
 def dataset_defaults(name: str) -> Dict[str, Any]:
     """A fresh copy of the training defaults of dataset ``name``."""
     return copy.deepcopy(dict(dataset_entry(name).defaults))
+
+
+# ----------------------------------------------------------------------------- your own
+def _new_name(name: str, taken: Mapping[str, str], what: str, replace: bool) -> str:
+    canonical = _key(name)
+    if not canonical or not all(c.isalnum() or c == "-" for c in canonical):
+        raise ConfigError(f"register_{what}({name!r}): a name is letters, digits and dashes")
+    if not replace and any(key in taken for key in {canonical, _dataset_key(canonical)}):
+        raise ConfigError(f"register_{what}({name!r}): a {what} of that name exists (pass replace=True)")
+    return canonical
+
+
+def register_head(name: str, cls: type, *, aliases: Sequence[str] = (), solvers: Sequence[str] = (),
+                  sparse: bool = False, replace: bool = False) -> HeadEntry:
+    """Make ``--head NAME`` (and ``head="NAME"`` in :class:`~metasparse.api.TrainConfig`,
+    saved run configurations, ``evaluate`` / ``compare``) build ``cls(**head_options)``:
+    a subclass of :class:`metasparse.heads.Head` (``fit`` the support set, ``_scores`` of
+    the query).  ``solvers``: the values its ``solver`` option takes; ``sparse``: it takes
+    ``lambda_ratio``."""
+    from .heads import Head
+    if not (isinstance(cls, type) and issubclass(cls, Head)):
+        raise ConfigError(f"register_head({name!r}): expected a subclass of metasparse.heads.Head, got {cls!r}")
+    canonical = _new_name(name, _HEAD_KEYS, "head", replace)
+    entry = HeadEntry(canonical, cls, tuple(_key(a) for a in aliases), tuple(solvers), bool(sparse))
+    HEADS[canonical] = entry
+    _HEAD_KEYS.update({key: canonical for key in (canonical, *entry.aliases)})
+    return entry
+
+
+def register_backbone(name: str, factory: Callable[..., "nn.Module"], *, images: bool = True,
+                      replace: bool = False) -> BackboneEntry:
+    """Make ``--backbone NAME`` build ``factory(**backbone_options)``: an ``nn.Module``
+    mapping a batch of examples, (n, C, H, W) images (``images``) or (n, D) vectors, to
+    (n, d) features.  An image backbone's ``in_channels`` and a vector backbone's
+    ``in_dim`` / ``out_dim`` are filled from the data when its options do not give them."""
+    if not callable(factory):
+        raise ConfigError(f"register_backbone({name!r}): expected a callable returning an nn.Module")
+    canonical = _new_name(name, _BACKBONE_KEYS, "backbone", replace)
+    entry = BackboneEntry(canonical, images=bool(images), factory=factory)
+    BACKBONES[canonical] = entry
+    _BACKBONE_KEYS[_backbone_key(canonical)] = canonical
+    return entry
+
+
+def register_dataset(name: str, loader: Callable[..., Any], *, defaults: Optional[Mapping[str, Any]] = None,
+                     needs_data_root: bool = True, replace: bool = False) -> DatasetEntry:
+    """Make ``--dataset NAME`` read its splits with ``loader(data_root, split, **source_options)``,
+    which returns an :class:`episodes.FewShotSource` (``split`` is "train", "val" or
+    "test"; it raises ``FileNotFoundError`` / ``ValueError`` for missing / bad files).
+    ``defaults``: its training defaults, over MetaOptNet's common protocol
+    (:data:`metasparse.engine.config.COMMON_DEFAULTS`: ResNet-12, 5-way, SGD...), e.g.
+    ``{"train_shot": 5, "backbone": "conv4"}``; ``needs_data_root=False`` for a
+    generated dataset."""
+    from episodes.sources import register_source
+    from .engine.config import COMMON_DEFAULTS
+    from .options import OPTIONS
+    if not callable(loader):
+        raise ConfigError(f"register_dataset({name!r}): expected a callable loader(data_root, split, **options)")
+    known = {o.name for o in OPTIONS if o.stored is not None} | set(COMMON_DEFAULTS)
+    unknown = sorted(set(defaults or {}) - known)
+    if unknown:
+        raise ConfigError(f"register_dataset({name!r}): unknown default(s) {unknown}; expected some of {sorted(known)}")
+    canonical = _new_name(name, _DATASET_KEYS, "dataset", replace)
+    merged = {**COMMON_DEFAULTS, "train_shot": 5, "label_smoothing": 0.0, "backbone_options": {}, **(defaults or {})}
+    entry = DatasetEntry(canonical, merged, generated=not needs_data_root, loader=loader)
+    register_source(canonical, loader, replace=True)
+    DATASETS[canonical] = entry
+    _DATASET_KEYS[_dataset_key(canonical)] = canonical
+    return entry
+
+
+#: the environment variable naming plugin modules (comma-separated module names or .py files)
+PLUGINS_VARIABLE = "METASPARSE_PLUGINS"
+#: the entry-point group of installed plugin packages
+PLUGINS_GROUP = "metasparse.plugins"
+_LOADED: List[str] = []
+
+
+def load_plugins() -> List[str]:
+    """Import the plugins that register datasets, backbones and heads (once per process):
+    the modules or ``.py`` files named in ``$METASPARSE_PLUGINS`` (comma-separated), then
+    the entry points of group ``metasparse.plugins`` of installed packages.  The command
+    line calls it before reading its arguments.  Returns what was imported."""
+    import os
+    from importlib import metadata
+    loaded = []
+    for spec in filter(None, (p.strip() for p in os.environ.get(PLUGINS_VARIABLE, "").split(","))):
+        if spec in _LOADED:
+            continue
+        try:
+            if spec.endswith(".py"):
+                from importlib.util import module_from_spec, spec_from_file_location
+                module_spec = spec_from_file_location(f"metasparse_plugin_{len(_LOADED)}", spec)
+                if module_spec is None or not os.path.isfile(spec):
+                    raise FileNotFoundError(f"no such file {spec}")
+                module = module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"{PLUGINS_VARIABLE}: cannot import plugin {spec!r} ({type(e).__name__}: {first})"
+                              ) from None
+        _LOADED.append(spec)
+        loaded.append(spec)
+    for ep in metadata.entry_points(group=PLUGINS_GROUP):
+        key = f"{ep.name}={ep.value}"
+        if key in _LOADED:
+            continue
+        try:
+            ep.load()
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(f"plugin {key} (entry point {PLUGINS_GROUP}): cannot import it "
+                              f"({type(e).__name__}: {first})") from None
+        _LOADED.append(key)
+        loaded.append(key)
+    return loaded

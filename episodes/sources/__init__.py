@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import Callable, Dict, List
 
 from .base import FewShotSource
 
 __all__ = ["FewShotSource", "load_source", "DATASETS", "normalise_dataset", "normalise_split",
-           "build_cifar_fs_fc100"]
+           "build_cifar_fs_fc100", "register_source"]
 
 DATASETS = ("mini-imagenet", "cifar-fs", "fc100", "synthetic", "omniglot", "cub", "tiered-imagenet")
 _ALIASES = {
@@ -23,11 +23,24 @@ _ALIASES = {
     "omniglot": "omniglot",
     "cub": "cub", "cub-200-2011": "cub", "cub_200_2011": "cub", "cub200": "cub", "cub-200": "cub",
 }
+#: sources registered by users (:func:`register_source`): name -> loader(data_root, split, **options)
+_REGISTERED: Dict[str, Callable[..., FewShotSource]] = {}
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+
+def register_source(name: str, loader: Callable[..., FewShotSource], replace: bool = False) -> None:
+    """Make :func:`load_source` read dataset ``name`` with ``loader(data_root, split, **options)``
+    (``split`` normalised to "train", "val" or "test"), which returns a :class:`FewShotSource`."""
+    key = str(name).strip().lower()
+    if not replace and (key in _ALIASES or key in _REGISTERED):
+        raise ValueError(f"a source called {name!r} exists")
+    _REGISTERED[key] = loader
 
 
 def normalise_dataset(dataset: str) -> str:
     key = str(dataset).strip().lower()
+    if key in _REGISTERED:
+        return key
     if key not in _ALIASES:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     return _ALIASES[key]
@@ -68,6 +81,12 @@ def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
     Raises FileNotFoundError (missing root or split file) or ValueError (bad content).
     """
     dataset = normalise_dataset(dataset)
+    if dataset in _REGISTERED:
+        source = _REGISTERED[dataset](data_root, normalise_split(split), **kwargs)
+        if not isinstance(source, FewShotSource):
+            raise ValueError(f"{dataset}: its registered loader returned {type(source).__name__}, "
+                             f"expected a FewShotSource")
+        return source
     if dataset == "synthetic":
         split = normalise_split(split)
         from .synthetic import make_synthetic_source  # lazy: owned by the synthetic module

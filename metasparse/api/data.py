@@ -39,12 +39,20 @@ def data_errors() -> Iterator[None]:
 
 
 def _check_source_options(dataset: str, options: Mapping[str, Any]) -> None:
-    """Source options are the keyword arguments of the generator of a generated dataset."""
+    """Source options are the keyword arguments of the generator of a generated dataset, or
+    of the loader of a registered one (:func:`metasparse.registry.register_dataset`)."""
     if not options:
         return
-    if not dataset_entry(dataset).generated:
+    entry = dataset_entry(dataset)
+    if entry.loader is not None:   # a registered dataset: the keyword arguments of its loader
+        params = inspect.signature(entry.loader).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        accepted = list(params)[2:]
+    elif not entry.generated:
         raise ConfigError(f"--source-options: {dataset} takes no source options; got {sorted(options)}")
-    accepted = [p for p in inspect.signature(make_synthetic_source).parameters if p != "split"]
+    else:
+        accepted = [p for p in inspect.signature(make_synthetic_source).parameters if p != "split"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ConfigError(f"--source-options: {dataset} takes no option(s) {unknown}; expected some of {accepted}")

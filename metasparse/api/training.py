@@ -147,11 +147,10 @@ def check_settings(s: TrainSettings, prefix: str = "--") -> None:
             check_value(opt, getattr(s, opt.name), name)
 
 
-def _check_backbone_fits(model, shape: List[int], run: Dict[str, Any]) -> None:
+def _check_backbone_fits(model, shape: List[int], run: Dict[str, Any]) -> int:
     """One forward pass of a blank example (eval mode, no gradient, RNG untouched): images
-    too small for the backbone fail here, before anything is written."""
-    if len(shape) != 3:
-        return
+    too small for the backbone fail here, before anything is written.  Returns the number
+    of features the backbone gives (any backbone, a registered one too)."""
     was_training = model.training
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -159,13 +158,18 @@ def _check_backbone_fits(model, shape: List[int], run: Dict[str, Any]) -> None:
             feats = model.backbone(torch.zeros(1, *shape))
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
+        if len(shape) != 3:
+            raise DataError(f"--backbone {run['backbone']} {run['backbone_options']} fails on the examples of "
+                            f"shape {tuple(shape)} ({first})") from None
         raise DataError(f"the images under {run['data_root']} ({shape[1]}x{shape[2]}) are too small for "
                         f"--backbone {run['backbone']} {run['backbone_options']} ({first})") from None
     finally:
         model.train(was_training)
-    if feats.reshape(1, -1).shape[1] == 0:
+    n = feats.reshape(1, -1).shape[1]
+    if n == 0:
         raise DataError(f"--backbone {run['backbone']} {run['backbone_options']} gives 0 features on the "
-                        f"{shape[1]}x{shape[2]} images under {run['data_root']}; the images are too small")
+                        f"examples of shape {tuple(shape)} under {run['data_root']}; the images are too small")
+    return int(n)
 
 
 def _remove_temp_files(out: Path) -> List[str]:
@@ -303,9 +307,7 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
         run["backbone_options"] = backbone_options_for_data(run["backbone"], run["backbone_options"], shape)
         torch.manual_seed(s.seed)   # same seed, same initial weights (on every rank)
         model = build_model(ModelSpec.from_config(run))
-        _check_backbone_fits(model, shape, run)
-        run["n_features"] = int(model.backbone.output_dim(shape[-1]) if len(shape) == 3
-                                else model.backbone.output_dim())
+        run["n_features"] = _check_backbone_fits(model, shape, run)
         # everything that can be checked is checked before the first file is written
         if config.tensorboard and ctx.is_main:
             try:

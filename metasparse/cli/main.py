@@ -48,6 +48,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # escaped, not a UnicodeEncodeError after the work is done
         if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
             stream.reconfigure(errors="backslashreplace")
+    try:   # plugins register their datasets, backbones and heads before the names are read
+        from ..registry import load_plugins
+        load_plugins()
+    except MetasparseError as e:
+        _error(" ".join(list(argv if argv is not None else sys.argv[1:])[:1]) or "", e)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)

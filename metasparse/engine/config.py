@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
-__all__ = ["TrainSettings", "DATASET_DEFAULTS", "lr_factor", "milestone_epochs", "LR_MILESTONE_FRACTIONS",
+__all__ = ["TrainSettings", "DATASET_DEFAULTS", "COMMON_DEFAULTS", "lr_factor", "milestone_epochs", "LR_MILESTONE_FRACTIONS",
            "LEGACY_SCHEDULE"]
 
 #: MetaOptNet's milestones 20 / 40 / 50 of 60 epochs as fractions: a new run of ``E`` epochs
@@ -103,6 +103,8 @@ _COMMON = {
     "val_episodes": 2000, "val_shot": 5, "val_query": 15, "test_query": 15, "test_episodes": 1000,
     "backbone": "resnet12",
 }
+#: the protocol every dataset shares (a registered dataset's defaults start from it)
+COMMON_DEFAULTS = _COMMON
 
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "mini-imagenet": {**_COMMON, "train_shot": 15, "label_smoothing": 0.1,
