@@ -35,13 +35,14 @@ curves (thin, grey markers).
 Output: ``OUT/figure1.json`` shaped
 ``{"0.05": {"disentangled-lasso": {"n": [...], "r2_mean": [...], "r2_se": [...]}, ...}, ...}``,
 ``OUT/figure1.png`` (one panel per ratio, test R^2 against n) and
-``OUT/figure1_config.json`` (the arguments).
+``OUT/figure1_config.json`` (the arguments; ``--reference`` as its file name and sha256).
 
     python scripts/figure1_generalization.py --out results/figure1 --seeds 10
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import sys
@@ -305,6 +306,9 @@ def main(argv=None) -> Dict:
     comparison = compare_to_reference(results, reference, args.compare_from) if reference else None
     atomic_write(out / "figure1.json", json.dumps(results, indent=1).encode())
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "reference_data"}
+    if args.reference is not None:   # where it was on this machine means nothing elsewhere: its name and content
+        config["reference"] = {"file": args.reference.name,
+                               "sha256": hashlib.sha256(args.reference.read_bytes()).hexdigest()}
     atomic_write(out / "figure1_config.json", json.dumps(config, indent=1).encode())
     if comparison is not None:
         atomic_write(out / "figure1_vs_reference.json", json.dumps(comparison, indent=1).encode())
