@@ -51,6 +51,8 @@ RESIZE = int(IMAGE_SIZE * 1.15)        # 96
 ARCHIVE = "CUB_200_2011.tgz"
 FOLDER = "CUB_200_2011"
 METADATA = ("classes.txt", "images.txt", "image_class_labels.txt")
+#: threads decoding images (None: the number of CPUs, at most 4)
+WORKERS: Optional[int] = None
 #: the largest image (pixels) decoded; CUB's are at most 500 pixels a side
 _MAX_PIXELS = 4096 * 4096
 #: the largest metadata member read from the archive (the official images.txt is ~500 KB)
@@ -175,7 +177,7 @@ def decode_jpeg(data: bytes, where: str) -> np.ndarray:
 
 
 def _workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return WORKERS or max(1, min(4, os.cpu_count() or 1))
 
 
 def _decode_stream(items, n: int, split: str) -> np.ndarray:

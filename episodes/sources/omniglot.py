@@ -54,6 +54,8 @@ N_CHARACTERS = {"images_background": 964, "images_evaluation": 659}
 #: [first, last) character index of each split in the order above
 SPLIT_CHARACTERS = {"train": (0, 1100), "val": (1100, 1200), "test": (1200, 1623)}
 ROTATIONS = (0, 90, 180, 270)
+#: threads decoding images (None: the number of CPUs, at most 4)
+WORKERS: Optional[int] = None
 #: the largest image (pixels) decoded; Omniglot's are 105x105
 _MAX_PIXELS = 1024 * 1024
 
@@ -193,7 +195,7 @@ def _decode_all(files: List[Tuple[str, Callable[[], bytes]]], split: str) -> np.
         return decode_png(read(), where)
 
     out = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = WORKERS or max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         bar = tqdm(pool.map(one, files, chunksize=64) if workers > 1 else map(one, files), total=len(files),
                    desc=f"omniglot: reading {split} drawings", disable=True if len(files) < 5000 else None,
