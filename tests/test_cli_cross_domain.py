@@ -153,3 +153,13 @@ def test_cross_domain_errors_are_one_line(roots, checkpoint, capsys):
     vectors = {"path": "syn.pt", "config": {"dataset": "synthetic", "example_shape": [6], "data_root": None}}
     with pytest.raises(DataError, match=r"syn.pt was trained on synthetic vectors of shape \(6,\); cross-domain"):
         evaluation_source(vectors, "cub", cub, "test")
+
+
+def test_docs_list_the_new_flag():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    evaluate = doc.split("\n## `metasparse evaluate`")[1].split("\n## ")[0]
+    compare = doc.split("\n## `metasparse compare`")[1].split("\n## ")[0]
+    assert "[--dataset D]" in evaluate.split("```")[1] and "### Cross-domain evaluation (`--dataset`)" in evaluate
+    assert "[--dataset D --data-root PATH]" in compare.split("```")[1]
+    assert LABEL in evaluate
