@@ -163,3 +163,27 @@ def test_docs_list_the_new_flag():
     assert "[--dataset D]" in evaluate.split("```")[1] and "### Cross-domain evaluation (`--dataset`)" in evaluate
     assert "[--dataset D --data-root PATH]" in compare.split("```")[1]
     assert LABEL in evaluate
+
+
+def test_omniglot_trains_and_refuses_rgb_episodes(roots, tmp_path, capsys):
+    """A 1-channel Conv-4 meta-trained on Omniglot (no augmentation, 28x28 grey); evaluating it
+    on CUB's RGB images is one line (exit 2), on its own test split it works."""
+    from fixtures_omniglot_cub import write_omniglot
+    _, cub = roots
+    omni = tmp_path / "omni"
+    write_omniglot(str(omni), per_character=2)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "omniglot", "--data-root", str(omni), "--way", "5", "--train-shot", "1",
+                 "--query", "1", "--val-episodes", "0", "--epochs", "1", "--batches-per-epoch", "2",
+                 "--backbone-options", '{"hidden": 8, "out_channels": 8}', "--out", str(run), "--no-progress",
+                 "--device", "cpu"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["backbone"], cfg["example_shape"], cfg["n_features"]) == ("conv4", [1, 28, 28], 8)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "cub", "--data-root", str(cub),
+                 *EVAL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "its images have 3 channel(s)" in err and "omniglot images with 1" in err
+    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--way", "20", "--shot", "1", "--query", "1",
+                 "--episodes", "2", "--no-progress", "--device", "cpu"]) == 0
+    assert "20-way 1-shot" in capsys.readouterr().out
