@@ -156,8 +156,9 @@ def locate_npy_member(path: str, key: str = "images") -> Tuple[int, Tuple[int, .
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if member not in names:
-                raise ValueError(f"{path}: no array '{key}' (holds {[n[:-4] if n.endswith('.npy') else n for n in names]}); "
-                                 f"expected MetaOptNet's npz with 'images' uint8 (N, 84, 84, 3)")
+                arrays = [n[:-4] if n.endswith(".npy") else n for n in names]
+                raise ValueError(f"{path}: no array '{key}' (holds {arrays}); expected MetaOptNet's npz with "
+                                 f"'images' uint8 (N, 84, 84, 3)")
             info = zf.getinfo(member)
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path}: not a readable .npz (zip) file ({e}); expected np.savez's archive "

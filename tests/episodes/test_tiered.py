@@ -4,9 +4,10 @@ formats, read lazily (image by image from disk) into the same episodes as an in-
 source of the same images; detection by file name, one-line errors, the registry, the
 protocol and a small ``metasparse train`` / ``evaluate`` through the command line."""
 import io
+import json
 import os
 import pickle
-import sys
+import re
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -317,7 +318,7 @@ def test_bad_npz_split_is_a_one_line_error_naming_the_file(tmp_path, split_data,
     with pytest.raises(ValueError) as e:
         load_source("tiered-imagenet", tmp_path, "train")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{path}: ") and __import__("re").search(pattern, msg), msg
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and re.search(pattern, msg), msg
 
 
 @pytest.mark.parametrize("kind", ["dict", "not png", "too short", "int array", "sizes", "truncated", "not a pickle",
@@ -327,7 +328,7 @@ def test_bad_png_pickle_is_a_one_line_error_naming_the_file(tmp_path, split_data
     with pytest.raises((ValueError, UnsafePickleError)) as e:
         load_source("tiered-imagenet", tmp_path, "train")
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{path}: ") and __import__("re").search(pattern, msg), msg
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and re.search(pattern, msg), msg
     assert not (tmp_path / "pwned").exists()
 
 
@@ -360,7 +361,6 @@ def test_registry_and_metaoptnet_protocol():
 
 
 def test_shipped_config_is_the_builtin_protocol(capsys):
-    import json
     from metasparse.cli import main
 
     def printed(argv):
@@ -406,7 +406,6 @@ def test_cli_trains_and_evaluates_on_a_tiny_tiered_root(tmp_path, capsys):
     assert ck["config"]["backbone_options"]["dropblock_size"] == 5
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--shot", "1", "--episodes", "4", "--query", "2",
                  "--out", str(tmp_path / "e.json"), "--no-progress", "--device", "cpu"]) == 0
-    import json
     res = json.loads((tmp_path / "e.json").read_text())["results"]
     assert 0.0 <= res["1"]["accuracy"] <= 1.0
     # a bad file is the command's one-line error, exit 2
