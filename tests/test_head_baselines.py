@@ -109,6 +109,7 @@ def test_exact_solution_zero_above_lambda_max_and_absolute_lambda1():
 
 # ------------------------------------------------------------------ MetaOptNet SVM-CS
 def test_metaoptnet_svm_cs_matches_our_svm_head():
+    pytest.importorskip("qpth", reason="needs qpth (pip install 'metasparse[l2l]')")
     Q, S, labels, k = episode(dtype=torch.float32)
     ours = SVMHead(C_reg=0.1, tol=1e-12, max_iter=20000, learn_scale=False).double()
     W_ref = ours.fit(S.double(), labels, k).weights
@@ -130,6 +131,7 @@ def test_metaoptnet_svm_cs_matches_our_svm_head():
 
 
 def test_metaoptnet_svm_cs_gradients_match_finite_differences():
+    pytest.importorskip("qpth", reason="needs qpth (pip install 'metasparse[l2l]')")
     Q, S, labels, k = episode(seed=1)
     Sg, Qg = S.clone().requires_grad_(), Q.clone().requires_grad_()
     logits, W = hb.metaoptnet_svm_cs(Qg, Sg, labels, k, C_reg=0.1, max_iter=30, double_precision=True)

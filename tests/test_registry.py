@@ -1,5 +1,7 @@
 """The registry of heads, backbones and datasets: it agrees with the packages it names,
 resolves aliases, checks options, and reports bad names / options as ConfigError."""
+import importlib.util
+
 import pytest
 
 from episodes.sources import DATASETS as SOURCE_DATASETS
@@ -22,7 +24,12 @@ def test_every_head_name_and_alias_builds_its_class(entry):
         assert registry.head_entry(name) is entry
         assert type(registry.build_head(name)) is entry.cls
     for solver in entry.solvers:
-        assert type(registry.build_head(entry.name, registry.head_options(entry.name, solver=solver))) is entry.cls
+        options = registry.head_options(entry.name, solver=solver)
+        if solver == "qpth" and not all(importlib.util.find_spec(m) for m in ("learn2learn", "qpth")):
+            with pytest.raises(ConfigError, match=r"pip install 'metasparse\[l2l\]'"):   # the extra, in one line
+                registry.build_head(entry.name, options)
+            continue
+        assert type(registry.build_head(entry.name, options)) is entry.cls
 
 
 def test_head_option_errors():

@@ -13,10 +13,17 @@
 #      (only learn2learn comes as source: `--no-binary learn2learn`; `:all:` would also
 #      compile Cython itself and the sdist's other build requirements from C, minutes)
 #      (the C files shipped on PyPI do not compile on Python 3.11), then the
-#      packages it imports at run time (gym, requests, scipy, qpth)
+#      packages it imports at run time (gym, requests, scipy, qpth): what the [l2l] extra
+#      declares, installed without learn2learn's own requirement list (gsutil and its
+#      Google Cloud tree, never used here)
 #   4. this package in editable mode with the [dev] and [bench] extras ([bench]: torchopt
 #      0.7.x for scripts/head_baselines.py; it requires only torch>=1.13, so the pinned
-#      torch/torchvision and numpy<2 are left as they are)
+#      torch/torchvision are left as they are)
+# numpy: the package itself takes numpy 1 or 2, but this venv keeps numpy<2 because of the
+# learn2learn baselines it carries: every qpth release declares numpy<2 (pip would refuse
+# it, or a later install would upgrade numpy under it), and gym 0.26, which learn2learn
+# imports, does not support numpy 2 (gym says so itself at import).  A venv without the
+# [l2l] extra installs numpy 2 and cvxpylayers 1.x: see README's set-up section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -63,6 +70,7 @@ if ! "$PY" -c "import learn2learn" >/dev/null 2>&1; then
 fi
 
 echo "[setup] metasparse (editable, with dev and bench extras)"
-"${PIP[@]}" install -q -e ".[dev,bench]"
+# numpy<2 again here: otherwise a newer cvxpy / cvxpylayers could pull numpy 2 in under qpth and gym
+"${PIP[@]}" install -q -e ".[dev,bench]" "numpy>=1.23,<2"
 echo "$WANT" > "$STAMP"
 echo "[setup] done"

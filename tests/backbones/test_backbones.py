@@ -12,7 +12,8 @@ def _n_params(m):
 
 @pytest.mark.parametrize("size,block,expected", [(84, 5, 16000), (32, 2, 2560)])
 def test_resnet12_output_size_and_params_match_learn2learn(size, block, expected):
-    from learn2learn.vision.models.resnet12 import ResNet12Backbone
+    ResNet12Backbone = pytest.importorskip("learn2learn.vision.models.resnet12", reason="needs learn2learn "
+                                           "(pip install 'metasparse[l2l]')").ResNet12Backbone
 
     torch.manual_seed(0)
     ours = ResNet12(dropblock_size=block, drop_rate=0.1, avg_pool=False).eval()

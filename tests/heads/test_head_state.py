@@ -2,8 +2,10 @@
 for a ratio, ``lambda1_value`` / ``log_lambda1`` for an absolute lambda1), checkpoints written
 with the old names (a ratio stored as ``lambda1_value`` / ``log_lambda1``) load as before, and
 ``solver="qpth"`` without learn2learn / qpth is a one-line error naming the extra."""
+import importlib.machinery
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -102,6 +104,10 @@ def test_checkpoint_with_old_keys_loads(tmp_path):
 
 
 def test_qpth_without_the_extra_names_it(monkeypatch):
+    # qpth present (a stand-in module, whether or not the extra is installed), learn2learn not
+    qpth = types.ModuleType("qpth")
+    qpth.__spec__ = importlib.machinery.ModuleSpec("qpth", None)
+    monkeypatch.setitem(sys.modules, "qpth", qpth)
     monkeypatch.setitem(sys.modules, "learn2learn", None)       # as if not installed: find_spec -> None
     with pytest.raises(MissingExtraError, match=r"needs learn2learn, not installed: pip install 'metasparse\[l2l\]'"):
         SVMHead(solver="qpth")
