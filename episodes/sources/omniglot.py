@@ -114,9 +114,10 @@ def _list_folder(folder: str) -> List[Character]:
     return out
 
 
-def _list_zip(path: str, half: str) -> List[Character]:
+def _list_zip(path: str, half: str, opened: List[zipfile.ZipFile]) -> List[Character]:
     try:
         zf = zipfile.ZipFile(path)
+        opened.append(zf)                 # closed by the caller once the drawings are read
         infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable zip archive ({type(e).__name__}); download {half}.zip "
@@ -150,13 +151,16 @@ def _list_zip(path: str, half: str) -> List[Character]:
             for (a, c), members in sorted(chars.items())]
 
 
-def list_characters(location: Dict[str, str]) -> List[Character]:
+def list_characters(location: Dict[str, str], opened: Optional[List[zipfile.ZipFile]] = None) -> List[Character]:
     """The 1623 characters in split order: background sorted by (alphabet, character), then
-    evaluation sorted the same way (counts checked against the official release)."""
+    evaluation sorted the same way (counts checked against the official release).  Zips
+    opened to read the drawings are appended to ``opened`` (close them when done)."""
     out = []
+    opened = [] if opened is None else opened
     for half in HALVES:
         where = location[half]
-        chars = _list_zip(where, half) if where.endswith(".zip") and os.path.isfile(where) else _list_folder(where)
+        chars = (_list_zip(where, half, opened) if where.endswith(".zip") and os.path.isfile(where)
+                 else _list_folder(where))
         if len(chars) != N_CHARACTERS[half]:
             raise ValueError(f"{where}: {len(chars)} character folders, expected the {N_CHARACTERS[half]} of "
                              f"Omniglot's {half} (an incomplete download or extraction?)")
@@ -207,14 +211,19 @@ def _decode_all(files: List[Tuple[str, Callable[[], bytes]]], split: str) -> np.
 
 def load_omniglot(location: Dict[str, str], split: str) -> FewShotSource:
     """Split ``split`` of Omniglot from ``location`` ({half: folder or zip}, see :func:`find_omniglot`)."""
-    chars = list_characters(location)
-    lo, hi = SPLIT_CHARACTERS[split]
-    files, owner = [], []
-    for c in range(lo, hi):
-        for item in chars[c][2]:
-            files.append(item)
-            owner.append(c)
-    images = _decode_all(files, split)                   # (m, 28, 28), character-major, drawings sorted
+    opened: List[zipfile.ZipFile] = []
+    try:
+        chars = list_characters(location, opened)
+        lo, hi = SPLIT_CHARACTERS[split]
+        files, owner = [], []
+        for c in range(lo, hi):
+            for item in chars[c][2]:
+                files.append(item)
+                owner.append(c)
+        images = _decode_all(files, split)               # (m, 28, 28), character-major, drawings sorted
+    finally:
+        for zf in opened:
+            zf.close()
     owner = np.asarray(owner, dtype=np.int64)
     data = np.empty((len(ROTATIONS) * len(files), 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     labels = np.empty(len(ROTATIONS) * len(files), dtype=np.int64)
