@@ -21,11 +21,17 @@
 3. The reference: the same episodes from an in-memory source of the same images
    (``np.load`` of the npz, as an in-memory reader would hold it).
 
+``--interleaved --data DIR`` (DIR of an earlier run) instead times the same batches drawn
+alternately in one process from the npz and from memory (CPU time: robust on a busy
+machine); ``--baseline OLD`` adds in-memory miniImageNet-size batches of the ``episodes``
+package in ``OLD/episodes`` against this one's.
+
 Numbers in BENCHMARKS.md ("tieredImageNet: memory of a split read from disk").
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import pickle
@@ -181,17 +187,19 @@ def measure(kind: str, folder: Path, workers: int, batches: int, seed: int) -> d
         it = iter(epoch_loader(sampler, batches, num_workers=workers, persistent_workers=True))
     else:
         it = (sampler.sample(0, i) for i in range(batches))
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     early, checksum = None, 0.0
     for i, batch in enumerate(it):
         checksum += float(batch.support[:, 0].sum())          # touch the batch
         if i == 4:
             early = status()["VmRSS"]
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     end = status()
     result = {"kind": kind, "workers": workers, "batches": batches, "episodes": batches * EPISODES,
               "images_per_batch": EPISODES * WAY * (SHOT + QUERY), "load_s": round(load_s, 2),
-              "episodes_per_s": round(batches * EPISODES / wall, 1), "start_rss_mib": round(base, 1),
+              "episodes_per_s": round(batches * EPISODES / wall, 1),
+              "cpu_s_per_batch": round(cpu / batches, 4) if not workers else None,   # this process only
+              "start_rss_mib": round(base, 1),
               "rss_after_load_mib": round(after_load["VmRSS"], 1), "rss_after_5_batches_mib": round(early, 1),
               "rss_end_mib": round(end["VmRSS"], 1), "peak_rss_mib": round(end["VmHWM"], 1),
               "end_anon_mib": round(end["RssAnon"], 1), "end_file_mib": round(end["RssFile"], 1),
@@ -202,6 +210,61 @@ def measure(kind: str, folder: Path, workers: int, batches: int, seed: int) -> d
         result["workers_private_mib"] = [round(private_mib(p), 1) for p in kids]
         result["main_private_mib"] = round(private_mib("self"), 1)
     return result
+
+
+def interleaved(folder: Path, batches: int, seed: int, baseline: Path = None) -> dict:
+    """CPU time per batch (min, median) of the same batches drawn alternately, in this one
+    process, from the npz read from disk and from an in-memory copy of its images (train and
+    eval transforms); with ``baseline`` (a folder holding another version's ``episodes``
+    package), in-memory miniImageNet-size batches of that version and of this one."""
+    import importlib.util
+    import statistics
+
+    import torch
+    torch.set_num_threads(1)
+    from episodes.sampler import EpisodeSampler
+    from episodes.sources import load_source
+    from episodes.sources.base import FewShotSource
+
+    def timed(samplers: dict, n: int) -> dict:
+        times = {k: [] for k in samplers}
+        for i in range(n):
+            for k, smp in samplers.items():
+                c = time.process_time()
+                smp.sample(0, i)
+                times[k].append(time.process_time() - c)
+        return {k: [round(min(v), 4), round(statistics.median(v), 4)] for k, v in times.items()}
+
+    out = {}
+    lazy = load_source("tiered-imagenet", folder / "npz", "train")
+    images = torch.empty((len(lazy),) + (SIZE, SIZE, 3), dtype=torch.uint8)
+    lazy.data.read_into(np.arange(len(lazy)), images.permute(0, 3, 1, 2).numpy())
+    memory = FewShotSource(images.permute(0, 3, 1, 2), lazy.labels, "train", "tiered-imagenet", mean=lazy.mean,
+                           std=lazy.std)
+    del images
+    for tr in ("train", "eval"):
+        out[f"tiered {tr}: CPU s per 640-image batch (min, median)"] = timed(
+            {kind: EpisodeSampler(src, WAY, SHOT, QUERY, EPISODES, seed=seed, transform=tr)
+             for kind, src in (("in memory", memory), ("npz from disk", lazy))}, batches)
+    if baseline is not None:
+        spec = importlib.util.spec_from_file_location("episodes_baseline", baseline / "episodes" / "__init__.py",
+                                                      submodule_search_locations=[str(baseline / "episodes")])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["episodes_baseline"] = mod
+        spec.loader.exec_module(mod)
+        old_sampler = importlib.import_module("episodes_baseline.sampler")
+        old_base = importlib.import_module("episodes_baseline.sources.base")
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.arange(64).repeat_interleave(600)
+        data = torch.randint(0, 256, (labels.numel(), 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+        mean, std = lazy.mean, lazy.std
+        samplers = {"baseline": old_sampler.EpisodeSampler(old_base.FewShotSource(data, labels, "train", "m", mean, std),
+                                                           5, 15, 6, 8, seed, "train"),
+                    "this version": EpisodeSampler(FewShotSource(data, labels, "train", "m", mean, std),
+                                                   5, 15, 6, 8, seed, "train")}
+        assert torch.equal(samplers["baseline"].sample(0, 0).support, samplers["this version"].sample(0, 0).support)
+        out["in-memory miniImageNet-size: CPU s per 840-image batch (min, median)"] = timed(samplers, 2 * batches)
+    return out
 
 
 def main() -> None:
@@ -215,6 +278,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cold", action="store_true", help="do not read the files into the page cache before each run")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--interleaved", action="store_true",
+                   help="instead: CPU time per batch, in memory vs npz from disk, drawn alternately in one process")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="with --interleaved: a folder holding another version's episodes/ to time in-memory batches "
+                        "against (e.g. git archive COMMIT episodes | tar -x -C DIR)")
     p.add_argument("--write-png", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--measure", nargs=3, metavar=("KIND", "DATA", "WORKERS"), default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -224,6 +292,15 @@ def main() -> None:
     if args.measure is not None:
         kind, folder, workers = args.measure
         print(json.dumps(measure(kind, Path(folder), int(workers), args.batches, args.seed)))
+        return
+    if args.interleaved:
+        if args.data is None or not (args.data / "npz" / "train_images.npz").exists():
+            sys.exit("--interleaved needs --data DIR of an earlier run (DIR/npz/train_images.npz)")
+        res = interleaved(args.data, args.batches, args.seed, args.baseline)
+        print(json.dumps(res, indent=1))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res, indent=1) + "\n")
         return
     tmp = None
     if args.data is None:
@@ -247,13 +324,14 @@ def main() -> None:
                 runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
                 print(json.dumps(runs[-1]), flush=True)
         decoded = data["decoded_bytes"] / 2 ** 20
-        print(f"\n| source | workers | load s | episodes/s | RSS after load | after 5 batches | end | peak (VmHWM) "
-              f"| workers' peak | workers' private | decoded split |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print(f"\n| source | workers | load s | episodes/s | CPU s/batch | RSS after load | after 5 batches | end "
+              f"| peak (VmHWM) | workers' peak | workers' private | decoded split |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in runs:
             wp = " + ".join(f"{v:.0f}" for v in r.get("workers_peak_rss_mib", [])) or "-"
             wu = " + ".join(f"{v:.0f}" for v in r.get("workers_private_mib", [])) or "-"
             print(f"| {r['kind']} | {r['workers']} | {r['load_s']} | {r['episodes_per_s']} | "
+                  f"{r['cpu_s_per_batch'] if r['cpu_s_per_batch'] is not None else '-'} | "
                   f"{r['rss_after_load_mib']:.0f} | {r['rss_after_5_batches_mib']:.0f} | {r['rss_end_mib']:.0f} | "
                   f"{r['peak_rss_mib']:.0f} | {wp} | {wu} | {decoded:.0f} |")
         sums = {(r["kind"], r["workers"]): r["checksum"] for r in runs}
