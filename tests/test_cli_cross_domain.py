@@ -100,6 +100,13 @@ def test_the_model_sees_resized_images_normalised_as_in_training(roots, checkpoi
     x = source.data[batch.support_index[0]].float() / 255
     expected = (x - torch.tensor(CIFAR_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR_STD).view(3, 1, 1)
     assert torch.allclose(batch.support[0], expected, atol=1e-5)
+    # the statistics come from the run configuration when it records them (a registered dataset
+    # has no entry in episodes' table), else from the dataset's
+    assert ck["config"]["normalisation"] == {"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    recorded = {**ck, "config": {**ck["config"], "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}}
+    assert evaluation_source(recorded, "cub", cub, "test")[0].mean == (0.5, 0.5, 0.5)
+    legacy = {**ck, "config": {k: v for k, v in ck["config"].items() if k != "normalisation"}}
+    assert evaluation_source(legacy, "cub", cub, "test")[0].mean == CIFAR_MEAN
 
 
 def test_a_split_read_from_disk_is_resized_as_it_is_read(roots):

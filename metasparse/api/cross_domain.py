@@ -10,7 +10,8 @@ checkpoint's example shape and normalised with the *training* dataset's statisti
   read, for a split read from disk); the aspect ratio follows the target (all few-shot
   images here are square);
 * the normalisation ``(x / 255 - mean) / std`` uses the constants of the dataset the
-  checkpoint was trained on (``episodes.transforms.NORMALISATION``), not the evaluated one's;
+  checkpoint was trained on (recorded in its ``config.json`` as ``normalisation``, else
+  ``episodes.transforms.NORMALISATION``), not the evaluated one's;
 * a different number of channels (Omniglot's grey 28x28 for an RGB model) or vector data is
   refused with one line: there is no faithful way to invent or drop colour channels.
 
@@ -111,7 +112,12 @@ def adapt_source(source, shape: Tuple[int, int, int], mean, std):
     return adapted
 
 
-def _normalisation(dataset: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def _normalisation(dataset: str, cfg: Dict[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The statistics the checkpoint's inputs were normalised with: recorded in its run
+    configuration (runs of this version), else those of its dataset."""
+    recorded = cfg.get("normalisation")
+    if isinstance(recorded, dict) and recorded.get("mean") and recorded.get("std"):
+        return tuple(float(v) for v in recorded["mean"]), tuple(float(v) for v in recorded["std"])
     from episodes.transforms import NORMALISATION
     if dataset not in NORMALISATION:
         raise ConfigError(f"--dataset: a cross-domain evaluation normalises with the training dataset's "
@@ -139,7 +145,7 @@ def evaluation_source(checkpoint: Dict[str, Any], dataset: Optional[str], data_r
     if len(target) != 3:
         raise DataError(f"--dataset {dataset}: {checkpoint['path']} was trained on {trained} vectors of shape "
                         f"{tuple(target)}; cross-domain evaluation takes image models")
-    mean, std = _normalisation(trained)
+    mean, std = _normalisation(trained, cfg)
     if not data_root:
         raise ConfigError(f"--data-root is required for --dataset {dataset} (the checkpoint was trained on "
                           f"{trained}, whose data root does not hold {dataset})")

@@ -193,7 +193,8 @@ TrainConfig = make_dataclass(
 
 # ---------------------------------------------------------------------------- config files
 # keys of a run's config.json that training derives (ignored when it is read as a config file)
-_DERIVED = ("example_shape", "n_features", "val_seed", "test_query", "test_episodes", "imported_from")
+_DERIVED = ("example_shape", "n_features", "val_seed", "test_query", "test_episodes", "imported_from",
+            "normalisation")
 _DERIVED_SETTINGS = ("momentum", "nesterov", "lr_milestones", "lr_factors", "lr_schedule")
 
 

@@ -304,6 +304,10 @@ def _train_locked(config: TrainConfig, written: List[Path]) -> TrainResult:
             raise DataError(f"the data under {run['data_root']} has examples of shape {tuple(shape)}, the run was "
                             f"started on {tuple(run['example_shape'])}")
         run["example_shape"] = shape
+        if getattr(train_source, "mean", None) is not None and getattr(train_source, "std", None) is not None:
+            # the statistics the model's inputs were normalised with (a cross-domain evaluation reuses them)
+            run["normalisation"] = {"mean": [float(v) for v in train_source.mean],
+                                    "std": [float(v) for v in train_source.std]}
         run["backbone_options"] = backbone_options_for_data(run["backbone"], run["backbone_options"], shape)
         torch.manual_seed(s.seed)   # same seed, same initial weights (on every rank)
         model = build_model(ModelSpec.from_config(run))
