@@ -44,7 +44,7 @@ __all__ = ["ImportConfig", "ImportResult", "import_checkpoint", "FORMATS", "conv
 PathLike = Union[str, Path]
 FORMATS = ("metaoptnet", "learn2learn")
 # image size of each dataset (the example shape of the imported checkpoint)
-_IMAGE_SIZE = {"mini-imagenet": 84, "cifar-fs": 32, "fc100": 32}
+_IMAGE_SIZE = {"mini-imagenet": 84, "tiered-imagenet": 84, "cifar-fs": 32, "fc100": 32, "cub": 84}
 _LAYER_KEY = re.compile(r"^layer([1-4])\.0\.(.+)$")
 _PARTS = {"conv1", "conv2", "conv3", "bn1", "bn2", "bn3", "downsample"}
 
