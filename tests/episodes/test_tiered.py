@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import re
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -416,3 +418,23 @@ def test_cli_trains_and_evaluates_on_a_tiny_tiered_root(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train_labels.pkl: 3 labels in 'labels' for the 30 images of" in err and err.count("\n") == 1, err
     assert not (tmp_path / "r2").exists()
+
+
+def test_memory_benchmark_runs_tiny(tmp_path):
+    """scripts/bench_tiered_memory.py at toy size: both formats written as the real files
+    (the streamed npz is np.savez's archive), every run draws the same batches."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_tiered_memory.py"), "--n", "120", "--classes",
+                        "6", "--batches", "2", "--workers", "0", "--data", str(tmp_path / "d"), "--out", str(out)],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["same_batches"] and [x["kind"] for x in res["runs"]] == ["npz", "png", "memory"]
+    assert all(x["peak_rss_mib"] >= x["rss_end_mib"] > 0 for x in res["runs"])
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_tiered_memory as bench
+    images = np.load(tmp_path / "d" / "npz" / "train_images.npz")["images"]
+    assert np.array_equal(images, bench.synthetic_images(0, 120, 0))
+    png = load_source("tiered-imagenet", tmp_path / "d" / "png", "train")
+    assert torch.equal(png.gather(torch.arange(120)), torch.from_numpy(images).permute(0, 3, 1, 2))
