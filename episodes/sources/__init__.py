@@ -1,4 +1,5 @@
-"""Few-shot sources: one split of a dataset held in memory (see :class:`FewShotSource`).
+"""Few-shot sources: one split of a dataset held in memory (see :class:`FewShotSource`), or
+read from disk per episode (tieredImageNet: :class:`~episodes.sources.base.LazyImageSource`).
 
 :func:`load_source` is the single entry point: it detects the on-disk format of
 ``dataset`` under one data root by file names (docs/data.md lists them).
