@@ -4,8 +4,9 @@
 # Idempotent: when .venv is up to date (its stamp holds the checksum of the files that
 # define the environment: setup.cfg, pyproject.toml and this script; by content, not by
 # modification time, so a fresh clone does not reinstall into a venv that fits) this
-# returns at once.  What a first set-up costs here: ~2 minutes and ~6 GB (the CUDA build
-# of torch that pip takes from this machine's disk; learn2learn compiled from source).
+# returns at once.  What a first set-up costs here: 2 to 8 minutes and 6.1 GB (the CUDA build
+# of torch that pip takes from this machine's disk; learn2learn compiled from source);
+# scripts/measure_setup.sh measures it (BENCHMARKS.md).
 # Steps:
 #   1. python3 -m venv .venv
 #   2. pinned torch==2.14.1 / torchvision==0.29.1 (the releases the dev machines hold)
