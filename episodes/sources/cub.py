@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .base import FewShotSource
+from .imagefile import decode_resized
 
 __all__ = ["CUB_MEAN", "CUB_STD", "IMAGE_SIZE", "RESIZE", "ARCHIVE", "FOLDER", "METADATA", "split_of_class",
            "find_cub", "load_cub", "decode_jpeg", "expected_layout"]
@@ -156,22 +157,8 @@ def _plan(texts: Dict[str, bytes], where: Dict[str, str], split: str):
 # -- decoding -----------------------------------------------------------------------------
 def decode_jpeg(data: bytes, where: str) -> np.ndarray:
     """One image -> uint8 (84, 84, 3): RGB, resized to 96x96 (bilinear), centre crop 84x84."""
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:       # reads the header only: the size is checked first
-            if im.size[0] * im.size[1] > _MAX_PIXELS:
-                raise ValueError(f"{where}: declares a {im.size[0]}x{im.size[1]} image; CUB images are at most "
-                                 f"500x500 (refused before decoding it)")
-            big = im.convert("RGB").resize((RESIZE, RESIZE), Image.BILINEAR)
-    except ValueError as e:
-        if str(e).startswith(f"{where}: "):
-            raise
-        raise ValueError(f"{where}: not a readable JPEG image ({type(e).__name__}); replace or remove it") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"{where}: declares a huge image; CUB images are at most 500x500 (refused before "
-                         f"decoding it)") from None
-    except (OSError, SyntaxError, EOFError) as e:   # UnidentifiedImageError, truncated data
-        raise ValueError(f"{where}: not a readable JPEG image ({type(e).__name__}); replace or remove it") from None
+    big = decode_resized(data, where, kind="JPEG", mode="RGB", size=(RESIZE, RESIZE), resample="BILINEAR",
+                         max_pixels=_MAX_PIXELS, expected="CUB images are at most 500x500")
     top = int(round((RESIZE - IMAGE_SIZE) / 2.0))       # torchvision's CenterCrop offsets
     return np.asarray(big, dtype=np.uint8)[top:top + IMAGE_SIZE, top:top + IMAGE_SIZE]
 

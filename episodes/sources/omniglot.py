@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .base import FewShotSource
+from .imagefile import decode_resized
 
 __all__ = ["OMNIGLOT_MEAN", "OMNIGLOT_STD", "IMAGE_SIZE", "HALVES", "N_CHARACTERS", "SPLIT_CHARACTERS",
            "ROTATIONS", "find_omniglot", "list_characters", "load_omniglot", "decode_png", "expected_layout"]
@@ -171,22 +172,8 @@ def list_characters(location: Dict[str, str], opened: Optional[List[zipfile.ZipF
 # -- decoding -----------------------------------------------------------------------------
 def decode_png(data: bytes, where: str) -> np.ndarray:
     """One drawing -> uint8 (28, 28): grey, Lanczos-resized to 28x28, inverted (``255 - x``)."""
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:     # reads the header only: the size is checked first
-            if im.size[0] * im.size[1] > _MAX_PIXELS:
-                raise ValueError(f"{where}: declares a {im.size[0]}x{im.size[1]} image; Omniglot drawings are "
-                                 f"105x105 (refused before decoding it)")
-            small = im.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-    except ValueError as e:
-        if str(e).startswith(f"{where}: "):
-            raise
-        raise ValueError(f"{where}: not a readable PNG image ({type(e).__name__}); replace or remove it") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"{where}: declares a huge image; Omniglot drawings are 105x105 (refused before "
-                         f"decoding it)") from None
-    except (OSError, SyntaxError, EOFError) as e:   # UnidentifiedImageError, truncated data
-        raise ValueError(f"{where}: not a readable PNG image ({type(e).__name__}); replace or remove it") from None
+    small = decode_resized(data, where, kind="PNG", mode="L", size=(IMAGE_SIZE, IMAGE_SIZE), resample="LANCZOS",
+                           max_pixels=_MAX_PIXELS, expected="Omniglot drawings are 105x105")
     return 255 - np.asarray(small, dtype=np.uint8)
 
 
