@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "docs" / "reference_numbers.md"
-COLUMNS = {"mini-imagenet": "miniImageNet", "cifar-fs": "CIFAR-FS", "fc100": "FC100"}
+COLUMNS = {"mini-imagenet": "miniImageNet", "tiered-imagenet": "tieredImageNet", "cifar-fs": "CIFAR-FS", "fc100": "FC100"}
 ROWS = {"protonet": "ProtoNet", "ridge": "MetaOptNet-RR", "svm": "MetaOptNet-SVM"}
 
 

@@ -5,7 +5,7 @@
 # episodes, compare all of them on identical episodes. Every argument and configuration is
 # checked before the first model trains (not after six of them).
 #
-#   bash scripts/reproduce_metaoptnet.sh {mini-imagenet|cifar-fs|fc100} DATA_ROOT [OUT_DIR]
+#   bash scripts/reproduce_metaoptnet.sh {mini-imagenet|tiered-imagenet|cifar-fs|fc100} DATA_ROOT [OUT_DIR]
 #
 # Extra flags for every `metasparse train` go in $TRAIN_FLAGS (e.g. TRAIN_FLAGS="--num-workers 8
 # --amp"); for evaluate/compare in $EVAL_FLAGS. A run that already has last.pt is resumed, a
@@ -20,8 +20,8 @@ TRAIN_FLAGS=${TRAIN_FLAGS:-}
 EVAL_FLAGS=${EVAL_FLAGS:-}
 CONFIGS="$(cd "$(dirname "$0")/.." && pwd)/configs"
 case "$DATASET" in
-  mini-imagenet|cifar-fs|fc100) ;;
-  *) echo "reproduce_metaoptnet.sh: DATASET must be mini-imagenet, cifar-fs or fc100, got '$DATASET'" >&2; exit 2 ;;
+  mini-imagenet|tiered-imagenet|cifar-fs|fc100) ;;
+  *) echo "reproduce_metaoptnet.sh: DATASET must be mini-imagenet, tiered-imagenet, cifar-fs or fc100, got '$DATASET'" >&2; exit 2 ;;
 esac
 [ -d "$DATA_ROOT" ] || { echo "reproduce_metaoptnet.sh: DATA_ROOT $DATA_ROOT is not a folder" >&2; exit 2; }
 command -v "${MS%% *}" >/dev/null || { echo "reproduce_metaoptnet.sh: '$MS' not found (set MS=...)" >&2; exit 2; }
