@@ -92,6 +92,6 @@ def test_reproduction_script_checks_its_arguments_before_training(tmp_path):
                                 (["cifar-fs", str(data)], {"EVAL_FLAGS": "--bogus"}, "bad EVAL_FLAGS"),
                                 (["cifar-fs", str(data)], {"TRAIN_FLAGS": "--lr -1"}, "bad configuration")):
         r = subprocess.run(["bash", script, *args, str(tmp_path / "out")], env={**env, **extra},
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=600)
         assert r.returncode == 2 and needle in r.stderr, (args, extra, r.stderr[-800:])
     assert not (tmp_path / "out").exists()
