@@ -15,8 +15,27 @@ import torch
 __all__ = ["EpisodeBatch", "DeferredBatch"]
 
 
+class _TensorFields:
+    """``to`` / ``pin_memory`` of a dataclass of tensors: each tensor field moves; None and
+    the fields named in ``_stay`` stay as they are."""
+
+    _stay: tuple = ()
+
+    def _map(self, fn):
+        return replace(self, **{f.name: fn(v) if isinstance(v, torch.Tensor) and f.name not in self._stay else v
+                                for f in fields(self) for v in (getattr(self, f.name),)})
+
+    def to(self, device, non_blocking: bool = False):
+        """Move every tensor to ``device`` (dtypes unchanged)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """Called by ``DataLoader(pin_memory=True)`` for custom batch types."""
+        return self._map(lambda t: t.pin_memory())
+
+
 @dataclass
-class EpisodeBatch:
+class EpisodeBatch(_TensorFields):
     """A batch of ``B`` episodes.
 
     Attributes
@@ -57,19 +76,6 @@ class EpisodeBatch:
     def query_shot(self) -> int:
         return self.query.shape[1] // self.n_way
 
-    # -- movement --------------------------------------------------------------
-    def _map(self, fn) -> "EpisodeBatch":
-        return replace(self, **{f.name: (fn(getattr(self, f.name)) if getattr(self, f.name) is not None else None)
-                                for f in fields(self)})
-
-    def to(self, device, non_blocking: bool = False) -> "EpisodeBatch":
-        """Move every tensor to ``device`` (labels and indices stay int64)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "EpisodeBatch":
-        """Called by ``DataLoader(pin_memory=True)`` for custom batch types."""
-        return self._map(lambda t: t.pin_memory())
-
     def __getitem__(self, item) -> "EpisodeBatch":
         """Select episodes along the batch dimension (``batch[2:4]``)."""
         if isinstance(item, int):
@@ -78,7 +84,7 @@ class EpisodeBatch:
 
 
 @dataclass
-class DeferredBatch:
+class DeferredBatch(_TensorFields):
     """A batch of episodes whose transform has not run yet: the gathered raw examples and
     the per-image random parameters the transform drew from the batch's generator
     (``EpisodeSampler.sample_deferred``).  :meth:`finish` applies the transform wherever
@@ -94,6 +100,8 @@ class DeferredBatch:
     support_labels, query_labels, class_ids, support_index, query_index: as in EpisodeBatch.
     """
 
+    _stay = ("params",)   # the transform's parameters stay on the CPU (it ships what it needs)
+
     images: torch.Tensor
     params: Any
     support_labels: torch.Tensor
@@ -105,19 +113,6 @@ class DeferredBatch:
     @property
     def n_episodes(self) -> int:
         return self.class_ids.shape[0]
-
-    def _map(self, fn) -> "DeferredBatch":
-        return replace(self, **{f.name: (fn(getattr(self, f.name)) if f.name != "params" and
-                                         getattr(self, f.name) is not None else getattr(self, f.name))
-                                for f in fields(self)})
-
-    def to(self, device, non_blocking: bool = False) -> "DeferredBatch":
-        """Move the examples, labels and indices to ``device`` (``params`` stay on the CPU)."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> "DeferredBatch":
-        """Called by ``DataLoader(pin_memory=True)``; pins the examples, labels and indices."""
-        return self._map(lambda t: t.pin_memory())
 
     def finish(self, transform=None) -> EpisodeBatch:
         """Apply ``transform`` (``transform.augment(images, params)``; None: raw data) on the
