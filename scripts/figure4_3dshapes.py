@@ -18,7 +18,9 @@ Tasks (all configurations see the same ones for a given seed and rho):
   Gaussian on the rows ``S_t`` and zero elsewhere, ``y = z W_t + sigma_t eps``
   (``sigma_t = target_noise * std(z W_t)``);
 * classification: ``y = argmax_c (z W_t)_c`` over ``n_classes`` classes, same supports,
-  ``classification_support`` (50) support images per task instead of ``n_support`` (25).
+  ``classification_support`` (50) support images per task instead of ``n_support`` (25);
+  a task whose support misses a class (the heads need every class in the support) has its
+  ``W_t`` redrawn from a generator of its own (the other tasks keep their draws).
 
 A conv encoder ``f`` (64 or 32 pixels) with ``d = 6`` outputs, standardised over the
 meta-batch, is trained on
@@ -192,7 +194,19 @@ def draw_tasks(fw: FactorWorld, s: Settings, rho: float, seed: int, step: int, t
     w = rng.standard_normal((b, m, k)) * support[:, :, None]
     zw = np.einsum("bnm,bmk->bnk", z, w)
     if task == "classification":
-        y = torch.as_tensor(zw.argmax(-1), device=fw.device)
+        labels = zw.argmax(-1)
+        ns = support_images(s, task)
+        for t in range(b):   # a class without a support image cannot be learned: redraw that task's weights
+            for attempt in range(1, 1001):
+                if len(np.unique(labels[t, :ns])) == k:
+                    break
+                redraw = np.random.default_rng([s.world_seed, seed, int(round(rho * 1000)), stream, step, t, attempt])
+                w[t] = redraw.standard_normal((m, k)) * support[t, :, None]
+                labels[t] = (z[t] @ w[t]).argmax(-1)
+            else:
+                raise RuntimeError(f"step {step}, task {t}: no draw of the task's weights puts each of the {k} "
+                                   f"classes in its {ns} support images; raise --classification-support")
+        y = torch.as_tensor(labels, device=fw.device)
     else:
         sigma = s.target_noise * zw.std(1, keepdims=True)
         y = torch.as_tensor(zw + sigma * rng.standard_normal(zw.shape), dtype=torch.float32, device=fw.device)

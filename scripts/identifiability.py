@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from episodes.sources.synthetic import (Mixing, make_mixing, sample_sparse_tasks,  # noqa: E402
+from episodes.sources.synthetic import (Mixing, SparseTasks, make_mixing, sample_sparse_tasks,  # noqa: E402
                                         satisfies_assumption7)
 from metasparse.backbones import build_backbone  # noqa: E402
 from metasparse.engine.checkpoint import atomic_write_bytes as atomic_write  # noqa: E402
@@ -135,10 +135,26 @@ def draw_tasks(settings: Settings, mixing: Mixing, supports: str, task: str, n_t
         raise ValueError(f"supports must be one of {SUPPORT_KINDS}, got {supports!r}")
     block = settings.block_size if supports == "blocks" else 1
     k = settings.n_classes if task == "classification" else settings.n_outputs
-    return sample_sparse_tasks(n_tasks, settings.n_support + settings.n_query, n_factors=settings.n_factors,
-                               support_size=settings.support_size, block_size=block, n_outputs=k, mixing=mixing,
-                               noise_std=settings.noise_std, task=task,
-                               seed=np.random.default_rng([settings.seed, stream, step, SUPPORT_KINDS.index(supports)]))
+
+    def draw(n: int, *key: int) -> SparseTasks:
+        return sample_sparse_tasks(n, settings.n_support + settings.n_query, n_factors=settings.n_factors,
+                                   support_size=settings.support_size, block_size=block, n_outputs=k, mixing=mixing,
+                                   noise_std=settings.noise_std, task=task,
+                                   seed=np.random.default_rng([settings.seed, stream, step,
+                                                               SUPPORT_KINDS.index(supports), *key]))
+    tasks = draw(n_tasks)
+    if task == "classification":   # the heads need every class in the support: such a task is drawn again
+        for t in range(n_tasks):
+            for attempt in range(1, 1001):
+                if len(torch.unique(tasks.y[t, :settings.n_support])) == k:
+                    break
+                new = draw(1, t, attempt)
+                for name in ("x", "z", "y", "weights", "supports"):
+                    getattr(tasks, name)[t] = getattr(new, name)[0]
+            else:
+                raise RuntimeError(f"no draw of task {t} puts each of the {k} classes in its {settings.n_support} "
+                                   f"support examples; raise --n-support")
+    return tasks
 
 
 def encode(encoder: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -119,3 +119,31 @@ def test_traversal_flags_are_checked(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             fig4.main(["--out", str(tmp_path / "o"), "--no-progress", *argv])
         assert e.value.code == 2 and "--traversal" in capsys.readouterr().err
+
+
+def test_classification_tasks_have_every_class_in_their_support(tiny_world):
+    """The SVM heads refuse a support set missing a class: a task drawn that way gets new
+    weights (its own generator), the tasks drawn well are left as they were."""
+    s = fig4.Settings(**{**TINY, "classification_support": 6, "tasks_per_step": 8})
+    fw = fig4.FactorWorld(tiny_world, s, progress=False)
+    ns, b, k = fig4.support_images(s, "classification"), s.tasks_per_step, s.n_classes
+    kept = redrawn = 0
+    for step in range(10):
+        pos, y, support = fig4.draw_tasks(fw, s, 0.6, 1, step, "classification")
+        y = y.cpu().numpy()
+        assert all(len(np.unique(y[t, :ns])) == k for t in range(b))
+        # the first draw, replayed: the same positions, supports and weights
+        rng = np.random.default_rng([s.world_seed, 1, 600, 0, step])
+        assert np.array_equal(fw.sample(0.6, (b, ns + s.n_query), rng), pos)
+        for t in range(b):
+            assert np.array_equal(np.flatnonzero(support[t]), np.sort(rng.choice(6, s.support_size, replace=False)))
+        first = np.einsum("bnm,bmk->bnk", fw.z[pos], rng.standard_normal((b, 6, k)) * support[:, :, None]).argmax(-1)
+        for t in range(b):
+            if len(np.unique(first[t, :ns])) == k:
+                assert np.array_equal(first[t], y[t])   # a task drawn well keeps its labels
+                kept += 1
+            else:
+                redrawn += 1
+    assert kept > 0 and redrawn > 0   # six support images, three classes: some first draws miss a class
+    again = fig4.draw_tasks(fw, s, 0.6, 1, 3, "classification")[1]
+    assert np.array_equal(again.cpu().numpy(), fig4.draw_tasks(fw, s, 0.6, 1, 3, "classification")[1].cpu().numpy())

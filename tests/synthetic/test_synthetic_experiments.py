@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,3 +230,20 @@ def test_block_r2_sees_identifiability_up_to_blocks():
     q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
     assert ident.block_r2(z, z @ q.T, 2, 0) < 0.9
     assert ident.match_factors(z, within).mcc < 0.95
+
+
+def test_identifiability_classification_tasks_have_every_class_in_their_support():
+    """A task whose support misses a class (the SVM heads refuse it) is drawn again with a
+    generator of its own; the tasks drawn well keep their draw."""
+    settings = ident.Settings(n_support=4, n_query=4)
+    mixing = ident.make_world(settings)
+    first = ident.sample_sparse_tasks(64, 8, n_factors=settings.n_factors, support_size=settings.support_size,
+                                      n_outputs=settings.n_classes, mixing=mixing, noise_std=settings.noise_std,
+                                      task="classification", seed=np.random.default_rng([settings.seed, 0, 5, 0]))
+    tasks = ident.draw_tasks(settings, mixing, "random", "classification", 64, stream=0, step=5)
+    full = [len(torch.unique(first.y[t, :4])) == settings.n_classes for t in range(64)]
+    assert 0 < sum(full) < 64   # four support examples, three classes: some first draws miss a class
+    for t in range(64):
+        assert len(torch.unique(tasks.y[t, :4])) == settings.n_classes
+        assert torch.equal(tasks.x[t], first.x[t]) == full[t]
+        assert torch.equal(tasks.y[t], first.y[t]) or not full[t]
