@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
+import operator
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -120,8 +123,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("head", str, "model", "head (default group-sparse-svm)", names=_heads, fallback="group-sparse-svm"),
     Option("lambda_ratio", float, "model", "lambda1 / lambda_max per episode (group-sparse-svm)", stored=None,
            on_resume="new-run", minimum=0),
-    Option("solver", str, "model", "SVM solver", stored=None, on_resume="new-run", choices=("dual", "qpth",
-                                                                                              "cvxpylayers")),
+    Option("solver", str, "model", "SVM solver (the head's: checked by the registry)", stored=None,
+           on_resume="new-run", names=_solvers),
     Option("head_options", dict, "model", "options of the head, e.g. '{\"dual_reg\": 1.0}'", on_resume="new-run"),
     Option("amp", bool, "model", "bf16 autocast for the backbone (default: on for ResNet-12 / Conv4 trained on "
            "CUDA, off otherwise; --no-amp turns it off)", flag_action="optional-bool"),
@@ -182,14 +185,20 @@ def option(name: str) -> Option:
     return _BY_NAME[name]
 
 
-def _kind(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _as_kind(value: Any, kind: type) -> Any:
+    """``value`` as a ``kind`` (numpy integers and floats, any ``os.PathLike``), or None."""
+    if isinstance(value, bool) and kind is not bool:
+        return None
     if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        try:
+            return operator.index(value)
+        except TypeError:
+            return None
+    if kind is float:
+        return float(value) if isinstance(value, numbers.Real) else None
     if kind is Path:
-        return isinstance(value, (str, Path))
-    return isinstance(value, kind)
+        return value if isinstance(value, (str, os.PathLike)) else None
+    return value if isinstance(value, kind) else None
 
 
 _TYPE_NAMES = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false",
@@ -218,14 +227,14 @@ def check_value(opt: Option, value: Any, name: Optional[str] = None) -> Any:
     name = name or opt.flag
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(f"{name} {value!r}: expected one of {list(opt.choices)}")
-    ok = _kind(value, opt.type)
-    if ok and opt.type in (int, float):
-        ok = ((opt.type is int or math.isfinite(value))
-              and (opt.minimum is None or value >= opt.minimum) and (opt.above is None or value > opt.above)
-              and (opt.below is None or value < opt.below))
-    if not ok:
+    converted = _as_kind(value, opt.type)
+    if converted is None:
+        raise ConfigError(f"{name} must be {expected(opt)}, got {value!r} ({type(value).__name__})")
+    if opt.type in (int, float) and not (
+            (opt.type is int or math.isfinite(converted)) and (opt.minimum is None or converted >= opt.minimum)
+            and (opt.above is None or converted > opt.above) and (opt.below is None or converted < opt.below)):
         raise ConfigError(f"{name} must be {expected(opt)}, got {value!r}")
-    return float(value) if opt.type is float else value
+    return converted
 
 
 # ---------------------------------------------------------------------------- command line

@@ -268,6 +268,10 @@ def register_head(name: str, cls: type, *, aliases: Sequence[str] = (), solvers:
     if not (isinstance(cls, type) and issubclass(cls, Head)):
         raise ConfigError(f"register_head({name!r}): expected a subclass of metasparse.heads.Head, got {cls!r}")
     canonical = _new_name(name, _HEAD_KEYS, "head", replace)
+    for alias in aliases:
+        taken = _HEAD_KEYS.get(_key(alias))
+        if taken is not None and not (replace and taken == canonical):
+            raise ConfigError(f"register_head({name!r}): alias {alias!r} already names head {taken!r}")
     entry = HeadEntry(canonical, cls, tuple(_key(a) for a in aliases), tuple(solvers), bool(sparse))
     HEADS[canonical] = entry
     _HEAD_KEYS.update({key: canonical for key in (canonical, *entry.aliases)})
@@ -303,12 +307,15 @@ def register_dataset(name: str, loader: Callable[..., Any], *, defaults: Optiona
     from .options import OPTIONS
     if not callable(loader):
         raise ConfigError(f"register_dataset({name!r}): expected a callable loader(data_root, split, **options)")
-    known = {o.name for o in OPTIONS if o.stored is not None} | set(COMMON_DEFAULTS)
+    # a dataset's defaults: the options of a run, except those a run takes from elsewhere
+    known = ({o.name for o in OPTIONS if o.stored is not None} | set(COMMON_DEFAULTS)
+             | {"lr_factors"}) - {"data_root", "source_options", "head_options"}
     unknown = sorted(set(defaults or {}) - known)
     if unknown:
         raise ConfigError(f"register_dataset({name!r}): unknown default(s) {unknown}; expected some of {sorted(known)}")
     canonical = _new_name(name, _DATASET_KEYS, "dataset", replace)
     merged = {**COMMON_DEFAULTS, "train_shot": 5, "label_smoothing": 0.0, "backbone_options": {}, **(defaults or {})}
+    # (its head / backbone may be registered later: a new run stores their canonical names)
     entry = DatasetEntry(canonical, merged, generated=not needs_data_root, loader=loader)
     register_source(canonical, loader, replace=True)
     DATASETS[canonical] = entry
@@ -329,6 +336,7 @@ def load_plugins() -> List[str]:
     the entry points of group ``metasparse.plugins`` of installed packages.  The command
     line calls it before reading its arguments.  Returns what was imported."""
     import os
+    import sys
     from importlib import metadata
     loaded = []
     for spec in filter(None, (p.strip() for p in os.environ.get(PLUGINS_VARIABLE, "").split(","))):
@@ -337,11 +345,18 @@ def load_plugins() -> List[str]:
         try:
             if spec.endswith(".py"):
                 from importlib.util import module_from_spec, spec_from_file_location
-                module_spec = spec_from_file_location(f"metasparse_plugin_{len(_LOADED)}", spec)
+                module_name = "metasparse_plugin_" + "".join(c if c.isalnum() else "_"
+                                                              for c in os.path.basename(spec)[:-3])
+                module_spec = spec_from_file_location(module_name, spec)
                 if module_spec is None or not os.path.isfile(spec):
                     raise FileNotFoundError(f"no such file {spec}")
                 module = module_from_spec(module_spec)
-                module_spec.loader.exec_module(module)
+                sys.modules[module_name] = module   # as an import does: dataclasses, pickling find it
+                try:
+                    module_spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(module_name, None)
+                    raise
             else:
                 importlib.import_module(spec)
         except Exception as e:
@@ -350,7 +365,9 @@ def load_plugins() -> List[str]:
                               ) from None
         _LOADED.append(spec)
         loaded.append(spec)
-    for ep in metadata.entry_points(group=PLUGINS_GROUP):
+    eps = metadata.entry_points()
+    eps = eps.select(group=PLUGINS_GROUP) if hasattr(eps, "select") else eps.get(PLUGINS_GROUP, ())   # Python 3.9
+    for ep in eps:
         key = f"{ep.name}={ep.value}"
         if key in _LOADED:
             continue

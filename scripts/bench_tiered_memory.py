@@ -46,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from episodes.atomic import atomic_write_text  # noqa: E402
 WAY, SHOT, QUERY, EPISODES = 5, 10, 6, 8            # MetaOptNet's tieredImageNet training batches
 SIZE = 84
 
@@ -299,7 +300,7 @@ def main() -> None:
         print(json.dumps(res, indent=1))
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(res, indent=1) + "\n")
+            atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
         return
     tmp = None
     if args.data is None:
@@ -338,8 +339,8 @@ def main() -> None:
         print(f"\nevery run drew the same batches (checksum of the support images): {same}")
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"data": data, "n": args.n, "cold": args.cold, "runs": runs,
-                                            "same_batches": same}, indent=1) + "\n")
+            atomic_write_text(args.out, json.dumps({"data": data, "n": args.n, "cold": args.cold, "runs": runs,
+                                                    "same_batches": same}, indent=1) + "\n")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -69,6 +69,18 @@ def test_checks_come_from_the_table(name, bad, needle):
     assert check_value(option("seed"), -2 ** 63) == -2 ** 63
 
 
+def test_numpy_numbers_and_path_likes_are_taken(tmp_path):
+    import numpy as np
+
+    class Where:   # an os.PathLike that is neither str nor Path (pytest's tmpdir is one)
+        def __fspath__(self):
+            return str(tmp_path / "run")
+    cfg = TrainConfig(out=Where(), data_root=Where(), dataset="synthetic", way=np.int64(5), lr=np.float32(0.5))
+    assert cfg.out == tmp_path / "run" and cfg.way == 5 and type(cfg.way) is int and cfg.lr == 0.5
+    with pytest.raises(ConfigError, match=r"--way must be an integer >= 2, got 5.0 \(float\)"):
+        TrainConfig(out=tmp_path, way=5.0)
+
+
 def test_the_same_check_names_the_file_key(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("lr: -1\n")

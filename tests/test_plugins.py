@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metasparse.errors import ConfigError
-from metasparse.registry import BACKBONES, HEADS, register_backbone, register_head
+from metasparse.registry import BACKBONES, HEADS, head_entry, register_backbone, register_head
 
 PLUGIN = Path(__file__).parent / "plugins" / "blobs_plugin.py"
 
@@ -83,3 +83,41 @@ def test_registration_checks_what_it_is_given():
     with pytest.raises(ConfigError, match="letters, digits and dashes"):
         register_backbone("my net!", lambda **kw: None)
     assert "my-net" not in BACKBONES
+    with pytest.raises(ConfigError, match="alias 'svm' already names head 'svm'"):
+        register_head("mine", HEADS["ridge"].cls, aliases=("svm",))
+    assert "mine" not in HEADS and head_entry("svm").name == "svm"
+
+
+def test_a_registered_head_takes_its_own_solver_values(tmp_path):
+    """The solver values a head declares are accepted by name; others name the head's."""
+    code = f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location("blobs_plugin", {str(PLUGIN)!r})
+plugin = importlib.util.module_from_spec(spec); spec.loader.exec_module(plugin)
+import metasparse
+from metasparse.api.train_config import TrainConfig
+metasparse.register_head("nm-solved", plugin.NearestMean, solvers=("exact",))
+assert TrainConfig(out="x", dataset="blobs", head="nm-solved", solver="exact").solver == "exact"
+try:
+    TrainConfig(out="x", dataset="blobs", head="nm-solved", solver="dual")
+except metasparse.ConfigError as e:
+    print(e)
+"""
+    out = _run([], tmp_path, plugins="", code=code)
+    assert out.returncode == 0, out.stderr
+    assert "--solver 'dual': expected one of ['exact'] for --head nm-solved" in out.stdout
+
+
+def test_plugin_files_are_modules_and_defaults_are_canonical(tmp_path):
+    plugin = tmp_path / "dc_plugin.py"
+    plugin.write_text("from __future__ import annotations\nimport dataclasses\n\n@dataclasses.dataclass\n"
+                      "class Settings:\n    width: int = 3\n\nimport metasparse\n"
+                      f"exec(open({str(PLUGIN)!r}).read().replace('\"blobs\"', '\"blobs2\"')"
+                      ".replace('\"tiny-net\"', '\"tiny-net2\"').replace('\"nearest-mean\"', '\"nm2\"')"
+                      ".replace('(\"nm\",)', '()'))\n"
+                      "metasparse.register_dataset('blobs3', load_blobs, needs_data_root=False, "
+                      "defaults={'head': 'SVM_CS', 'backbone': 'MLP'})\n")
+    out = _run(["train", "--dataset", "blobs3", "--print-config"], tmp_path, plugins=str(plugin))
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads(out.stdout)
+    assert (cfg["head"], cfg["backbone"]) == ("svm", "mlp")

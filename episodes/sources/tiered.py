@@ -470,6 +470,10 @@ def _decode_png(data, size: Tuple[int, int], where: str) -> np.ndarray:
     return rgb[:, :, ::-1].transpose(2, 0, 1)
 
 
+#: the largest image (width x height) a PNG pickle may declare: tieredImageNet's are 84x84
+MAX_PNG_PIXELS = 1024 * 1024
+
+
 class PngPickleImages(_Store):
     """The PNG images of a pickle, read and decoded image by image.
 
@@ -514,6 +518,9 @@ class PngPickleImages(_Store):
                     size = im.size
             except (OSError, SyntaxError, ValueError):
                 raise ValueError(f"{path}: image 0 is not a readable PNG image") from None
+        if size[0] * size[1] > MAX_PNG_PIXELS:   # a batch allocates this per image before decoding
+            raise ValueError(f"{path}: its PNG images declare {size[0]}x{size[1]} pixels; tieredImageNet images "
+                             f"are 84x84 (at most {MAX_PNG_PIXELS} pixels are accepted)")
         return cls(path, offsets, lengths, text, size)
 
     def read_into(self, index: np.ndarray, out: np.ndarray) -> None:

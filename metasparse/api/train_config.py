@@ -112,8 +112,10 @@ class _TrainConfigMethods:
             else:
                 cfg[opt.name] = value
         cfg["source_options"] = dict(cfg["source_options"] or {})
+        cfg["head"] = head_entry(cfg["head"]).name   # a dataset's default may be spelled otherwise
+        cfg["backbone"] = backbone_entry(cfg["backbone"]).name
         cfg["head_options"] = head_options(cfg["head"], self.lambda_ratio, self.solver, self.head_options)
-        defaults = d["backbone_options"] if cfg["backbone"] == d["backbone"] else {}
+        defaults = d["backbone_options"] if cfg["backbone"] == backbone_entry(d["backbone"]).name else {}
         cfg["backbone_options"] = {**defaults, **(self.backbone_options or {})}
         if cfg["amp"] is None:
             cfg["amp"] = default_amp(cfg["backbone"], device_type)

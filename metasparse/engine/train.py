@@ -473,6 +473,7 @@ class _Run:
     def fit(self, train_stream: EpisodeStream, val_episodes: Optional[Iterable], val_total: Optional[int],
             stop_after_steps: Optional[int]) -> Dict[str, Any]:
         """The remaining epochs: train, validate, record, checkpoint."""
+        self.t0 = time.time()   # elapsed_s counts the epochs of this call, not its set-up
         for epoch in range(self.start_epoch, self.s.epochs):
             lr = self.s.lr * lr_factor(epoch, self.s)
             for g in self.opt.param_groups:

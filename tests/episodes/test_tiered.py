@@ -304,6 +304,14 @@ def _bad_png(kind, root, images, labels):
     if kind == "empty":
         path.write_bytes(pickle.dumps([]))
         return path, "holds no images"
+    if kind == "huge":   # a PNG header declaring 60000x60000: refused before any batch allocates it
+        import struct
+        import zlib
+        huge = bytearray(pngs[0].tobytes())
+        huge[16:24] = struct.pack(">II", 60000, 60000)
+        huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))
+        path.write_bytes(pickle.dumps([np.frombuffer(bytes(huge), np.uint8)] * 3))
+        return path, "declare 60000x60000 pixels; tieredImageNet images are 84x84"
     if kind == "unsafe":
         class Evil:
             def __reduce__(self):
@@ -324,7 +332,7 @@ def test_bad_npz_split_is_a_one_line_error_naming_the_file(tmp_path, split_data,
 
 
 @pytest.mark.parametrize("kind", ["dict", "not png", "too short", "int array", "sizes", "truncated", "not a pickle",
-                                  "empty", "unsafe"])
+                                  "empty", "huge", "unsafe"])
 def test_bad_png_pickle_is_a_one_line_error_naming_the_file(tmp_path, split_data, kind):
     path, pattern = _bad_png(kind, tmp_path, *split_data)
     with pytest.raises((ValueError, UnsafePickleError)) as e:
