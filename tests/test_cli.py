@@ -149,6 +149,19 @@ def test_prepare_builds_loadable_cifar_fs(tmp_path):
     assert len(src.classes) == 20 and tuple(src.data.shape[1:]) == (3, 32, 32)
 
 
+def test_prepare_is_numpy_work_without_torch(tmp_path):
+    """`metasparse prepare` (pickles from the CIFAR-100 archive) never imports torch."""
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    write_cifar100_archive(str(archive), train_per_class=2, test_per_class=1)
+    code = ("import sys; from metasparse.cli import main; "
+            f"rc = main(['prepare', 'fc100', '--cifar100', {str(archive)!r}, '--out', {str(tmp_path / 'fc')!r}]); "
+            "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "fc").iterdir()) == ["FC100_test.pickle", "FC100_train.pickle",
+                                                                  "FC100_val.pickle"]
+
+
 def test_prepare_replaces_only_with_force_and_clears_its_own_leftovers(tmp_path, capsys):
     """prepare used to replace existing files without --force; a killed prepare left its
     temporary files (118 MB each) that nothing removed, and could leave splits of two

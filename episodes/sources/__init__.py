@@ -7,9 +7,10 @@ read from disk per episode (tieredImageNet: :class:`~episodes.sources.base.LazyI
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List
+from typing import TYPE_CHECKING, Callable, Dict, List
 
-from .base import FewShotSource
+if TYPE_CHECKING:   # imported on first use (torch): building CIFAR-FS / FC100 needs only numpy
+    from .base import FewShotSource
 
 __all__ = ["FewShotSource", "load_source", "DATASETS", "normalise_dataset", "normalise_split",
            "build_cifar_fs_fc100", "register_source"]
@@ -27,6 +28,13 @@ _ALIASES = {
 #: sources registered by users (:func:`register_source`): name -> loader(data_root, split, **options)
 _REGISTERED: Dict[str, Callable[..., FewShotSource]] = {}
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+
+def __getattr__(name: str):
+    if name == "FewShotSource":
+        from .base import FewShotSource
+        return FewShotSource
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_source(name: str, loader: Callable[..., FewShotSource], replace: bool = False) -> None:
@@ -83,6 +91,7 @@ def load_source(dataset: str, data_root, split: str, **kwargs) -> FewShotSource:
     """
     dataset = normalise_dataset(dataset)
     if dataset in _REGISTERED:
+        from .base import FewShotSource
         source = _REGISTERED[dataset](data_root, normalise_split(split), **kwargs)
         if not isinstance(source, FewShotSource):
             raise ValueError(f"{dataset}: its registered loader returned {type(source).__name__}, "

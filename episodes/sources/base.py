@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .checks import int_labels, require_keys, str_keys  # noqa: F401  (readers import them from here too)
+
 __all__ = ["FewShotSource", "LazyImageSource"]
 
 
@@ -169,41 +171,10 @@ class LazyImageSource(FewShotSource):
         return self
 
 
-# -- helpers shared by the file-format readers ------------------------------------------
-def str_keys(obj, where: str) -> dict:
-    """Return a dataset pickle's top-level dict with ``str`` keys.
-
-    Python 2 pickles read with ``encoding="latin1"`` already give ``str`` keys; files
-    read with ``encoding="bytes"`` elsewhere give ``bytes`` keys.  Both are accepted.
-    """
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a pickled dict, got {type(obj).__name__}")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
-
-
-def require_keys(d: dict, keys, where: str, expected: str) -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}; expected {expected}; found keys {sorted(map(str, d))}")
-
-
+# -- helpers shared by the file-format readers (the torch-free ones: episodes.sources.checks) --
 def images_nhwc_to_chw(arr, where: str, key: str) -> torch.Tensor:
     """Validate a uint8 (N, H, W, 3) array and return it as a contiguous uint8 (N, 3, H, W) tensor."""
     if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         desc = (f"{type(arr).__name__} {getattr(arr, 'dtype', '')} {getattr(arr, 'shape', '')}").strip()
         raise ValueError(f"{where}: '{key}' must be a uint8 array of shape (N, H, W, 3); got {desc}")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
-
-
-def int_labels(labels, n: int, where: str, key: str) -> np.ndarray:
-    """Validate a list/array of ``n`` integer labels."""
-    try:
-        out = np.asarray(labels)
-    except Exception:  # pragma: no cover - defensive
-        out = None
-    if n == 0:
-        raise ValueError(f"{where}: holds no images (an empty split)")
-    if out is None or out.ndim != 1 or out.shape[0] != n or not np.issubdtype(out.dtype, np.integer):
-        got = f"{type(labels).__name__} of length {len(labels) if hasattr(labels, '__len__') else '?'}"
-        raise ValueError(f"{where}: '{key}' must be {n} integer labels (one per image); got {got}")
-    return out.astype(np.int64)

@@ -20,12 +20,16 @@ import tempfile
 import zlib
 from typing import Dict, List
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ..atomic import default_file_mode
-from .base import FewShotSource, images_nhwc_to_chw, int_labels, require_keys, str_keys
+from .checks import int_labels, require_keys, str_keys
 from .safe_pickle import load_pickle, loads_pickle
+
+if TYPE_CHECKING:   # the readers import torch when they run: building the pickles needs only numpy
+    from .base import FewShotSource
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "FINE_LABEL_NAMES", "COARSE_LABEL_NAMES", "CIFAR_FS_SPLIT",
            "FC100_SPLIT", "load_metaoptnet_cifar", "load_l2l_cifarfs_folder", "build_cifar_fs_fc100",
@@ -74,6 +78,7 @@ def metaoptnet_file(dataset: str, split: str) -> str:
 
 def load_metaoptnet_cifar(path: str, dataset: str, split: str) -> FewShotSource:
     """Read one MetaOptNet ``CIFAR_FS_*.pickle`` / ``FC100_*.pickle`` file."""
+    from .base import FewShotSource, images_nhwc_to_chw
     d = str_keys(load_pickle(path), path)
     require_keys(d, ("data", "labels"), path, "MetaOptNet CIFAR dict {'data': uint8 (N,32,32,3), 'labels': [int]}")
     images = images_nhwc_to_chw(d["data"], path, "data")
@@ -89,8 +94,11 @@ _MAX_PIXELS = 1024 * 1024
 
 def load_l2l_cifarfs_folder(folder: str, split: str) -> FewShotSource:
     """Read learn2learn's ``cifarfs/processed/<split>/<class>/*.png`` folder of one split."""
+    import torch
     from PIL import Image
     from tqdm import tqdm
+
+    from .base import FewShotSource
 
     classes = sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
     if not classes:

@@ -22,16 +22,30 @@ Each step takes one typed configuration, validated when it is made (bad options 
 * :func:`load_model`: a checkpoint's :class:`~metasparse.engine.model.FewShotModel`;
   :class:`ModelSpec` / :func:`build_model`: a model from a run configuration.
 """
-from .comparison import CompareConfig, ComparisonResult, compare
-from .demonstration import DemoConfig, demo
-from .episode_sets import EpisodeSpec
-from .evaluation import EvalConfig, EvaluationResult, evaluate
-from .importing import ImportConfig, ImportResult, import_checkpoint
-from .model import ModelSpec, build_model, load_model
-from .preparation import PrepareConfig, prepare
-from .train_config import TrainConfig
-from .training import TrainResult, train
+import importlib
+
+# name -> module of this package; loaded on first use, so that `metasparse prepare` (numpy and
+# pickle work) does not import torch through the modules of training
+_EXPORTS = {
+    "CompareConfig": "comparison", "ComparisonResult": "comparison", "compare": "comparison",
+    "DemoConfig": "demonstration", "demo": "demonstration", "EpisodeSpec": "episode_sets",
+    "EvalConfig": "evaluation", "EvaluationResult": "evaluation", "evaluate": "evaluation",
+    "ImportConfig": "importing", "ImportResult": "importing", "import_checkpoint": "importing",
+    "ModelSpec": "model", "build_model": "model", "load_model": "model",
+    "PrepareConfig": "preparation", "prepare": "preparation", "TrainConfig": "train_config",
+    "TrainResult": "training", "train": "training",
+}
 
 __all__ = ["train", "TrainConfig", "TrainResult", "evaluate", "EvalConfig", "EvaluationResult", "compare",
            "CompareConfig", "ComparisonResult", "EpisodeSpec", "prepare", "PrepareConfig", "demo", "DemoConfig",
            "load_model", "ModelSpec", "build_model", "import_checkpoint", "ImportConfig", "ImportResult"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

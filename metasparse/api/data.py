@@ -14,10 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
-import torch
 import episodes
 from episodes.sources.safe_pickle import UnsafePickleError
-from episodes.sources.synthetic import make_synthetic_source
 
 from ..errors import CheckpointError, ConfigError, DataError, DataNotFoundError
 from ..registry import dataset_entry
@@ -52,6 +50,7 @@ def _check_source_options(dataset: str, options: Mapping[str, Any]) -> None:
     elif not entry.generated:
         raise ConfigError(f"--source-options: {dataset} takes no source options; got {sorted(options)}")
     else:
+        from episodes.sources.synthetic import make_synthetic_source
         accepted = [p for p in inspect.signature(make_synthetic_source).parameters if p != "split"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
@@ -73,6 +72,7 @@ def load_source(dataset: str, data_root, split: str, options: Optional[Mapping[s
         with data_errors():
             source = episodes.load_source(dataset, data_root, split, **options)
     # (a split read from disk per episode holds uint8 images: nothing is read here)
+    import torch   # here, not at the top: `metasparse prepare` (numpy work) loads this module too
     if source.dtype.is_floating_point and not bool(torch.isfinite(source.data).all()):
         origin = f"--source-options {json.dumps(options)}" if dataset_entry(dataset).generated else source.path
         raise DataError(f"{dataset}/{split}: the examples contain NaN or Inf (from {origin}); the data must be finite")
